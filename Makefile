@@ -1,0 +1,39 @@
+# recfunnel: the two commands are `make demo` and `make test`; both build the environment first
+# when it is missing. The venv is cached outside the clone, keyed by the lock files' hash, so
+# clones and CI runs on the same machine share it and a changed lock builds a new one.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+RECFUNNEL_HOME ?= $(HOME)/.cache/recfunnel
+LOCK_HASH := $(shell cat requirements.lock requirements-server.lock | sha256sum | cut -c1-16)
+VENV ?= $(RECFUNNEL_HOME)/venv-py311-$(LOCK_HASH)
+# The clone itself is put on PYTHONPATH rather than installed, so one cached venv serves every clone.
+RUN := PYTHONPATH=$(CURDIR) PATH=$(VENV)/bin:$$PATH $(VENV)/bin/python
+CONFIG ?= configs/default.yaml
+PYTEST_ARGS ?=
+
+.PHONY: env demo test bench lock shell clean-env
+env: $(VENV)/.complete
+
+$(VENV)/.complete:
+	@scripts/build_env.sh "$(VENV)" "$(PYTHON)"
+
+demo: env  ## the whole pipeline on the embedded default data set
+	$(RUN) -m recfunnel pipeline run --config $(CONFIG)
+
+test: env  ## the test suite
+	$(RUN) -m pytest $(PYTEST_ARGS)
+
+bench: env  ## every benchmark; results go to benchmarks/results/ and BENCHMARKS.md
+	$(RUN) benchmarks/bench_data.py
+
+lock:  ## re-resolve requirements.in into requirements.lock (needs the registry)
+	rm -rf "$(RECFUNNEL_HOME)/lock-venv" && $(PYTHON) -m venv "$(RECFUNNEL_HOME)/lock-venv"
+	"$(RECFUNNEL_HOME)/lock-venv/bin/pip" install -q -r requirements.in
+	{ head -2 requirements.lock; "$(RECFUNNEL_HOME)/lock-venv/bin/pip" freeze --all | grep -viE '^(nvidia-pytriton|pip|setuptools)=='; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+shell: env  ## print how to use the environment by hand
+	@echo "export PYTHONPATH=$(CURDIR) PATH=$(VENV)/bin:\$$PATH"
+
+clean-env:
+	rm -rf "$(VENV)" "$(VENV).lock"

@@ -1,0 +1,3 @@
+from recfunnel.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""The main job: one run of the whole pipeline, driven by one config, writing one run folder.
+
+`runs/<run>/` holds `config.yaml` (the resolved settings), `summary.json` (one section per part
+of the pipeline: data, dataset, models, evaluation, serving, experiments) and `report.html`.
+Each part adds its section; the steps so far: data.
+"""
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from recfunnel import __version__, report
+from recfunnel.config import Config
+from recfunnel.data import sources
+
+STEPS = ("data",)
+
+
+def run_dir_for(cfg: Config) -> Path:
+    name = cfg.run.name or f"{cfg.data.source}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    return Path(cfg.run.runs_dir) / name
+
+
+def run_pipeline(cfg: Config, steps: tuple[str, ...] = STEPS, progress: bool = True) -> Path:
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise ValueError(f"unknown pipeline step(s) {unknown}; known steps: {', '.join(STEPS)}")
+    run_dir = run_dir_for(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    summary = {"run": {"name": run_dir.name, "started": datetime.now(timezone.utc).isoformat(),
+                       "recfunnel_version": __version__, "steps": list(steps), "timings_s": {}}}
+    cache = Path(cfg.run.cache_dir) if cfg.run.cache_dir else None
+    if "data" in steps:
+        t = time.perf_counter()
+        raw = sources.materialize(cfg.data, run_dir, cache_dir=cache, progress=progress)
+        summary["data"] = sources.validate_source(raw, run_dir / "data", cfg.validation,
+                                                  progress=progress)
+        summary["data"]["path"] = "data"          # relative: the run folder can be moved
+        summary["run"]["timings_s"]["data"] = round(time.perf_counter() - t, 2)
+    write_summary(run_dir, summary)
+    report.write_report(run_dir, summary)
+    return run_dir
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    tmp = run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    tmp.replace(run_dir / "summary.json")
