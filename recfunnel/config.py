@@ -53,7 +53,7 @@ class ValidationConfig:
     """What makes an event row unusable; such rows go to the quarantine with a reason."""
     max_watch_ratio: float = 1.0          # watch_seconds may not exceed duration x this ...
     watch_tolerance_seconds: float = 1.0  # ... plus this (player rounding)
-    min_timestamp: str = "2000-01-01"
+    min_timestamp: str = "1990-01-01"  # earlier is a zero or default stamp
     max_timestamp: str | None = None      # None: one day after the run starts
     require_known_items: bool = True      # events of items missing from the catalogue are bad
 
