@@ -11,14 +11,25 @@ RUN := PYTHONPATH=$(CURDIR) PATH=$(VENV)/bin:$$PATH $(VENV)/bin/python
 CONFIG ?= configs/default.yaml
 PYTEST_ARGS ?=
 
-.PHONY: env demo test bench lock shell clean-env
+.PHONY: env demo run test bench lock shell clean-env
 env: $(VENV)/.complete
 
+ifeq ($(origin VENV),command line)
+# An environment you made yourself (conda's environment.yml, NVIDIA's Merlin container):
+# used as it is, never built or deleted here.
+$(VENV)/.complete:
+	@test -x "$(VENV)/bin/python" || { echo "error: VENV=$(VENV) has no bin/python" >&2; exit 2; }
+.PHONY: $(VENV)/.complete
+else
 $(VENV)/.complete:
 	@scripts/build_env.sh "$(VENV)" "$(PYTHON)"
+endif
 
 demo: env  ## the whole pipeline on the embedded default data set
 	$(RUN) -m recfunnel pipeline run --config $(CONFIG)
+
+run: env  ## any recfunnel command: make run ARGS="schema"
+	$(RUN) -m recfunnel $(ARGS)
 
 test: env  ## the test suite
 	$(RUN) -m pytest $(PYTEST_ARGS)
