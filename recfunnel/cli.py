@@ -13,7 +13,13 @@ from pathlib import Path
 from recfunnel.config import ConfigError, load_config, merge, parse_override
 from recfunnel.data.validation import DataSourceError, SchemaError
 
-USER_ERRORS = (ConfigError, DataSourceError, SchemaError)
+USER_ERRORS = (ConfigError, DataSourceError, SchemaError, FileNotFoundError)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors whose message tells the user what to fix (exit 2); the dataset's loud checks too."""
+    dataset = sys.modules.get("workflows.dataset")
+    return USER_ERRORS + ((dataset.DatasetCheckError,) if dataset else ())
 
 
 def _config(args):
@@ -100,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except USER_ERRORS as err:
+    except Exception as err:  # noqa: BLE001 - sorted below into user errors and the rest
+        if not isinstance(err, _user_errors()):
+            raise
         print(f"recfunnel: error: {err}", file=sys.stderr)
         return 2

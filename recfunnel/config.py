@@ -59,6 +59,52 @@ class ValidationConfig:
 
 
 @dataclass
+class ComputeConfig:
+    """Where NVTabular runs: one process, a local dask cluster, or an existing scheduler.
+
+    The backend (cuDF on a GPU, pandas on the CPU) is chosen automatically: cuDF when it imports
+    and a GPU is visible, unless `cpu` is true.
+    """
+    cluster: str = "none"                 # none | local | tcp://scheduler:8786
+    workers: int = 2                      # for cluster: local
+    threads_per_worker: int = 1
+    memory_limit: str = "4GB"             # per local worker
+    cpu: bool | None = None               # None: automatic; true forces pandas even with a GPU
+    part_size: str = "256MB"              # Merlin Dataset partition size
+
+
+@dataclass
+class DatasetConfig:
+    """How the training set is built from the validated events (workflows/, L1, L2, L4.4, L5)."""
+    # Splits (L5.4). Time split: train < train_end <= valid < train_end + valid_days <= test.
+    split: str = "time"                   # time | random
+    train_end: str | None = None          # None: valid_days + test_days before the data's end
+    valid_days: int = 3
+    test_days: int = 3
+    random_fractions: list = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    seed: int = 0
+    # Filters (L1)
+    window_days: int | None = 21          # freshness (L1.2): train on the last D days; None: all
+    active_min_events: int = 10           # active users (L1.1): at least K events ...
+    active_window_days: int = 10          # ... in the last N days before train_end
+    duplicate_title_similarity: float = 0.9   # L1.3; 1.0 keeps exact (normalised) matches only
+    unsafe_filters: list = field(default_factory=lambda: [{"kind": "flag"},
+                                                           {"kind": "title_classifier"}])
+    # Labels (L2)
+    watch_threshold: float = 0.75         # naive watch_75: watched at least this fraction
+    duration_edges: list = field(default_factory=lambda: [15, 30, 60, 120, 300, 600, 1200, 2400])
+    watch_quantile: float = 0.8           # duration-aware: watch time above this quantile of
+                                          # clicked events on items of similar length
+    # Negatives (L4.4)
+    negatives_per_row: float = 1.0        # sampled unseen items per example row, labelled 0
+    negative_sampling: str = "popularity" # popularity | uniform
+    # Id spaces (L3.1)
+    freq_threshold: int = 1               # ids seen fewer times in train share the OOV row
+    hash_buckets: int | None = None       # set to bound user/item ids by hashing
+    embedding_dim: int = 64               # for the table-size report
+
+
+@dataclass
 class RunConfig:
     name: str | None = None               # None: <source>-<UTC time>
     runs_dir: str = "runs"
@@ -70,6 +116,8 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -106,9 +154,9 @@ def _check_type(value, hint, path):
             return value
         if t in (str, bool) and isinstance(value, t):
             return value
-        if typing.get_origin(t) in (list, tuple) and isinstance(value, (list, tuple)):
-            return type(value)(value)
-        if typing.get_origin(t) is dict and isinstance(value, dict):
+        if (t is list or typing.get_origin(t) is list) and isinstance(value, (list, tuple)):
+            return list(value)
+        if (t is dict or typing.get_origin(t) is dict) and isinstance(value, dict):
             return value
     names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
     raise ConfigError(f"setting {path}: expected {names}, got {type(value).__name__} {value!r}")

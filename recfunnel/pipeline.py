@@ -2,7 +2,7 @@
 
 `runs/<run>/` holds `config.yaml` (the resolved settings), `summary.json` (one section per part
 of the pipeline: data, dataset, models, evaluation, serving, experiments) and `report.html`.
-Each part adds its section; the steps so far: data.
+Each part adds its section; the steps so far: data, dataset.
 """
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from recfunnel import __version__, report
 from recfunnel.config import Config
 from recfunnel.data import sources
 
-STEPS = ("data",)
+STEPS = ("data", "dataset")
 
 
 def run_dir_for(cfg: Config) -> Path:
@@ -42,9 +43,44 @@ def run_pipeline(cfg: Config, steps: tuple[str, ...] = STEPS, progress: bool = T
                                                   progress=progress)
         summary["data"]["path"] = "data"          # relative: the run folder can be moved
         summary["run"]["timings_s"]["data"] = round(time.perf_counter() - t, 2)
+    if "dataset" in steps:
+        t = time.perf_counter()
+        summary["dataset"] = dataset_step(cfg, run_dir, summary.get("data"), progress)
+        summary["run"]["timings_s"]["dataset"] = round(time.perf_counter() - t, 2)
     write_summary(run_dir, summary)
     report.write_report(run_dir, summary)
     return run_dir
+
+
+def dataset_step(cfg: Config, run_dir: Path, data: dict | None, progress: bool) -> dict:
+    """The NVTabular dataset build (workflows/), scored against the truth when there is one."""
+    from workflows.backend import dask_client
+    from workflows.dataset import DatasetBuilder, read_split
+
+    if not (run_dir / "data" / "events").is_dir():
+        raise FileNotFoundError(f"{run_dir / 'data'} has no validated events; run the data step "
+                                "first (recfunnel pipeline run --steps data,dataset)")
+    out = run_dir / "dataset"
+    with dask_client(cfg.compute):
+        section = DatasetBuilder(cfg.dataset, cfg.compute, run_dir / "data", out,
+                                 progress=progress).build()
+    section["path"] = "dataset"
+    truth = run_dir / "data" / "truth"
+    if truth.is_dir():
+        from recfunnel.data import truth_audit
+        from recfunnel.data.synthetic import World
+
+        world = World.load(truth)
+        artifacts = out / "artifacts"
+        section["duplicates"].update(truth_audit.duplicate_detection(
+            pd.read_parquet(artifacts / "canonical_items.parquet"), world))
+        section["unsafe"].update(truth_audit.unsafe_detection(
+            pd.read_parquet(artifacts / "unsafe_items.parquet"), world))
+        train = read_split(out / "train", ["user_id_raw", "item_id_raw", "timestamp",
+                                           "sampled_negative", *truth_audit.LABELS])
+        section["labels_vs_truth"] = truth_audit.label_audit(
+            train[train["sampled_negative"] == 0], world, cfg.dataset.duration_edges)
+    return section
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:

@@ -67,7 +67,74 @@ def render_data(section: dict) -> str:
     return "".join(parts)
 
 
-RENDERERS = {"data": render_data}
+def render_dataset(section: dict) -> str:
+    steps = section["steps"]
+    names = ["validated events"] + [s["name"] for s in steps]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 0.45 * len(names) + 1.2), sharey=True)
+    for ax, what in zip(axes, ("rows", "users", "items")):
+        values = [steps[0][f"{what}_before"]] + [s[f"{what}_after"] for s in steps]
+        ax.barh(range(len(names)), values, color="#76b900")
+        for y, v in enumerate(values):
+            ax.text(v, y, f" {v:,}", va="center", fontsize=8)
+        ax.set_title(what)
+        ax.set_xlim(0, max(values) * 1.3)
+    axes[0].set_yticks(range(len(names)), names)
+    axes[0].invert_yaxis()
+    fig.suptitle("What each step of the dataset build kept (L1.5)")
+    parts = [figure_html(fig, "dataset step funnel")]
+    parts.append(table_html(
+        [(s["name"], s["rows_before"], s["rows_after"], s["users_before"], s["users_after"],
+          s["items_before"], s["items_after"], s.get("note", "")) for s in steps],
+        ("step", "rows before", "rows after", "users before", "users after", "items before",
+         "items after", "note")))
+    cut = section["cutoffs"]
+    parts.append("<h3>Splits</h3>" + table_html(
+        [(name, rows, *section["positives"][name].values()) for name, rows in section["splits"].items()],
+        ("split", "rows", *next(iter(section["positives"].values())).keys())))
+    parts.append(f"<p>Split: {cut['split']}; training cut-off {cut['train_end']}, validation until "
+                 f"{cut['valid_end']}, data end {cut['data_end']}. Checks passed: "
+                 f"{'; '.join(section['checks'])}.</p>")
+    dup, unsafe, left = section["duplicates"], section["unsafe"], section["left_out_users"]
+    rows = [("duplicate copies mapped to a canonical id", dup["copies"]),
+            ("unsafe items blocked", unsafe["items_blocked"]),
+            ("users left out (served by the fallback)", left["count"])]
+    for key in ("precision", "recall"):
+        if key in dup:
+            rows.append((f"duplicate detection {key} (vs truth)", dup[key]))
+        if key in unsafe:
+            rows.append((f"unsafe filters {key} (vs truth)", unsafe[key]))
+    parts.append(table_html(rows))
+    audit = section.get("labels_vs_truth")
+    if audit:
+        parts.append(_label_plot(audit))
+    parts.append("<h3>Embedding tables (L3.1)</h3>" + table_html(
+        [(t["column"], t["rows"], t["dim"], t["megabytes"]) for t in section["embedding_tables"]],
+        ("column", "rows", "dim", "MB (rows x dim x 4 bytes)")))
+    return "".join(parts)
+
+
+def _label_plot(audit: dict) -> str:
+    rates = audit["positive_rate_by_duration"]
+    buckets = list(audit["true_relevance_by_duration"])
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    for label, style in (("watch_75", "o-"), ("watch_duration_aware", "s-")):
+        ax.plot(buckets, [rates[label].get(b, float("nan")) for b in buckets], style, label=label)
+    ax.set_ylabel("positive rate of clicked examples")
+    ax.set_xlabel("item duration")
+    ax2 = ax.twinx()
+    ax2.plot(buckets, [audit["true_relevance_by_duration"][b] for b in buckets], "k--",
+             label="mean true relevance")
+    ax2.set_ylabel("true relevance")
+    ax.legend(loc="upper right")
+    ax2.legend(loc="lower left")
+    ax.set_title("Watch labels by item length (L2.2): the naive label favours short items")
+    ax.tick_params(axis="x", rotation=30)
+    auc = audit["auc_vs_true_relevance"]
+    table = table_html([(k, v) for k, v in auc.items()], ("label", "ROC-AUC vs true relevance"))
+    return figure_html(fig, "watch labels by duration") + table
+
+
+RENDERERS = {"data": render_data, "dataset": render_dataset}
 
 
 def write_report(run_dir: Path, summary: dict) -> Path:

@@ -7,7 +7,10 @@ import sys
 from conftest import REPO
 
 SMALL = ["--set", "data.synthetic.n_users=300", "--set", "data.synthetic.n_items=200",
-         "--set", "data.synthetic.n_events=5000", "--set", "data.synthetic.n_days=5"]
+         "--set", "data.synthetic.n_events=12000", "--set", "data.synthetic.n_days=12",
+         "--set", "dataset.active_min_events=3", "--set", "dataset.window_days=6",
+         # 200 items hold too few flagged titles to train the title classifier on
+         "--set", "dataset.unsafe_filters=[{kind: flag}]"]
 
 
 def recfunnel(*args, cwd):
@@ -25,7 +28,7 @@ def test_pipeline_run_writes_summary_and_report(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     data = summary["data"]
     assert data["source"] == "synthetic"
-    assert data["events"] + data["quarantined_rows"] == 5000
+    assert data["events"] + data["quarantined_rows"] == 12000
     assert data["users"] <= 300 and data["items"] <= 200
     assert set(data["quarantined_by_reason"]) <= {"null_user_id", "negative_watch_seconds",
                                                   "watch_exceeds_duration", "timestamp_out_of_range",
@@ -35,6 +38,18 @@ def test_pipeline_run_writes_summary_and_report(tmp_path):
     assert ("data:image/png;base64" in page) == (data["quarantined_rows"] > 0)
     assert (run / "config.yaml").is_file() and (run / "data" / "events").is_dir()
     assert not (tmp_path / "categories").exists()
+    dataset = summary["dataset"]
+    names = [s["name"] for s in dataset["steps"]]
+    assert names == ["canonical_items", "unsafe_content", "freshness_window", "active_users",
+                     "examples", "negative_sampling"]
+    for before, after in zip(dataset["steps"], dataset["steps"][1:]):
+        assert after["rows_before"] == before["rows_after"]
+    assert dataset["steps"][0]["rows_before"] == data["events"]
+    assert all(dataset["splits"][s] > 0 for s in ("train", "valid", "test"))
+    assert '<section id="dataset">' in page
+    for split in ("train", "valid", "test"):
+        assert list((run / "dataset" / split).glob("*.parquet"))
+    assert (run / "dataset" / "workflow").is_dir()
 
 
 def test_bad_config_exits_2_with_a_message(tmp_path):

@@ -1,0 +1,191 @@
+"""Every filter, label and feature of the dataset build on small hand-built fixtures."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from workflows import duplicates, labels, negatives, point_in_time, splits, unsafe
+
+
+# ---- duplicates (L1.3) ------------------------------------------------------------------------
+
+CATALOGUE = pd.DataFrame({
+    "item_id": [1, 2, 3, 4, 5, 6, 7],
+    "title": ["Deep cooking guide #12", "deep cooking guide #12 (HD)", "Deep cookng guide #12",
+              "Deep cooking guide #13", "Deep cooking guide #12", "Other thing", None],
+    "creator": ["a", "a", "a", "a", "b", "a", "a"],
+    "duration_seconds": [60.0, 60.0, 60.0, 60.0, 60.0, 60.0, 60.0],
+})
+
+
+def test_copies_map_to_the_most_watched_member():
+    mapping = duplicates.canonical_ids(CATALOGUE, pd.Series({1: 5, 2: 50, 3: 1}))
+    got = dict(zip(mapping["item_id"], mapping["canonical_id"]))
+    # 1, 2 (mark), 3 (typo) are one item; 4 is episode 13; 5 is another creator; 7 has no title
+    assert got == {1: 2, 2: 2, 3: 2, 4: 4, 5: 5, 6: 6, 7: 7}
+    assert mapping.set_index("item_id").loc[3, "group_size"] == 3
+
+
+def test_exact_only_when_similarity_is_one():
+    mapping = duplicates.canonical_ids(CATALOGUE, min_similarity=1.0)
+    got = dict(zip(mapping["item_id"], mapping["canonical_id"]))
+    assert got[2] == 1 and got[3] == 3       # the mark is normalised away, the typo is not
+
+
+def test_movielens_real_duplicates_are_found(cache_dir):
+    from recfunnel.data import movielens
+
+    ml = movielens.load(cache_dir=cache_dir / "wheels")
+    mapping = duplicates.canonical_ids(ml.items, ml.events["item_id"].value_counts())
+    copies = mapping[mapping["item_id"] != mapping["canonical_id"]]
+    assert len(copies) == 18
+    titles = ml.items.set_index("item_id")["title"]
+    assert (titles[copies["item_id"]].to_numpy() == titles[copies["canonical_id"]].to_numpy()).all()
+    assert {"Chasing Amy", "Ice Storm, The", "Sliding Doors"} <= set(titles[copies["item_id"]])
+
+
+# ---- unsafe (L1.4) ---------------------------------------------------------------------------
+
+def test_unsafe_filters_flag_blocklist_and_union(tmp_path):
+    items = pd.DataFrame({"item_id": [1, 2, 3, 4], "unsafe": [True, False, False, False],
+                          "title": ["a", "b", "c", "d"]})
+    blocked = tmp_path / "blocked.txt"
+    blocked.write_text("# reported by users\n3\n99  # not in the catalogue\n")
+    table = unsafe.unsafe_item_table(items, unsafe.build_filters(
+        [{"kind": "flag"}, {"kind": "blocklist", "path": str(blocked)}]))
+    assert table.to_dict("list") == {"item_id": [1, 3], "filters": ["flag", "blocklist"]}
+    blocked.write_text("three\n")
+    with pytest.raises(ValueError, match="blocked.txt:1: expected one integer item id"):
+        unsafe.BlockListFilter(str(blocked)).unsafe_items(items)
+    with pytest.raises(ValueError, match="unsafe filter kind 'nsfw_model' is unknown"):
+        unsafe.build_filters([{"kind": "nsfw_model"}])
+
+
+def test_title_classifier_finds_unflagged_unsafe_titles():
+    rng = np.random.default_rng(0)
+    words = ["cooking", "travel", "music", "guide", "review", "tips"]
+    safe = [" ".join(rng.choice(words, 3)) for _ in range(60)]
+    bad = [" ".join([*rng.choice(words, 2), "gore"]) for _ in range(16)]
+    items = pd.DataFrame({"item_id": np.arange(76), "title": safe + bad,
+                          "unsafe": [False] * 60 + [True] * 13 + [False] * 3})  # 3 missed
+    found = set(unsafe.TitleClassifierFilter().unsafe_items(items))
+    assert set(range(73, 76)) <= found                  # the ones moderation missed
+    assert set(range(60, 76)) <= found and not found & set(range(60))
+
+
+# ---- labels (L2.2) ---------------------------------------------------------------------------
+
+def test_watch_75_and_duration_buckets():
+    assert labels.watch_at_least([15, 14, 30, 5], [20, 20, 3600, np.nan], 0.75).tolist() == [1, 0, 0, 0]
+    assert labels.duration_bucket([5, 15, 16, 5000, np.nan], [15, 60]).tolist() == [0, 1, 1, 2, 0]
+
+
+def test_duration_aware_label_is_fair_across_lengths():
+    # short clips watched 15-20 s of 20; hour-long items watched 20-40 min of 60: same spread
+    click = np.ones(8, int)
+    watch = np.array([15, 16, 19, 20, 1200, 1500, 2100, 2400], float)
+    duration = np.array([20] * 4 + [3600] * 4, float)
+    thresholds = labels.bucket_thresholds(click, watch, duration, [60], 0.5)
+    assert thresholds.tolist() == [17.5, 1800.0]
+    aware = labels.duration_aware_label(click, watch, duration, [60], thresholds)
+    naive = labels.watch_at_least(watch, duration, 0.75)
+    assert aware.tolist() == [0, 0, 1, 1, 0, 0, 1, 1]      # the top half of each length
+    assert naive.tolist() == [1, 1, 1, 1, 0, 0, 0, 0]      # only the short ones
+    no_click = labels.duration_aware_label(np.zeros(8, int), watch, duration, [60], thresholds)
+    assert no_click.sum() == 0
+
+
+# ---- point-in-time features (L5.3) -----------------------------------------------------------
+
+def test_point_in_time_stats_use_only_earlier_days():
+    day = np.array([10, 10, 11, 13])
+    daily = point_in_time.daily_activity(key=[1, 1, 1, 1], day=day, click=[1, 0, 1, 1],
+                                         watch=[5, 0, 10, 0], duration=[10, 10, 10, 10])
+    table = point_in_time.cumulative_table(daily)
+    stats = point_in_time.lookup(table, key=[1, 1, 1, 1, 2], day=[10, 11, 12, 14, 12])
+    assert stats["events"].tolist() == [0, 2, 3, 4, 0]
+    assert stats["clicks"].tolist() == [0, 1, 2, 3, 0]
+    assert stats["watch_fraction"].tolist() == [0, 0.5, 0.75, 0.5, 0]
+    assert stats["days_since_last"].tolist() == [999, 1, 1, 1, 999]
+
+
+def test_a_planted_future_event_does_not_leak(tmp_path):
+    """Through the real NVTabular workflow: an example sees nothing from its own day on."""
+    import nvtabular as nvt
+    from merlin.io import Dataset
+
+    t = pd.Timestamp("2026-01-10")
+    events = pd.DataFrame({
+        "user_id": [1, 1, 1, 1], "item_id": [7, 8, 9, 9],
+        "timestamp": [t - pd.Timedelta(days=2), t - pd.Timedelta(days=1), t,
+                      t + pd.Timedelta(days=5)],           # the last one is the planted future
+        "click": [1, 1, 1, 1], "watch_seconds": [5.0, 5.0, 5.0, 10.0],
+        "duration_seconds": [10.0] * 4,
+    })
+    op = point_in_time.PointInTimeStats("user_id", "user")
+    graph = ["user_id", "timestamp", "click", "watch_seconds", "duration_seconds"] >> op
+    workflow = nvt.Workflow(graph + ["item_id"])
+    workflow.fit(Dataset(events, cpu=True))
+    out = workflow.transform(Dataset(events, cpu=True)).to_ddf().compute()
+    # the example at t sees the two earlier events only, not the one at t nor the future one
+    assert out["user_events"].tolist() == [0, 1, 2, 3]
+    assert out.loc[2, "user_watch_fraction"] == pytest.approx(0.5)
+    with_future = events.copy()
+    with_future.loc[3, "watch_seconds"] = 0.0          # change only the future event
+    workflow.fit(Dataset(with_future, cpu=True))
+    again = workflow.transform(Dataset(events, cpu=True)).to_ddf().compute()
+    pd.testing.assert_frame_equal(out.iloc[:3], again.iloc[:3])
+
+
+# ---- splits and negatives (L5.4, L4.4) ---------------------------------------------------------
+
+def test_time_split_boundaries():
+    ns = pd.to_datetime(["2026-01-01", "2026-01-04 23:59", "2026-01-05", "2026-01-07", "2026-01-08"])
+    got = splits.time_split(ns.values.astype(np.int64), pd.Timestamp("2026-01-05").value,
+                            pd.Timestamp("2026-01-08").value)
+    assert got.tolist() == [0, 0, 1, 1, 2]
+
+
+def test_random_split_is_stable_and_proportional():
+    user, item = np.repeat(np.arange(1000), 10), np.tile(np.arange(10), 1000)
+    a = splits.random_split(user, item, [0.8, 0.1, 0.1], seed=3)
+    assert (a == splits.random_split(user, item, [0.8, 0.1, 0.1], seed=3)).all()
+    shares = np.bincount(a) / len(a)
+    assert np.allclose(shares, [0.8, 0.1, 0.1], atol=0.01)
+    with pytest.raises(ValueError, match="three shares summing to 1"):
+        splits.random_split(user, item, [0.8, 0.3], seed=0)
+
+
+def test_pairs_are_aggregated_per_split():
+    events = pd.DataFrame({
+        "user_id": [1, 1, 1, 1], "item_id": [5, 5, 5, 6], "split": [0, 0, 1, 0],
+        "timestamp": pd.to_datetime(["2026-01-02", "2026-01-01", "2026-01-09", "2026-01-03"]),
+        "click": [0, 1, 0, 1], "like": [0, 1, 0, 0], "share": [0, 0, 0, 0],
+        "watch_75": [0, 1, 0, 0], "watch_duration_aware": [0, 1, 0, 1],
+        "watch_seconds": [0.0, 9.0, 0.0, 3.0], "duration_seconds": [10.0] * 4,
+    })
+    out = splits.aggregate_pairs(events)
+    assert sorted(out[["item_id", "split", "click", "like", "events"]].values.tolist()) == \
+        [[5, 0, 1, 1, 2], [5, 1, 0, 0, 1], [6, 0, 1, 0, 1]]
+    assert out.loc[(out["item_id"] == 5) & (out["split"] == 0), "timestamp"].item() == \
+        pd.Timestamp("2026-01-01")
+
+
+def test_negatives_never_touch_the_users_items():
+    examples = pd.DataFrame({"user_id": [1, 1, 2], "item_id": [10, 11, 10], "split": [0, 1, 0],
+                             "timestamp": pd.to_datetime(["2026-01-01", "2026-01-09", "2026-01-02"])})
+    candidates = np.arange(10, 20)
+    probs = np.full(10, 0.1)
+    neg = negatives.sample_negatives(examples, 2.0, candidates, probs, seed=0)
+    assert (neg.groupby("user_id").size() == [4, 2]).all()
+    for user, rows in neg.groupby("user_id"):
+        touched = set(examples.loc[examples["user_id"] == user, "item_id"])
+        assert not touched & set(rows["item_id"]) and rows["item_id"].is_unique
+    assert set(neg["split"]) <= {0, 1}
+    again = negatives.sample_negatives(examples.iloc[::-1], 2.0, candidates, probs, seed=0)
+    pd.testing.assert_frame_equal(neg, again)           # independent of row order / partitioning
+
+
+def test_negatives_stop_when_the_catalogue_is_exhausted():
+    rng = np.random.default_rng(0)
+    got = negatives.sample_for_user(rng, 5, np.array([1, 2]), np.array([1, 2, 3]), None)
+    assert got.tolist() == [3]

@@ -1,0 +1,373 @@
+"""The dataset build: validated events -> filtered, labelled, featured train / valid / test.
+
+Each step is a small NVTabular workflow over a Merlin Dataset, and the step report counts rows,
+users and items before and after each (L1.5):
+
+  canonical_items   copies of the same content -> one id (L1.3)
+  unsafe_content    events of unsafe items out (L1.4)
+  freshness_window  only the last `window_days` before the cut-off train (L1.2)
+  active_users      users with >= K events in the N days before the cut-off (L1.1)
+  examples          split by time (or at random), labels, one row per (user, item, split) (L5.4)
+  negative_sampling sampled unseen items labelled 0 (L4.4)
+
+then the feature workflow (point-in-time statistics, user and item attributes, Categorify with
+bounded id spaces; L5.3, L3.1) is fitted on training data only, saved for serving, and applied
+to every split. Checks that fail loudly run on the result.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+import nvtabular as nvt
+from merlin.io import Dataset
+from merlin.schema import Tags
+from nvtabular import ops
+
+from recfunnel.config import ComputeConfig, DatasetConfig
+from workflows import backend
+from workflows.duplicates import canonical_ids
+from workflows.labels import WatchLabels
+from workflows.negatives import NegativeSampler
+from workflows.point_in_time import PointInTimeStats
+from workflows.splits import SPLIT_NAMES, TRAIN, AggregatePairs, SplitAssigner
+from workflows.unsafe import build_filters, unsafe_item_table
+
+EVENT_COLUMNS = ["user_id", "item_id", "timestamp", "click", "like", "share", "watch_seconds",
+                 "duration_seconds"]
+LABELS = ["click", "like", "share", "watch_75", "watch_duration_aware"]
+DAY = pd.Timedelta(days=1)
+AGE_BOUNDARIES = [18, 25, 35, 45, 55]
+
+
+class DatasetCheckError(AssertionError):
+    """The built training set breaks one of the L5.4 rules; the build stops."""
+
+
+@dataclass
+class Cutoffs:
+    data_end: pd.Timestamp        # exclusive: midnight after the last event
+    train_end: pd.Timestamp
+    valid_end: pd.Timestamp
+
+    @property
+    def window_end(self) -> pd.Timestamp:
+        """The end of the training period, before which activity and freshness are counted."""
+        return self.train_end
+
+
+class StepReport:
+    """Rows, users and items after each step; each entry also holds the counts before it."""
+
+    def __init__(self):
+        self.steps: list[dict] = []
+        self.last: tuple[int, int, int] | None = None
+
+    def record(self, name: str, ddf, **extra) -> None:
+        rows, users, items = (int(v) for v in dask.compute(
+            ddf.index.size, ddf["user_id"].nunique(), ddf["item_id"].nunique()))
+        if self.last is not None:
+            before = self.last
+            self.steps.append({"name": name, "rows_before": before[0], "rows_after": rows,
+                               "users_before": before[1], "users_after": users,
+                               "items_before": before[2], "items_after": items, **extra})
+        self.last = (rows, users, items)
+
+
+class DatasetBuilder:
+    """Runs the steps above; `build()` returns the summary's `dataset` section."""
+
+    def __init__(self, cfg: DatasetConfig, compute: ComputeConfig, data_dir: Path, out_dir: Path,
+                 progress: bool = True):
+        self.cfg, self.compute = cfg, compute
+        self.data_dir, self.out = Path(data_dir), Path(out_dir)
+        self.cpu = backend.use_cpu(compute)
+        self.report = StepReport()
+        self.progress = progress
+        self.items = pd.read_parquet(self.data_dir / "items.parquet")
+        self.users = pd.read_parquet(self.data_dir / "users.parquet")
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _dataset(self, source) -> Dataset:
+        return Dataset(source, engine="parquet", cpu=self.cpu, part_size=self.compute.part_size)
+
+    def _apply(self, graph, ds: Dataset, fit_on: Dataset | None = None) -> Dataset:
+        """Fits `graph` (on `fit_on`, default `ds`), transforms `ds`, keeps the result in memory."""
+        workflow = nvt.Workflow(graph)
+        workflow.fit(fit_on if fit_on is not None else ds)
+        return Dataset(workflow.transform(ds).to_ddf().persist(), cpu=self.cpu)
+
+    def cutoffs(self, ddf) -> Cutoffs:
+        last = pd.Timestamp(ddf["timestamp"].max().compute())
+        data_end = last.normalize() + DAY
+        if self.cfg.train_end:
+            train_end = pd.Timestamp(self.cfg.train_end)
+        elif self.cfg.split == "time":
+            train_end = data_end - (self.cfg.valid_days + self.cfg.test_days) * DAY
+        else:
+            train_end = data_end
+        return Cutoffs(data_end, train_end, train_end + self.cfg.valid_days * DAY)
+
+    # ---- the build -------------------------------------------------------------------------
+    def build(self) -> dict:
+        shutil.rmtree(self.out, ignore_errors=True)
+        (self.out / "artifacts").mkdir(parents=True)
+        steps = tqdm(total=8, desc="dataset", unit="step", disable=not self.progress)
+        ds = self._dataset(str(self.data_dir / "events"))
+        events = ds.to_ddf()[EVENT_COLUMNS]
+        # Merlin has no tz-aware dtype: inside the workflows timestamps are naive UTC.
+        if getattr(events["timestamp"].dtype, "tz", None) is not None:
+            events["timestamp"] = events["timestamp"].dt.tz_convert("UTC").dt.tz_localize(None)
+        ds = Dataset(events.persist(), cpu=self.cpu)
+        self.report.record("validated_events", ds.to_ddf())
+        cut = self.cutoffs(ds.to_ddf())
+
+        ds, dup = self.canonical_items(ds)
+        steps.update()
+        ds, unsafe = self.unsafe_content(ds)
+        steps.update()
+        history = ds      # every safe event, for point-in-time features
+        ds = self.freshness_window(ds, cut)
+        steps.update()
+        ds, left_out = self.active_users(ds, cut)
+        steps.update()
+        ds = self.examples(ds, cut)
+        steps.update()
+        ds = self.negative_sampling(ds)
+        steps.update()
+        splits, tables = self.features(ds, history, cut)
+        steps.update()
+        checks = self.check(splits, cut)
+        steps.update()
+        steps.close()
+        return {
+            "steps": self.report.steps,
+            "cutoffs": {"data_end": cut.data_end.isoformat(), "train_end": cut.train_end.isoformat(),
+                        "valid_end": cut.valid_end.isoformat(), "split": self.cfg.split},
+            "splits": checks["rows"],
+            "positives": checks["positives"],
+            "duplicates": dup,
+            "unsafe": unsafe,
+            "left_out_users": left_out,
+            "embedding_tables": tables,
+            "checks": checks["passed"],
+            "backend": {"cpu": self.cpu, "cluster": self.compute.cluster},
+            "path": str(self.out),
+        }
+
+    def canonical_items(self, ds: Dataset):
+        counts = ds.to_ddf()["item_id"].value_counts().compute()
+        counts = counts.to_pandas() if hasattr(counts, "to_pandas") else counts
+        mapping = canonical_ids(self.items, counts, self.cfg.duplicate_title_similarity)
+        mapping.to_parquet(self.out / "artifacts" / "canonical_items.parquet", index=False)
+        lookup = mapping.set_index("item_id")["canonical_id"]
+        graph = (["item_id"] >> ops.LambdaOp(lambda col: col.map(lookup).fillna(col).astype("int64"))
+                 ) + [c for c in EVENT_COLUMNS if c != "item_id"]
+        out = self._apply(graph, ds)
+        copies = int((mapping["item_id"] != mapping["canonical_id"]).sum())
+        self.report.record("canonical_items", out.to_ddf(), note=f"{copies} copies mapped")
+        self.canonical = mapping
+        return out, {"copies": copies, "groups": int((mapping["group_size"] > 1).sum() - copies)}
+
+    def unsafe_content(self, ds: Dataset):
+        table = unsafe_item_table(self.items, build_filters(self.cfg.unsafe_filters))
+        table["canonical_id"] = table["item_id"].map(self.canonical.set_index("item_id")["canonical_id"])
+        table.to_parquet(self.out / "artifacts" / "unsafe_items.parquet", index=False)
+        blocked = np.unique(table["canonical_id"].to_numpy(np.int64))
+        graph = EVENT_COLUMNS >> ops.Filter(f=lambda df: ~df["item_id"].isin(blocked))
+        out = self._apply(graph, ds)
+        by_filter = table["filters"].str.split(",").explode().value_counts().to_dict()
+        self.report.record("unsafe_content", out.to_ddf(), note=f"{len(blocked)} items blocked")
+        return out, {"items_blocked": int(len(blocked)), "by_filter": by_filter}
+
+    def freshness_window(self, ds: Dataset, cut: Cutoffs) -> Dataset:
+        if self.cfg.window_days is None:
+            self.report.record("freshness_window", ds.to_ddf(), note="all history")
+            return ds
+        start = cut.window_end - self.cfg.window_days * DAY
+        graph = EVENT_COLUMNS >> ops.Filter(f=lambda df: df["timestamp"] >= start)
+        out = self._apply(graph, ds)
+        self.report.record("freshness_window", out.to_ddf(), note=f"from {start.date()}")
+        return out
+
+    def active_users(self, ds: Dataset, cut: Cutoffs):
+        """Keeps users with >= K events in the N days before the cut-off; saves those left out."""
+        ddf = ds.to_ddf()
+        start = cut.window_end - self.cfg.active_window_days * DAY
+        recent = ddf[(ddf["timestamp"] >= start) & (ddf["timestamp"] < cut.window_end)]
+        counts, seen = dask.compute(recent["user_id"].value_counts(), ddf["user_id"].unique())
+        counts = counts.to_pandas() if hasattr(counts, "to_pandas") else counts
+        seen = seen.to_pandas() if hasattr(seen, "to_pandas") else seen
+        active = counts[counts >= self.cfg.active_min_events].index.to_numpy(np.int64)
+        left = pd.DataFrame({"user_id": np.setdiff1d(seen.to_numpy(np.int64), active)})
+        left["events_in_window"] = left["user_id"].map(counts).fillna(0).astype(np.int64)
+        left["reason"] = np.where(left["events_in_window"] > 0, "inactive", "new_or_idle")
+        left.to_parquet(self.out / "artifacts" / "left_out_users.parquet", index=False)
+        graph = EVENT_COLUMNS >> ops.Filter(f=lambda df: df["user_id"].isin(active))
+        out = self._apply(graph, ds)
+        self.report.record("active_users", out.to_ddf(),
+                           note=f">= {self.cfg.active_min_events} events in "
+                                f"{self.cfg.active_window_days} days")
+        return out, {"count": int(len(left)),
+                     "by_reason": left["reason"].value_counts().to_dict(),
+                     "path": "artifacts/left_out_users.parquet"}
+
+    def examples(self, ds: Dataset, cut: Cutoffs) -> Dataset:
+        cfg = self.cfg
+        split = ["timestamp", "user_id", "item_id"] >> SplitAssigner(
+            cfg.split, cut.train_end.value, cut.valid_end.value, cfg.random_fractions, cfg.seed)
+        with_split = self._apply(split + EVENT_COLUMNS, ds)
+        train = Dataset(with_split.to_ddf().query(f"split == {TRAIN}"), cpu=self.cpu)
+        labels = ["click", "watch_seconds", "duration_seconds"] >> WatchLabels(
+            cfg.watch_threshold, cfg.duration_edges, cfg.watch_quantile)
+        labelled = self._apply(labels + EVENT_COLUMNS + ["split"], with_split, fit_on=train)
+        by_user = labelled.to_ddf().shuffle("user_id")          # each user in one partition
+        columns = list(by_user.columns)
+        pairs = self._apply(columns >> AggregatePairs(), Dataset(by_user, cpu=self.cpu))
+        self.report.record("examples", pairs.to_ddf(), note="one row per (user, item, split)")
+        return pairs
+
+    def negative_sampling(self, ds: Dataset) -> Dataset:
+        if self.cfg.negatives_per_row <= 0:
+            self.report.record("negative_sampling", ds.to_ddf(), note="off")
+            return ds
+        ddf = ds.to_ddf()
+        train = Dataset(ddf[ddf["split"] == TRAIN], cpu=self.cpu)
+        sampler = NegativeSampler(self.cfg.negatives_per_row, self.cfg.negative_sampling,
+                                  self.cfg.seed)
+        out = self._apply(list(ddf.columns) >> sampler, ds, fit_on=train)
+        self.report.record("negative_sampling", out.to_ddf(),
+                           note=f"{self.cfg.negatives_per_row} per row, {self.cfg.negative_sampling}")
+        return out
+
+    # ---- features, fitted on training data only -------------------------------------------
+    def feature_graph(self):
+        cfg = self.cfg
+        pit_inputs = ["timestamp", "click", "watch_seconds", "duration_seconds"]
+        user_stats = (["user_id", *pit_inputs] >> PointInTimeStats("user_id", "user")
+                      >> ops.AddTags([Tags.USER]))
+        item_stats = (["item_id", *pit_inputs] >> PointInTimeStats("item_id", "item")
+                      >> ops.AddTags([Tags.ITEM]))
+        users = self.users[["user_id", "age", "gender", "location"]].copy()
+        users["age"] = users["age"].astype("float64").fillna(-1)
+        items = self.items[["item_id", "category", "creator", "duration_seconds"]].rename(
+            columns={"duration_seconds": "item_duration"})
+        items["item_duration"] = items["item_duration"].astype("float64").fillna(0.0)
+        user_attrs = ["user_id"] >> ops.JoinExternal(users, on="user_id",
+                                                     columns_ext=list(users.columns))
+        item_attrs = ["item_id"] >> ops.JoinExternal(items, on="item_id",
+                                                     columns_ext=list(items.columns))
+        categorify = dict(freq_threshold=cfg.freq_threshold, out_path=str(self.out / "categories"),
+                          dtype="int32")
+        if cfg.hash_buckets:
+            categorify["num_buckets"] = cfg.hash_buckets
+        user_id = ["user_id"] >> ops.Categorify(**categorify) >> ops.TagAsUserID()
+        item_id = ["item_id"] >> ops.Categorify(**categorify) >> ops.TagAsItemID()
+        raw_ids = ["user_id", "item_id"] >> ops.Rename(postfix="_raw")
+        age = user_attrs["age"] >> ops.Bucketize({"age": AGE_BOUNDARIES}) >> ops.Rename(
+            name="age_band") >> ops.TagAsUserFeatures()
+        user_cats = (user_attrs[["gender", "location"]] >> ops.Categorify(
+            out_path=str(self.out / "categories"), dtype="int32") >> ops.TagAsUserFeatures())
+        item_cats = (item_attrs[["category", "creator"]] >> ops.Categorify(
+            out_path=str(self.out / "categories"), dtype="int32") >> ops.TagAsItemFeatures())
+        duration = (item_attrs["item_duration"] >> ops.LogOp() >> ops.AddTags([Tags.CONTINUOUS])
+                    >> ops.TagAsItemFeatures())
+        labels = LABELS >> ops.AddTags([Tags.TARGET, Tags.BINARY_CLASSIFICATION])
+        passthrough = ["split", "timestamp", "sampled_negative", "events", "watch_seconds"]
+        return (user_id + item_id + raw_ids + user_stats + item_stats + age + user_cats
+                + item_cats + duration + labels + passthrough)
+
+    def features(self, examples: Dataset, history: Dataset, cut: Cutoffs):
+        ddf = examples.to_ddf()
+        train = Dataset(ddf[ddf["split"] == TRAIN], cpu=self.cpu)
+        hist = history.to_ddf()
+        before_cut = Dataset(hist[hist["timestamp"] < cut.train_end], cpu=self.cpu)
+        graph = self.feature_graph()
+        workflow = nvt.Workflow(graph)
+        # Point-in-time statistics learn from the event history before the cut-off; everything
+        # else (Categorify, thresholds) from the training examples.
+        pit_nodes = [n for n in _nodes(workflow.output_node) if isinstance(n.op, PointInTimeStats)]
+        workflow.fit(train)
+        for node in pit_nodes:
+            stats = node.op.fit(node.input_columns, before_cut.to_ddf()[node.input_columns.names])
+            node.op.fit_finalize(stats.compute())
+        workflow.save(str(self.out / "workflow"))
+        for node in pit_nodes:
+            node.op.latest().to_parquet(self.out / "artifacts" / f"{node.op.prefix}_features.parquet",
+                                        index=False)
+        splits = {}
+        for code, name in SPLIT_NAMES.items():
+            part = Dataset(ddf[ddf["split"] == code], cpu=self.cpu)
+            workflow.transform(part).to_parquet(str(self.out / name), output_files=None)
+            splits[name] = self.out / name
+        return splits, embedding_tables(workflow.output_schema, self.cfg.embedding_dim)
+
+    # ---- checks that fail loudly (L5.4) ----------------------------------------------------
+    def check(self, splits: dict[str, Path], cut: Cutoffs) -> dict:
+        rows, positives, passed = {}, {}, []
+        for name, path in splits.items():
+            frame = read_split(path, ["user_id_raw", "item_id_raw", "timestamp",
+                                      "sampled_negative", *LABELS])
+            rows[name] = int(len(frame))
+            if len(frame) == 0:
+                raise DatasetCheckError(f"split '{name}' is empty; widen the data or move "
+                                        f"dataset.train_end / valid_days / test_days")
+            for label in LABELS:
+                bad = ~frame[label].isin([0, 1])
+                if bad.any():
+                    raise DatasetCheckError(f"split '{name}': label '{label}' has values other "
+                                            f"than 0/1: {frame.loc[bad, label].unique()[:5]}")
+            positives[name] = {label: int(frame[label].sum()) for label in LABELS}
+            dup = frame.duplicated(["user_id_raw", "item_id_raw"])
+            if dup.any():
+                raise DatasetCheckError(f"split '{name}': {int(dup.sum())} duplicate (user, item) "
+                                        "pairs")
+            if self.cfg.split == "time":
+                ts = frame["timestamp"]
+                if name == "train" and (ts >= cut.train_end).any():
+                    raise DatasetCheckError(f"split 'train' has events at or after the cut-off "
+                                            f"{cut.train_end}")
+                if name != "train" and (ts < cut.train_end).any():
+                    raise DatasetCheckError(f"split '{name}' has events before the training "
+                                            f"cut-off {cut.train_end}")
+        passed = ["splits non-empty", "labels in {0, 1}", "no duplicate (user, item) in a split"]
+        if self.cfg.split == "time":
+            passed.append("no valid/test event before the training cut-off")
+        (self.out / "artifacts" / "checks.json").write_text(json.dumps(passed))
+        return {"rows": rows, "positives": positives, "passed": passed}
+
+
+def read_split(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """A written split as one pandas frame (its parquet parts, without Merlin's schema files)."""
+    parts = sorted(Path(path).glob("*.parquet"))
+    return pd.concat([pd.read_parquet(p, columns=columns) for p in parts], ignore_index=True)
+
+
+def _nodes(node):
+    seen, stack = [], [node]
+    while stack:
+        n = stack.pop()
+        if any(n is s for s in seen):
+            continue
+        seen.append(n)
+        stack.extend(n.parents_with_dependencies)
+    return seen
+
+
+def embedding_tables(schema, dim: int) -> list[dict]:
+    """Rows x dim x 4 bytes for every categorical column a model would embed (L3.1)."""
+    out = []
+    for col in schema:
+        if Tags.CATEGORICAL not in col.tags:
+            continue
+        rows = int(col.int_domain.max) + 1 if col.int_domain else 0
+        out.append({"column": col.name, "rows": rows, "dim": dim,
+                    "megabytes": round(rows * dim * 4 / 2**20, 3)})
+    return out

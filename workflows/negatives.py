@@ -1,0 +1,98 @@
+"""Negative sampling (L4.4): items a user never touched, added to the ranking data labelled 0.
+
+Logs hold only what the old system showed; a ranker also has to learn what a user would not pick
+from the rest of the catalogue. Negatives are drawn uniformly or by popularity (counts in the
+training examples + 1), never among the items the user interacted with in any split, and each
+takes the split and timestamp of one of the user's own rows, so it lands in the same split and
+its point-in-time features are those of a real moment. Requires the data partitioned by user.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from merlin.dag.ops.stat_operator import StatOperator
+from nvtabular.ops.operator import ColumnSelector
+
+LABELS = ("click", "like", "share", "watch_75", "watch_duration_aware")
+
+
+def sample_for_user(rng: np.random.Generator, n: int, touched: np.ndarray, candidates: np.ndarray,
+                    probs: np.ndarray | None, max_rounds: int = 8) -> np.ndarray:
+    """Up to `n` distinct items from `candidates`, none of them in `touched`."""
+    chosen = np.empty(0, dtype=candidates.dtype)
+    for _ in range(max_rounds):
+        need = n - len(chosen)
+        if need <= 0:
+            break
+        draw = rng.choice(candidates, size=2 * need + 8, p=probs)
+        draw = draw[~np.isin(draw, touched) & ~np.isin(draw, chosen)]
+        _, first = np.unique(draw, return_index=True)
+        chosen = np.concatenate([chosen, draw[np.sort(first)][:need]])
+    return chosen
+
+
+def sample_negatives(examples: pd.DataFrame, ratio: float, candidates: np.ndarray,
+                     probs: np.ndarray | None, seed: int) -> pd.DataFrame:
+    """Negative rows for every user in `examples` (which must hold all of each user's rows).
+
+    Each user gets round(ratio x their rows) negatives from a generator seeded by (seed, user),
+    so the result does not depend on how the data is partitioned.
+    """
+    out = []
+    ordered = examples.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
+    for user, rows in ordered.groupby("user_id", sort=True):
+        n = int(round(ratio * len(rows)))
+        if n == 0:
+            continue
+        rng = np.random.default_rng([seed, int(user)])
+        items = sample_for_user(rng, n, rows["item_id"].to_numpy(), candidates, probs)
+        if len(items) == 0:
+            continue
+        anchor = rows.iloc[rng.integers(0, len(rows), len(items))]
+        out.append(pd.DataFrame({"user_id": np.int64(user), "item_id": items,
+                                 "timestamp": anchor["timestamp"].to_numpy(),
+                                 "split": anchor["split"].to_numpy()}))
+    if not out:
+        return examples.iloc[:0][["user_id", "item_id", "timestamp", "split"]]
+    return pd.concat(out, ignore_index=True)
+
+
+class NegativeSampler(StatOperator):
+    """Adds `ratio` sampled negatives per example row; fit learns item popularity on train rows."""
+
+    def __init__(self, ratio: float, mode: str = "popularity", seed: int = 0):
+        super().__init__()
+        if mode not in ("popularity", "uniform"):
+            raise ValueError(f"negative_sampling must be 'popularity' or 'uniform', got {mode!r}")
+        self.ratio, self.mode, self.seed = ratio, mode, seed
+        self.candidates: np.ndarray | None = None
+        self.probs: np.ndarray | None = None
+
+    def fit(self, col_selector: ColumnSelector, ddf):
+        return ddf["item_id"].value_counts()
+
+    def fit_finalize(self, counts):
+        counts = counts.to_pandas() if hasattr(counts, "to_pandas") else counts
+        counts = counts.sort_index()
+        self.candidates = counts.index.to_numpy(np.int64)
+        weights = counts.to_numpy(np.float64) + 1.0
+        self.probs = weights / weights.sum() if self.mode == "popularity" else None
+
+    def clear(self):
+        self.candidates = self.probs = None
+
+    def transform(self, col_selector: ColumnSelector, df):
+        host = df.to_pandas() if hasattr(df, "to_pandas") else df
+        negatives = sample_negatives(host, self.ratio, self.candidates, self.probs, self.seed)
+        filled = {c: np.zeros(len(negatives), dtype=host[c].dtype)
+                  for c in host.columns if c not in negatives.columns}
+        negatives = negatives.assign(**filled)
+        if "sampled_negative" in host.columns:
+            negatives["sampled_negative"] = np.int8(1)
+        if "duration_seconds" in negatives:
+            negatives["duration_seconds"] = np.nan        # the item table gives it later
+        merged = pd.concat([host, negatives[host.columns]], ignore_index=True)
+        merged = merged.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
+        merged = merged.reset_index(drop=True)
+        return type(df).from_pandas(merged) if hasattr(df, "to_pandas") else merged

@@ -1,0 +1,141 @@
+"""Point-in-time statistics (L5.3): user and item features that never look into the future.
+
+An example on day t sees only events of days strictly before t (so strictly before its own
+timestamp; same-day history is left out rather than risk a leak). The statistics are fitted on
+training events, so validation and test examples see the state as of the training cut-off.
+Fitting keeps one row per (key, active day), not per event, so it scales with activity days.
+
+Features per key (prefix `user_` or `item_`): `events`, `clicks`, `click_rate`,
+`watch_fraction` (mean watched fraction of clicked events), `days_since_last` (capped).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from merlin.dag.ops.stat_operator import StatOperator
+from merlin.schema import Tags
+from nvtabular.ops.operator import ColumnSelector
+
+DAY_NS = 86_400 * 10**9
+NEVER = 999.0                    # days_since_last when there is no earlier event
+STAT_NAMES = ("events", "clicks", "click_rate", "watch_fraction", "days_since_last")
+
+
+def event_day(timestamp) -> np.ndarray:
+    """Whole days since the epoch, from a UTC timestamp column (any datetime64 resolution)."""
+    values = np.asarray(timestamp)
+    if np.issubdtype(values.dtype, np.datetime64):
+        return values.astype("datetime64[D]").astype(np.int64)
+    return (np.asarray(values, dtype=np.int64) // DAY_NS).astype(np.int64)
+
+
+# ---- pure logic --------------------------------------------------------------------------------
+
+def daily_activity(key, day, click, watch, duration) -> pd.DataFrame:
+    """One row per (key, day): events, clicks, and the summed watched fraction of clicks."""
+    watch, duration = np.asarray(watch, float), np.asarray(duration, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fraction = np.where((np.asarray(click) == 1) & (duration > 0),
+                            np.clip(watch / duration, 0, 1), np.nan)
+    frame = pd.DataFrame({"key": np.asarray(key, np.int64), "day": np.asarray(day, np.int64),
+                          "events": 1, "clicks": np.asarray(click, np.int64),
+                          "fraction_sum": np.nan_to_num(fraction), "fraction_n": ~np.isnan(fraction)})
+    return frame.groupby(["key", "day"], as_index=False).sum()
+
+
+def cumulative_table(daily: pd.DataFrame) -> pd.DataFrame:
+    """Running totals per key through each active day, sorted by (key, day)."""
+    daily = daily.groupby(["key", "day"], as_index=False).sum().sort_values(["key", "day"])
+    running = daily.groupby("key")[["events", "clicks", "fraction_sum", "fraction_n"]].cumsum()
+    return pd.concat([daily[["key", "day"]], running], axis=1).reset_index(drop=True)
+
+
+def lookup(table: pd.DataFrame, key, day) -> dict[str, np.ndarray]:
+    """The statistics of `key` over days strictly before `day`, from a cumulative table."""
+    key, day = np.asarray(key, np.int64), np.asarray(day, np.int64)
+    t_key, t_day = table["key"].to_numpy(np.int64), table["day"].to_numpy(np.int64)
+    # Position of the last table row with (key, day') < (key, day): lexicographic search.
+    order_key = t_key.astype(np.float64) * 1e6 + t_day  # days < 1e6; keys < 2**53 / 1e6
+    pos = np.searchsorted(order_key, key.astype(np.float64) * 1e6 + day, side="left") - 1
+    valid = (pos >= 0) & (t_key[np.clip(pos, 0, None)] == key) if len(t_key) else \
+        np.zeros(len(key), bool)
+    pos = np.clip(pos, 0, None)
+
+    def take(column):
+        values = table[column].to_numpy(np.float64) if len(table) else np.zeros(1)
+        return np.where(valid, values[pos] if len(table) else 0.0, 0.0)
+
+    events, clicks = take("events"), take("clicks")
+    fsum, fn = take("fraction_sum"), take("fraction_n")
+    last = np.where(valid, t_day[pos] if len(t_day) else 0, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {"events": events, "clicks": clicks,
+                "click_rate": np.where(events > 0, clicks / events, 0.0),
+                "watch_fraction": np.where(fn > 0, fsum / fn, 0.0),
+                "days_since_last": np.where(valid, np.minimum(day - last, NEVER), NEVER)}
+
+
+# ---- NVTabular operator ------------------------------------------------------------------------
+
+class PointInTimeStats(StatOperator):
+    """[key, timestamp, click, watch_seconds, duration_seconds] -> `<prefix>_<stat>` columns."""
+
+    def __init__(self, key: str, prefix: str):
+        super().__init__()
+        self.key, self.prefix = key, prefix
+        self.table: pd.DataFrame | None = None
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.key, "timestamp", "click", "watch_seconds", "duration_seconds"]
+
+    def fit(self, col_selector: ColumnSelector, ddf):
+        key, prefix = self.key, self.prefix  # noqa: F841  (closure values, not self)
+
+        def per_partition(df):
+            return daily_activity(_host(df[key]), event_day(_host(df["timestamp"])),
+                                  _host(df["click"]), _host(df["watch_seconds"]),
+                                  _host(df["duration_seconds"]))
+
+        meta = pd.DataFrame({"key": pd.Series(dtype=np.int64), "day": pd.Series(dtype=np.int64),
+                             "events": pd.Series(dtype=np.int64),
+                             "clicks": pd.Series(dtype=np.int64),
+                             "fraction_sum": pd.Series(dtype=np.float64),
+                             "fraction_n": pd.Series(dtype=np.int64)})
+        return ddf[self.inputs].map_partitions(per_partition, meta=meta)
+
+    def fit_finalize(self, daily):
+        self.table = cumulative_table(daily)
+
+    def clear(self):
+        self.table = None
+
+    def transform(self, col_selector: ColumnSelector, df):
+        stats = lookup(self.table, _host(df[self.key]), event_day(_host(df["timestamp"])))
+        out = type(df)()
+        for name in STAT_NAMES:
+            out[f"{self.prefix}_{name}"] = stats[name].astype(np.float32)
+        return out
+
+    def column_mapping(self, col_selector):
+        return {f"{self.prefix}_{name}": list(self.inputs) for name in STAT_NAMES}
+
+    @property
+    def output_dtype(self):
+        return np.float32
+
+    @property
+    def output_tags(self):
+        return [Tags.CONTINUOUS]
+
+    def latest(self) -> pd.DataFrame:
+        """The statistics of every key as of the end of the fitted data (for serving)."""
+        last = self.table.groupby("key").tail(1)
+        stats = lookup(self.table, last["key"], last["day"] + 1)
+        return pd.DataFrame({self.key: last["key"].to_numpy(), "as_of_day": last["day"] + 1,
+                             **{f"{self.prefix}_{n}": v for n, v in stats.items()}})
+
+
+def _host(series) -> np.ndarray:
+    return series.to_numpy() if hasattr(series, "to_numpy") else np.asarray(series)

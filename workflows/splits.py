@@ -1,0 +1,99 @@
+"""Splits and examples (L5.4): train / valid / test, one example per (user, item) per split.
+
+The default split is by time: everything before `train_end` trains, the next `valid_days`
+validate, the `test_days` after that test, as a model meets the future in production. A random
+split (by a hash of the pair, so a pair never straddles two splits) is the option for protocols
+that ask for it. Events are then folded into examples: one row per (user, item, split) with each
+signal's maximum, the first timestamp and the number of events, so no pair is counted twice.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from nvtabular.ops.operator import ColumnSelector, Operator
+
+TRAIN, VALID, TEST = 0, 1, 2
+SPLIT_NAMES = {TRAIN: "train", VALID: "valid", TEST: "test"}
+SIGNALS = ["click", "like", "share", "watch_75", "watch_duration_aware"]
+
+
+def time_split(timestamp_ns: np.ndarray, train_end_ns: int, valid_end_ns: int) -> np.ndarray:
+    ts = np.asarray(timestamp_ns, dtype=np.int64)
+    return np.where(ts < train_end_ns, TRAIN, np.where(ts < valid_end_ns, VALID, TEST)).astype(np.int8)
+
+
+def random_split(user, item, fractions, seed: int) -> np.ndarray:
+    """A stable pseudo-random split of each (user, item) pair in the given fractions."""
+    fractions = np.asarray(fractions, float)
+    if len(fractions) != 3 or (fractions < 0).any() or not np.isclose(fractions.sum(), 1.0):
+        raise ValueError(f"random_fractions must be three shares summing to 1, got {list(fractions)}")
+    h = (np.asarray(user, np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+         ^ (np.asarray(item, np.uint64) + np.uint64(seed)) * np.uint64(0xC2B2AE3D27D4EB4F))
+    h ^= h >> np.uint64(31)
+    u = (h % np.uint64(1_000_003)).astype(np.float64) / 1_000_003
+    cut = np.cumsum(fractions)
+    return np.searchsorted(cut[:2], u, side="right").astype(np.int8)
+
+
+def aggregate_pairs(events: pd.DataFrame) -> pd.DataFrame:
+    """One row per (user_id, item_id, split): signals' max, first timestamp, event count."""
+    present = [s for s in SIGNALS if s in events]
+    agg = {s: "max" for s in present}
+    agg.update({"timestamp": "min", "watch_seconds": "max", "duration_seconds": "first"})
+    grouped = events.groupby(["user_id", "item_id", "split"], sort=True)
+    out = grouped.agg(agg)
+    out["events"] = grouped.size().astype(np.int32)
+    out = out.reset_index()
+    out["sampled_negative"] = np.int8(0)
+    return out
+
+
+class SplitAssigner(Operator):
+    """[timestamp, user_id, item_id] -> split (0 train, 1 valid, 2 test)."""
+
+    def __init__(self, kind: str, train_end_ns: int | None = None, valid_end_ns: int | None = None,
+                 fractions=(0.8, 0.1, 0.1), seed: int = 0):
+        super().__init__()
+        if kind not in ("time", "random"):
+            raise ValueError(f"dataset.split must be 'time' or 'random', got {kind!r}")
+        self.kind, self.train_end_ns, self.valid_end_ns = kind, train_end_ns, valid_end_ns
+        self.fractions, self.seed = list(fractions), seed
+
+    def transform(self, col_selector: ColumnSelector, df):
+        out = type(df)()
+        if self.kind == "time":
+            ts = df["timestamp"].to_numpy().astype("datetime64[ns]").astype(np.int64)
+            out["split"] = time_split(ts, self.train_end_ns, self.valid_end_ns)
+        else:
+            out["split"] = random_split(df["user_id"].to_numpy(), df["item_id"].to_numpy(),
+                                        self.fractions, self.seed)
+        return out
+
+    def column_mapping(self, col_selector):
+        return {"split": ["timestamp", "user_id", "item_id"]}
+
+    @property
+    def output_dtype(self):
+        return np.int8
+
+
+class AggregatePairs(Operator):
+    """Folds the events of each partition into examples; needs the data partitioned by user."""
+
+    def transform(self, col_selector: ColumnSelector, df):
+        host = df.to_pandas() if hasattr(df, "to_pandas") else df
+        out = aggregate_pairs(host)
+        return type(df).from_pandas(out) if hasattr(df, "to_pandas") else out
+
+    def column_mapping(self, col_selector):
+        names = ["user_id", "item_id", "split", *[s for s in SIGNALS if s in col_selector.names],
+                 "timestamp", "watch_seconds", "duration_seconds", "events", "sampled_negative"]
+        return {n: [n] if n in col_selector.names else list(col_selector.names) for n in names}
+
+    def compute_output_schema(self, input_schema, col_selector, prev_output_schema=None):
+        schema = super().compute_output_schema(input_schema, col_selector, prev_output_schema)
+        from merlin.schema import Schema
+        fixed = {"events": np.int32, "sampled_negative": np.int8}
+        return Schema([schema[c].with_dtype(fixed[c]) if c in fixed else schema[c]
+                       for c in schema.column_names])
