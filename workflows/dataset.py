@@ -255,11 +255,10 @@ class DatasetBuilder:
                       >> ops.AddTags([Tags.USER]))
         item_stats = (["item_id", *pit_inputs] >> PointInTimeStats("item_id", "item")
                       >> ops.AddTags([Tags.ITEM]))
-        users = self.users[["user_id", "age", "gender", "location"]].copy()
-        users["age"] = users["age"].astype("float64").fillna(-1)
-        items = self.items[["item_id", "category", "creator", "duration_seconds"]].rename(
-            columns={"duration_seconds": "item_duration"})
-        items["item_duration"] = items["item_duration"].astype("float64").fillna(0.0)
+        # Attributes a source does not have (MovieLens has no creator or duration) are left out.
+        users, user_cats = _attributes(self.users, "user_id", ["gender", "location"], ["age"])
+        items, item_cats = _attributes(self.items.rename(columns={"duration_seconds": "item_duration"}),
+                                       "item_id", ["category", "creator"], ["item_duration"])
         user_attrs = ["user_id"] >> ops.JoinExternal(users, on="user_id",
                                                      columns_ext=list(users.columns))
         item_attrs = ["item_id"] >> ops.JoinExternal(items, on="item_id",
@@ -271,18 +270,22 @@ class DatasetBuilder:
         user_id = ["user_id"] >> ops.Categorify(**categorify) >> ops.TagAsUserID()
         item_id = ["item_id"] >> ops.Categorify(**categorify) >> ops.TagAsItemID()
         raw_ids = ["user_id", "item_id"] >> ops.Rename(postfix="_raw")
-        age = user_attrs["age"] >> ops.Bucketize({"age": AGE_BOUNDARIES}) >> ops.Rename(
-            name="age_band") >> ops.TagAsUserFeatures()
-        user_cats = (user_attrs[["gender", "location"]] >> ops.Categorify(
-            out_path=str(self.out / "categories"), dtype="int32") >> ops.TagAsUserFeatures())
-        item_cats = (item_attrs[["category", "creator"]] >> ops.Categorify(
-            out_path=str(self.out / "categories"), dtype="int32") >> ops.TagAsItemFeatures())
-        duration = (item_attrs["item_duration"] >> ops.LogOp() >> ops.AddTags([Tags.CONTINUOUS])
-                    >> ops.TagAsItemFeatures())
+        attributes = user_id + item_id
+        if "age" in users:
+            attributes += (user_attrs["age"] >> ops.Bucketize({"age": AGE_BOUNDARIES})
+                           >> ops.Rename(name="age_band") >> ops.TagAsUserFeatures())
+        if user_cats:
+            attributes += (user_attrs[user_cats] >> ops.Categorify(
+                out_path=str(self.out / "categories"), dtype="int32") >> ops.TagAsUserFeatures())
+        if item_cats:
+            attributes += (item_attrs[item_cats] >> ops.Categorify(
+                out_path=str(self.out / "categories"), dtype="int32") >> ops.TagAsItemFeatures())
+        if "item_duration" in items:
+            attributes += (item_attrs["item_duration"] >> ops.LogOp()
+                           >> ops.AddTags([Tags.CONTINUOUS]) >> ops.TagAsItemFeatures())
         labels = LABELS >> ops.AddTags([Tags.TARGET, Tags.BINARY_CLASSIFICATION])
         passthrough = ["split", "timestamp", "sampled_negative", "events", "watch_seconds"]
-        return (user_id + item_id + raw_ids + user_stats + item_stats + age + user_cats
-                + item_cats + duration + labels + passthrough)
+        return attributes + raw_ids + user_stats + item_stats + labels + passthrough
 
     def features(self, examples: Dataset, history: Dataset, cut: Cutoffs):
         ddf = examples.to_ddf()
@@ -344,6 +347,16 @@ class DatasetBuilder:
         return {"rows": rows, "positives": positives, "passed": passed}
 
 
+def _attributes(table: pd.DataFrame, key: str, categorical: list[str], continuous: list[str]):
+    """The attribute table to join (columns with at least one value) and its categorical names."""
+    present = [c for c in categorical + continuous if c in table and table[c].notna().any()]
+    out = table[[key, *present]].copy()
+    for c in present:
+        out[c] = out[c].fillna("unknown") if c in categorical else \
+            out[c].astype("float64").fillna(out[c].astype("float64").median())
+    return out, [c for c in categorical if c in present]
+
+
 def read_split(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
     """A written split as one pandas frame (its parquet parts, without Merlin's schema files)."""
     parts = sorted(Path(path).glob("*.parquet"))
@@ -363,11 +376,12 @@ def _nodes(node):
 
 def embedding_tables(schema, dim: int) -> list[dict]:
     """Rows x dim x 4 bytes for every categorical column a model would embed (L3.1)."""
+    known = {"age_band": len(AGE_BOUNDARIES) + 1}      # Bucketize records no domain
     out = []
     for col in schema:
         if Tags.CATEGORICAL not in col.tags:
             continue
-        rows = int(col.int_domain.max) + 1 if col.int_domain else 0
+        rows = known.get(col.name) or (int(col.int_domain.max) + 1 if col.int_domain else 0)
         out.append({"column": col.name, "rows": rows, "dim": dim,
                     "megabytes": round(rows * dim * 4 / 2**20, 3)})
     return out
