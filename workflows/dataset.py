@@ -232,6 +232,13 @@ class DatasetBuilder:
         columns = list(by_user.columns)
         pairs = self._apply(columns >> AggregatePairs(), Dataset(by_user, cpu=self.cpu))
         self.report.record("examples", pairs.to_ddf(), note="one row per (user, item, split)")
+        counts = pairs.to_ddf()["split"].value_counts().compute()
+        for code, name in SPLIT_NAMES.items():
+            if int(counts.get(code, 0)) == 0:
+                raise DatasetCheckError(
+                    f"split '{name}' is empty (train_end {cut.train_end}, valid until "
+                    f"{cut.valid_end}, data until {cut.data_end}); widen the data or move "
+                    "dataset.train_end / valid_days / test_days")
         return pairs
 
     def negative_sampling(self, ds: Dataset) -> Dataset:
