@@ -33,8 +33,12 @@ def run_pipeline(cfg: Config, steps: tuple[str, ...] = STEPS, progress: bool = T
     run_dir = run_dir_for(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    summary = {"run": {"name": run_dir.name, "started": datetime.now(timezone.utc).isoformat(),
-                       "recfunnel_version": __version__, "steps": list(steps), "timings_s": {}}}
+    # Steps run as separate batch jobs add their sections to the run's existing summary.
+    previous = run_dir / "summary.json"
+    summary = json.loads(previous.read_text()) if previous.is_file() else {}
+    timings = summary.get("run", {}).get("timings_s", {})
+    summary["run"] = {"name": run_dir.name, "started": datetime.now(timezone.utc).isoformat(),
+                      "recfunnel_version": __version__, "steps": list(steps), "timings_s": timings}
     cache = Path(cfg.run.cache_dir) if cfg.run.cache_dir else None
     if "data" in steps:
         t = time.perf_counter()

@@ -57,7 +57,7 @@ def render_data(section: dict) -> str:
         if injected:
             ax.scatter([injected.get(n, 0) for n in names], names, color="black", zorder=3,
                        label="injected by the generator (truth)")
-            ax.legend(loc="lower right")
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=2)
         ax.set_xlabel("rows")
         ax.set_title("Rows set aside by validation, by reason")
         parts.append(figure_html(fig, "quarantined rows by reason"))

@@ -76,3 +76,23 @@ def test_schema_command_documents_every_column(tmp_path):
     assert done.returncode == 0
     for column in ("user_id", "watch_seconds", "duration_seconds", "location", "unsafe"):
         assert f"`{column}`" in done.stdout
+
+
+def test_steps_as_separate_jobs_share_one_summary(tmp_path):
+    base = ["-c", str(REPO / "configs" / "default.yaml"), "-q", "--set",
+            f"run.runs_dir={tmp_path / 'runs'}", "--set", f"run.cache_dir={tmp_path / 'cache'}",
+            *SMALL]
+    assert recfunnel("pipeline", "run", "--steps", "data", *base, cwd=tmp_path).returncode == 0
+    summary = json.loads((tmp_path / "runs" / "demo" / "summary.json").read_text())
+    assert "data" in summary and "dataset" not in summary
+    done = recfunnel("pipeline", "run", "--steps", "dataset", *base, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "runs" / "demo" / "summary.json").read_text())
+    assert {"data", "dataset"} <= set(summary) and summary["run"]["steps"] == ["dataset"]
+    assert set(summary["run"]["timings_s"]) == {"data", "dataset"}
+
+
+def test_dataset_step_without_data_exits_2(tmp_path):
+    done = recfunnel("pipeline", "run", "--steps", "dataset", "-q", "--set",
+                     f"run.runs_dir={tmp_path}", cwd=tmp_path)
+    assert done.returncode == 2 and "has no validated events" in done.stderr
