@@ -105,6 +105,36 @@ class DatasetConfig:
 
 
 @dataclass
+class ModelsConfig:
+    """Retrieval and ranking models (models/, L2.3, L3, L6)."""
+    embedding_dim: int = 64               # two-tower / MF output dimension (L6.1: recall vs latency)
+    retrieval_epochs: int = 3
+    retrieval_batch_size: int = 1024
+    retrieval_learning_rate: float = 0.005
+    logq_correction: bool = True          # popularity correction of in-batch negatives
+    retrieval_positive: str = "click"     # which label makes a (user, item) pair a positive
+    mf_epochs: int = 3
+    objectives: list = field(default_factory=lambda: ["click", "like", "share",
+                                                       "watch_duration_aware"])
+    blend_weights: dict = field(default_factory=lambda: {
+        "click": 0.1, "like": 0.3, "share": 0.2, "watch_duration_aware": 0.4})
+    ranker_epochs: int = 2
+    ranker_batch_size: int = 1024
+    ranker_learning_rate: float = 0.003
+    light_ranker_features: list = field(default_factory=lambda: [
+        "user_id", "item_id", "item_click_rate", "item_events", "user_click_rate"])
+    light_ranker_layers: list = field(default_factory=lambda: [32])
+    heavy_ranker_layers: list = field(default_factory=lambda: [128, 64])
+    heavy_ranker_cross_depth: int = 2
+    eval_k: int = 10
+    candidates_k: int = 500               # the candidate generator's cut (L6.1)
+    light_ranker_keep: int = 100          # the light ranker's cut (L6.2)
+    index: str = "exact"                  # exact | hnsw
+    window_sweep_days: list = field(default_factory=lambda: [1, 3, 7, 14, 21])
+    seed: int = 0
+
+
+@dataclass
 class RunConfig:
     name: str | None = None               # None: <source>-<UTC time>
     runs_dir: str = "runs"
@@ -118,6 +148,7 @@ class Config:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

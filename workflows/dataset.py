@@ -258,10 +258,10 @@ class DatasetBuilder:
     def feature_graph(self):
         cfg = self.cfg
         pit_inputs = ["timestamp", "click", "watch_seconds", "duration_seconds"]
-        user_stats = (["user_id", *pit_inputs] >> PointInTimeStats("user_id", "user")
-                      >> ops.AddTags([Tags.USER]))
-        item_stats = (["item_id", *pit_inputs] >> PointInTimeStats("item_id", "item")
-                      >> ops.AddTags([Tags.ITEM]))
+        user_stats = _scaled_stats(["user_id", *pit_inputs] >> PointInTimeStats("user_id", "user"),
+                                   "user", Tags.USER)
+        item_stats = _scaled_stats(["item_id", *pit_inputs] >> PointInTimeStats("item_id", "item"),
+                                   "item", Tags.ITEM)
         # Attributes a source does not have (MovieLens has no creator or duration) are left out.
         users, user_cats = _attributes(self.users, "user_id", ["gender", "location"], ["age"])
         items, item_cats = _attributes(self.items.rename(columns={"duration_seconds": "item_duration"}),
@@ -279,8 +279,10 @@ class DatasetBuilder:
         raw_ids = ["user_id", "item_id"] >> ops.Rename(postfix="_raw")
         attributes = user_id + item_id
         if "age" in users:
+            band_domain = {"domain": {"min": 0, "max": len(AGE_BOUNDARIES), "name": "age_band"}}
             attributes += (user_attrs["age"] >> ops.Bucketize({"age": AGE_BOUNDARIES})
-                           >> ops.Rename(name="age_band") >> ops.TagAsUserFeatures())
+                           >> ops.Rename(name="age_band") >> ops.AddProperties(band_domain)
+                           >> ops.TagAsUserFeatures())
         if user_cats:
             attributes += (user_attrs[user_cats] >> ops.Categorify(
                 out_path=str(self.out / "categories"), dtype="int32") >> ops.TagAsUserFeatures())
@@ -354,6 +356,14 @@ class DatasetBuilder:
         return {"rows": rows, "positives": positives, "passed": passed}
 
 
+def _scaled_stats(stats, prefix: str, tag):
+    """Counts and day gaps are heavy-tailed (up to tens of thousands); models get log(1 + x).
+    Rates and fractions are already in [0, 1]."""
+    counts = [f"{prefix}_{n}" for n in ("events", "clicks", "days_since_last")]
+    rates = [f"{prefix}_{n}" for n in ("click_rate", "watch_fraction")]
+    return ((stats[counts] >> ops.LogOp()) + stats[rates]) >> ops.AddTags([tag, Tags.CONTINUOUS])
+
+
 def _attributes(table: pd.DataFrame, key: str, categorical: list[str], continuous: list[str]):
     """The attribute table to join (columns with at least one value) and its categorical names."""
     present = [c for c in categorical + continuous if c in table and table[c].notna().any()]
@@ -383,12 +393,11 @@ def _nodes(node):
 
 def embedding_tables(schema, dim: int) -> list[dict]:
     """Rows x dim x 4 bytes for every categorical column a model would embed (L3.1)."""
-    known = {"age_band": len(AGE_BOUNDARIES) + 1}      # Bucketize records no domain
     out = []
     for col in schema:
         if Tags.CATEGORICAL not in col.tags:
             continue
-        rows = known.get(col.name) or (int(col.int_domain.max) + 1 if col.int_domain else 0)
+        rows = int(col.int_domain.max) + 1 if col.int_domain else 0
         out.append({"column": col.name, "rows": rows, "dim": dim,
                     "megabytes": round(rows * dim * 4 / 2**20, 3)})
     return out
