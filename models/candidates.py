@@ -130,3 +130,20 @@ class PopularityCandidates:
             items.append(self.item_ids[keep][:k])
             scores.append(share[keep][:k].astype(np.float32))
         return _pad(items, scores, k)
+
+
+def load_retrieval(query_dir: str | Path, items_dir: str | Path, kind: str = "exact"):
+    """A query tower and the item index it is scored against, refused unless both come from
+    one training (same version) and every file matches its checksum (L5.2).
+
+    Returns (serving signature of the query tower, EmbeddingIndex, version).
+    """
+    import tensorflow as tf
+
+    from models.artifacts import require_same_version
+
+    query_manifest = read_manifest(query_dir, kind="query_tower")
+    items_manifest = read_manifest(items_dir, kind="item_embeddings")
+    version = require_same_version(query_tower=query_manifest, item_embeddings=items_manifest)
+    signature = tf.saved_model.load(str(query_dir)).signatures["serving_default"]
+    return signature, EmbeddingIndex.load(items_dir, kind), version

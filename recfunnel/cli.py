@@ -46,6 +46,21 @@ def cmd_pipeline_run(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    """Trains the funnel's models on a run's dataset: `recfunnel train --run-name demo`."""
+    from recfunnel.pipeline import run_pipeline
+
+    cfg = _config(args)
+    run_dir = run_pipeline(cfg, steps=("models",), progress=not args.quiet)
+    models = json.loads((run_dir / "summary.json").read_text())["models"]
+    for name, m in models["models"].items():
+        last = m["history"][-1] if m["history"] else {}
+        shown = {k: v for k, v in last.items() if k.startswith("val_") and "loss" not in k}
+        print(f"{name:14s} {m['parameters']:>9,} params  {shown}")
+    print(f"version {models['version']} in {run_dir / models['path']}")
+    return 0
+
+
 def cmd_data_generate(args) -> int:
     from recfunnel.data import synthetic
 
@@ -89,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-name", help="folder name under run.runs_dir")
     run.add_argument("--steps", help="comma-separated subset of the steps")
     run.set_defaults(func=cmd_pipeline_run)
+
+    train = with_config(sub.add_parser("train", help="train every model on a run's dataset"))
+    train.add_argument("--run-name", help="the run whose dataset to train on")
+    train.set_defaults(func=cmd_train)
 
     data = sub.add_parser("data", help="data sources").add_subparsers(dest="action", required=True)
     gen = with_config(data.add_parser("generate", help="write the synthetic data set"))

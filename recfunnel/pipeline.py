@@ -2,7 +2,7 @@
 
 `runs/<run>/` holds `config.yaml` (the resolved settings), `summary.json` (one section per part
 of the pipeline: data, dataset, models, evaluation, serving, experiments) and `report.html`.
-Each part adds its section; the steps so far: data, dataset.
+Each part adds its section; the steps so far: data, dataset, models.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from recfunnel import __version__, report
 from recfunnel.config import Config
 from recfunnel.data import sources
 
-STEPS = ("data", "dataset")
+STEPS = ("data", "dataset", "models")
 
 
 def run_dir_for(cfg: Config) -> Path:
@@ -51,9 +51,26 @@ def run_pipeline(cfg: Config, steps: tuple[str, ...] = STEPS, progress: bool = T
         t = time.perf_counter()
         summary["dataset"] = dataset_step(cfg, run_dir, summary.get("data"), progress)
         summary["run"]["timings_s"]["dataset"] = round(time.perf_counter() - t, 2)
+    if "models" in steps:
+        t = time.perf_counter()
+        summary["models"] = models_step(cfg, run_dir, progress)
+        summary["run"]["timings_s"]["models"] = round(time.perf_counter() - t, 2)
     write_summary(run_dir, summary)
     report.write_report(run_dir, summary)
     return run_dir
+
+
+def models_step(cfg: Config, run_dir: Path, progress: bool) -> dict:
+    """Trains every model of the funnel on the run's dataset (models/)."""
+    import workflows  # noqa: F401  (Merlin fixes before any Merlin code runs)
+    from models.train import train_all
+
+    if not (run_dir / "dataset" / "train").is_dir():
+        raise FileNotFoundError(f"{run_dir / 'dataset'} has no training split; run the dataset "
+                                "step first (recfunnel pipeline run --steps dataset,models)")
+    section = train_all(run_dir / "dataset", run_dir / "models", cfg.models, progress=progress)
+    section["path"] = str(Path("models") / section["version"])
+    return section
 
 
 def dataset_step(cfg: Config, run_dir: Path, data: dict | None, progress: bool) -> dict:

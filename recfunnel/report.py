@@ -134,7 +134,42 @@ def _label_plot(audit: dict) -> str:
     return figure_html(fig, "watch labels by duration") + table
 
 
-RENDERERS = {"data": render_data, "dataset": render_dataset}
+def render_models(section: dict) -> str:
+    models = section["models"]
+    rows = []
+    for name, m in models.items():
+        last = m["history"][-1] if m["history"] else {}
+        metric = {k: v for k, v in last.items() if k.startswith("val_") and "loss" not in k}
+        rows.append((name, m["parameters"], m.get("embedding_megabytes", ""),
+                     m.get("train_seconds", ""), m.get("examples_per_second", ""),
+                     ", ".join(f"{k[4:]} {v}" for k, v in metric.items())))
+    parts = [f"<p>Version <code>{section['version']}</code>: every artifact of this training "
+             "carries it, and serving refuses to mix versions.</p>",
+             table_html(rows, ("model", "parameters", "embedding MB", "train s", "examples/s",
+                               "last epoch, validation"))]
+    curves = {n: m for n, m in models.items() if len(m["history"]) > 1 or m["kind"] != "candidate_fallback"}
+    if curves:
+        fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False)
+        for ax, (name, m) in zip(axes[0], curves.items()):
+            epochs = [h["epoch"] for h in m["history"]]
+            for key in sorted({k for h in m["history"] for k in h
+                               if k.startswith("val_") and "loss" not in k}):
+                ax.plot(epochs, [h.get(key) for h in m["history"]], "o-", label=key[4:])
+            ax.set_title(name)
+            ax.set_xlabel("epoch")
+            ax.legend(fontsize=7)
+        fig.suptitle("Validation metrics per epoch")
+        fig.tight_layout()
+        parts.append(figure_html(fig, "validation metrics per epoch"))
+    tables = [(name, t["column"], t["rows"], t["dim"], t["megabytes"])
+              for name, m in models.items() for t in m.get("embedding_tables", [])]
+    if tables:
+        parts.append("<h3>Embedding tables (L3.1)</h3>" + table_html(
+            tables, ("model", "column", "rows", "dim", "MB")))
+    return "".join(parts)
+
+
+RENDERERS = {"data": render_data, "dataset": render_dataset, "models": render_models}
 
 
 def write_report(run_dir: Path, summary: dict) -> Path:

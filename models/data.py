@@ -1,0 +1,100 @@
+"""What the models read: the dataset build's splits and their Merlin schema.
+
+The schema written by the feature workflow tags every column; models see only USER and ITEM
+features and TARGET columns. Passthrough columns (raw ids, split, timestamp, ...) carry no tags
+and are kept out of every model, so no model can learn from the future or from bookkeeping.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import merlin.io
+from merlin.schema import Schema, Tags
+
+
+@dataclass
+class Splits:
+    """The three splits as pandas frames (small data) and the model-facing schema."""
+    schema: Schema
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    test: pd.DataFrame
+
+    @classmethod
+    def load(cls, dataset_dir: str | Path) -> "Splits":
+        dataset_dir = Path(dataset_dir)
+        for name in ("train", "valid", "test"):
+            if not list((dataset_dir / name).glob("*.parquet")):
+                raise FileNotFoundError(f"{dataset_dir / name}: no parquet parts; run the "
+                                        "dataset step first")
+        schema = merlin.io.Dataset(str(dataset_dir / "train"), engine="parquet", cpu=True).schema
+        frames = {name: pd.concat([pd.read_parquet(p) for p in
+                                   sorted((dataset_dir / name).glob("*.parquet"))],
+                                  ignore_index=True) for name in ("train", "valid", "test")}
+        return cls(schema=schema.select_by_tag([Tags.USER, Tags.ITEM, Tags.TARGET]), **frames)
+
+    # ---- schema views ------------------------------------------------------------------------
+    @property
+    def user_schema(self) -> Schema:
+        return self.schema.select_by_tag(Tags.USER)
+
+    @property
+    def item_schema(self) -> Schema:
+        return self.schema.select_by_tag(Tags.ITEM)
+
+    @property
+    def item_id_schema(self) -> Schema:
+        return self.schema.select_by_tag(Tags.ITEM_ID)
+
+    @property
+    def n_items(self) -> int:
+        """Rows of the item id table (Categorify's domain, index 0 and OOV included)."""
+        return int(self.item_id_schema.first.int_domain.max) + 1
+
+    # ---- row views ---------------------------------------------------------------------------
+    def positives(self, frame: pd.DataFrame, label: str) -> pd.DataFrame:
+        """Observed (not sampled) examples whose `label` is 1: what retrieval learns from."""
+        return frame[(frame[label] == 1) & (frame["sampled_negative"] == 0)]
+
+    def latest_rows(self, key: str, columns: list[str]) -> pd.DataFrame:
+        """One feature row per id (its latest training example), sorted by id."""
+        frame = pd.concat([self.train, self.valid, self.test]) if key == "item_id" else self.train
+        last = frame.sort_values("timestamp", kind="stable").drop_duplicates(key, keep="last")
+        return last[columns].sort_values(key).reset_index(drop=True)
+
+    def item_frequencies(self, label: str) -> np.ndarray:
+        """[n_items] training positives per Categorified item id (for the logQ correction)."""
+        ids = self.positives(self.train, label)["item_id"].to_numpy()
+        return np.bincount(ids, minlength=self.n_items).astype(np.float32)
+
+
+def to_dataset(frame: pd.DataFrame, schema: Schema) -> merlin.io.Dataset:
+    """pandas rows -> a Merlin Dataset restricted to `schema`'s columns."""
+    return merlin.io.Dataset(frame[schema.column_names].reset_index(drop=True), schema=schema,
+                             cpu=True)
+
+
+def to_tensors(frame: pd.DataFrame, schema: Schema) -> dict:
+    """pandas rows -> {feature: tf.Tensor [batch, 1]} in the schema's dtypes."""
+    import tensorflow as tf
+
+    return {c.name: tf.constant(frame[c.name].to_numpy().astype(c.dtype.to_numpy).reshape(-1, 1))
+            for c in schema}
+
+
+def embedding_tables(model) -> list[dict]:
+    """Each embedding table of a Merlin model: column, rows x dim, and its memory (L3.1)."""
+    from merlin.models.tf.utils.tf_utils import get_sub_blocks
+
+    tables = {}
+    for block in get_sub_blocks(model):
+        if type(block).__name__ == "EmbeddingTable":
+            rows, dim = (int(x) for x in block.table.embeddings.shape)
+            name = block.col_schema.name if block.col_schema is not None else block.name
+            tables[name] = {"column": name, "rows": rows, "dim": dim,
+                            "megabytes": round(rows * dim * 4 / 2**20, 3)}
+    return sorted(tables.values(), key=lambda t: -t["rows"])

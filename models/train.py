@@ -1,0 +1,90 @@
+"""`recfunnel train`: every model of the funnel from one dataset build, under one version.
+
+Writes `<out>/<version>/` with the popularity fallback, the two-tower and MF query towers and
+item embeddings, and the light and heavy rankers, each with its manifest; returns the summary's
+`models` section: per model its parameters, embedding tables and their memory (L3.1), training
+time and throughput, and its metrics per epoch.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from models.artifacts import new_version, write_manifest
+from models.candidates import PopularityCandidates
+from models.data import Splits
+from recfunnel.config import ModelsConfig
+from recfunnel.evaluation.topk import topk_metrics
+
+RETRIEVAL = ("two_tower", "mf")
+RANKERS = ("light", "heavy")
+
+
+def train_all(dataset_dir: Path, out_dir: Path, cfg: ModelsConfig, progress: bool = True,
+              only: tuple[str, ...] | None = None) -> dict:
+    from tqdm.auto import tqdm
+
+    from models.ranking import train_ranker
+    from models.retrieval import train_retrieval
+
+    splits = Splits.load(dataset_dir)
+    version = new_version()
+    root = Path(out_dir) / version
+    root.mkdir(parents=True)
+    wanted = only or ("popularity", *RETRIEVAL, *(f"{k}_ranker" for k in RANKERS))
+    section = {"version": version, "path": str(root), "models": {}}
+    bar = tqdm(wanted, desc="training", unit="model", disable=not progress)
+    for name in bar:
+        bar.set_postfix_str(name)
+        if name == "popularity":
+            section["models"][name] = train_popularity(splits, cfg, root, version)
+        elif name in RETRIEVAL:
+            result = train_retrieval(name, splits, cfg, root, version)
+            section["models"][name] = _describe(result, root)
+        else:
+            result = train_ranker(name.removesuffix("_ranker"), splits, cfg, root, version)
+            section["models"][name] = _describe(result, root)
+    (root / "models.json").write_text(json.dumps(section, indent=2, default=str))
+    return section
+
+
+def train_popularity(splits: Splits, cfg: ModelsConfig, root: Path, version: str) -> dict:
+    """The fallback for users the models do not know: most-clicked training items."""
+    positives = splits.positives(splits.train, cfg.retrieval_positive)
+    popularity = PopularityCandidates.fit(positives["item_id"].to_numpy(), version)
+    folder = root / "popularity"
+    folder.mkdir()
+    np.save(folder / "item_ids.npy", popularity.item_ids)
+    np.save(folder / "counts.npy", popularity.counts)
+    valid = splits.positives(splits.valid, cfg.retrieval_positive)
+    truth = valid.groupby("user_id")["item_id"].apply(np.asarray)
+    seen = positives.groupby("user_id")["item_id"].apply(np.asarray)
+    exclude = [seen.get(u, np.empty(0, np.int64)) for u in truth.index]
+    top, _ = popularity.search(len(truth), cfg.eval_k, exclude)
+    m = topk_metrics(top, list(truth), cfg.eval_k)
+    metrics = {f"val_recall@{cfg.eval_k}": round(m[f"recall@{cfg.eval_k}"], 4),
+               f"val_ndcg@{cfg.eval_k}": round(m[f"ndcg@{cfg.eval_k}"], 4)}
+    write_manifest(folder, version, "popularity", metrics=metrics)
+    return {"kind": "candidate_fallback", "parameters": int(len(popularity.item_ids)),
+            "history": [metrics], "path": str(folder.relative_to(root.parent))}
+
+
+def _describe(result, root: Path) -> dict:
+    path = result.model_dir if hasattr(result, "model_dir") else result.query_dir
+    tables = result.embedding_tables
+    out = {"kind": "ranker" if hasattr(result, "model_dir") else "retrieval",
+           "parameters": result.parameters, "train_seconds": result.train_seconds,
+           "examples_per_second": round(result.examples / max(result.train_seconds, 1e-9)),
+           "history": result.history, "embedding_tables": tables,
+           "embedding_megabytes": round(sum(t["megabytes"] for t in tables), 3),
+           "path": str(Path(path).relative_to(root.parent))}
+    if hasattr(result, "items_dir"):
+        vectors = np.load(Path(result.items_dir) / "item_embeddings.npy", mmap_mode="r")
+        out["item_embeddings"] = {"rows": int(vectors.shape[0]), "dim": int(vectors.shape[1]),
+                                  "path": str(Path(result.items_dir).relative_to(root.parent))}
+    if getattr(result, "features", None):
+        out["features"] = result.features
+    return out
+
