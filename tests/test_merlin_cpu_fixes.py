@@ -20,7 +20,7 @@ from nvtabular.ops import join_groupby
 from workflows import merlin_cpu_fixes
 
 FIXES = ("joingroupby_count_float64", "dask_fit_phase_keeps_subgraph_results",
-         "empty_partitions_keep_new_columns")
+         "empty_partitions_keep_new_columns", "dcn_cross_saves_output_x0")
 
 TRAIN = pd.DataFrame(
     {
@@ -158,3 +158,34 @@ def test_an_empty_partition_keeps_the_columns_an_op_creates():
         workflow.fit(filtered)
         out = workflow.transform(filtered).to_ddf().compute()
     assert out["price_x2"].tolist() == [6.0, 8.0]
+
+
+def test_a_reloaded_dcn_scores_like_the_trained_one(tmp_path):
+    """Keras reload of a depth-2 DCN must keep its cross layers' wiring (fix d)."""
+    import merlin.models.tf as mm
+    import tensorflow as tf
+    from merlin.schema import ColumnSchema, Schema, Tags
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"u": rng.integers(0, 20, 512).astype("int32"),
+                          "x": rng.standard_normal(512).astype("float32"),
+                          "y": rng.integers(0, 2, 512).astype("int32")})
+    schema = Schema([
+        ColumnSchema("u", dtype="int32", tags=[Tags.CATEGORICAL],
+                     properties={"domain": {"min": 0, "max": 19, "name": "u"}}),
+        ColumnSchema("x", dtype="float32", tags=[Tags.CONTINUOUS]),
+        ColumnSchema("y", dtype="int32", tags=[Tags.TARGET, Tags.BINARY_CLASSIFICATION])])
+    with _single_process():
+        tf.keras.utils.set_random_seed(0)
+        model = mm.DCNModel(schema, depth=2, deep_block=mm.MLPBlock([8]),
+                            prediction_tasks=mm.OutputBlock(schema))
+        model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
+        model.fit(Dataset(frame, schema=schema, cpu=True), batch_size=128, epochs=2, verbose=0)
+        inputs = {"u": tf.constant(frame["u"].to_numpy()[:64, None]),
+                  "x": tf.constant(frame["x"].to_numpy()[:64, None])}
+        first = lambda out: next(iter(out.values())) if isinstance(out, dict) else out  # noqa: E731
+        before = first(model(inputs)).numpy()
+        model.save(str(tmp_path / "dcn"))
+        reloaded = tf.keras.models.load_model(str(tmp_path / "dcn"))
+        after = first(reloaded(inputs)).numpy()
+    np.testing.assert_allclose(after, before, atol=1e-5)

@@ -115,6 +115,33 @@ def _merge_upstream_columns(self, upstream_outputs, merge_fn=concat_columns):
     return combined_outputs
 
 
+def _cross_get_config(self):
+    """merlin-models 23.12 Cross.get_config; FIX: also save `output_x0`."""
+    config = _UPSTREAM_CROSS_GET_CONFIG(self)
+    config["output_x0"] = self.output_x0
+    return config
+
+
+def _patch_cross() -> bool:
+    """(d) Cross.get_config forgets `output_x0`: a DCN of depth >= 2 reloaded with Keras
+    feeds its second cross layer x1 where it should get x0 (scores off by up to 0.25; the
+    0.011 in ENVIRONMENT.md). Imported lazily: merlin.models.tf pulls in TensorFlow."""
+    global _UPSTREAM_CROSS_GET_CONFIG
+    try:
+        from merlin.models.tf.blocks.cross import Cross
+    except ImportError:
+        return False
+    if Cross.get_config is not _cross_get_config:
+        if "output_x0" in inspect.getsource(Cross.get_config):
+            return False                      # upstream fixed it
+        _UPSTREAM_CROSS_GET_CONFIG = Cross.get_config
+        Cross.get_config = _cross_get_config
+    return True
+
+
+_UPSTREAM_CROSS_GET_CONFIG = None
+
+
 def apply():
     """Put every fix in place in this process; calling it again changes nothing."""
     # (a) JoinGroupby.transform left-merges the fitted group stats and then casts
@@ -150,6 +177,9 @@ def apply():
         _record("empty_partitions_keep_new_columns")
     else:
         warnings.warn("merlin-core's LocalExecutor changed: fix (c) not applied")
+
+    if _patch_cross():
+        _record("dcn_cross_saves_output_x0")
     return tuple(APPLIED)
 
 
