@@ -10,7 +10,9 @@ SMALL = ["--set", "data.synthetic.n_users=300", "--set", "data.synthetic.n_items
          "--set", "data.synthetic.n_events=12000", "--set", "data.synthetic.n_days=12",
          "--set", "dataset.active_min_events=3", "--set", "dataset.window_days=6",
          # 200 items hold too few flagged titles to train the title classifier on
-         "--set", "dataset.unsafe_filters=[{kind: flag}]"]
+         "--set", "dataset.unsafe_filters=[{kind: flag}]",
+         "--set", "models.retrieval_epochs=1", "--set", "models.mf_epochs=1",
+         "--set", "models.ranker_epochs=1"]
 
 
 def recfunnel(*args, cwd):
@@ -50,6 +52,11 @@ def test_pipeline_run_writes_summary_and_report(tmp_path):
     for split in ("train", "valid", "test"):
         assert list((run / "dataset" / split).glob("*.parquet"))
     assert (run / "dataset" / "workflow").is_dir()
+    models = summary["models"]
+    assert set(models["models"]) == {"popularity", "two_tower", "mf", "light_ranker",
+                                     "heavy_ranker"}
+    assert (run / models["path"] / "heavy_ranker" / "manifest.json").is_file()
+    assert '<section id="models">' in page
 
 
 def test_bad_config_exits_2_with_a_message(tmp_path):
