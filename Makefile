@@ -36,6 +36,7 @@ test: env  ## the test suite
 
 bench: env  ## every benchmark; results go to benchmarks/results/ and BENCHMARKS.md
 	$(RUN) benchmarks/bench_data.py
+	$(RUN) benchmarks/bench_dataset.py
 
 lock:  ## re-resolve requirements.in into requirements.lock (needs the registry)
 	rm -rf "$(RECFUNNEL_HOME)/lock-venv" && $(PYTHON) -m venv "$(RECFUNNEL_HOME)/lock-venv"

@@ -5,8 +5,9 @@ LocalCluster) against the hand-written pandas baseline (benchmarks/pandas_datase
 Synthetic events are generated and validated once per size, then each build runs in its own
 process, one at a time: wall seconds of the build, input events per second, peak memory, and the
 rows of each split written. Peak memory is the process's own maximum RSS (getrusage) and, for
-every build, the summed RSS of its whole process tree (the cluster's scheduler, nannies and
-workers included), sampled with psutil every 0.2 s. After the three builds the written splits
+every build, the summed RSS of its whole process tree (the cluster's worker processes
+included), sampled with psutil every 0.2 s. The CPU seconds of the build's process tree and of
+everything else on the (shared) machine meanwhile are recorded too. After the three builds the written splits
 are compared row by row. Results go to benchmarks/results/dataset.json and to the
 `bench_dataset` section of BENCHMARKS.md.
 
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -194,36 +196,58 @@ class TreeRSS(threading.Thread):
             self.done.wait(self.interval)
 
 
-def run_child(spec: dict, log_dir: Path) -> dict:
+def _cpu() -> tuple[float, float, float]:
+    """CPU seconds so far: the machine's busy time, this process's, its reaped descendants'."""
+    import resource
+
+    import psutil
+    t = psutil.cpu_times()
+    busy = sum(t) - t.idle - getattr(t, "iowait", 0.0)
+    me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return busy, me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+def run_child(spec: dict, log_dir: Path, timeout: float | None = None) -> dict:
     """Runs `spec` in a fresh interpreter; adds its wall time, peak RSS and the tree's peak RSS.
 
+    Also the CPU seconds of the child's process tree and of everything else on the machine
+    meanwhile (`other_cpu_s`: other users' jobs that slowed the measurement down).
     A failed child gives {"error": ...} with the end of its stderr instead of raising.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     stem = log_dir / f"{spec['kind']}-{spec.get('events', '')}"
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    t = time.perf_counter()
+    t, cpu0 = time.perf_counter(), _cpu()
     with open(f"{stem}.out", "w") as out, open(f"{stem}.err", "w") as err:
         proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)],
-                                stdout=out, stderr=err, env=env, cwd=REPO)
+                                stdout=out, stderr=err, env=env, cwd=REPO, start_new_session=True)
         sampler = TreeRSS(proc.pid)
         sampler.start()
-        code = proc.wait()
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)      # the child and its workers, nothing else
+            proc.wait()
+            code = f"killed after the {timeout:.0f} s timeout"
         sampler.done.set()
         sampler.join()
     wall = time.perf_counter() - t
+    busy, me, tree = (b - a for a, b in zip(cpu0, _cpu()))
+    cpu = {"tree_cpu_s": tree, "other_cpu_s": max(busy - tree - me, 0.0)}
     lines = Path(f"{stem}.out").read_text().strip().splitlines()
     if code != 0 or len(lines) < 2:
         tail = Path(f"{stem}.err").read_text().strip().splitlines()[-25:]
-        return {"error": f"exit code {code}", "stderr_tail": tail, "process_s": round(wall, 1),
-                "tree_peak_rss_mib": round(sampler.peak / 2**20, 1)}
+        return {"error": code if isinstance(code, str) else f"exit code {code}",
+                "stderr_tail": tail, "process_s": round(wall, 1),
+                "tree_peak_rss_mib": round(sampler.peak / 2**20, 1), **cpu}
     *_, result, peak = lines
     return {**json.loads(result), "process_s": wall,
             "peak_rss_mib": json.loads(peak)["peak_rss_mib"],
-            "tree_peak_rss_mib": sampler.peak / 2**20, "tree_max_processes": sampler.max_processes}
+            "tree_peak_rss_mib": sampler.peak / 2**20, "tree_max_processes": sampler.max_processes,
+            **cpu}
 
 
-def run(sizes: list[int], data_dir: Path | None, worker_memory: str) -> dict:
+def run(sizes: list[int], data_dir: Path | None, worker_memory: str, timeout: float) -> dict:
     from recfunnel.config import ComputeConfig, DatasetConfig
 
     dataset = DatasetConfig()
@@ -254,7 +278,7 @@ def run(sizes: list[int], data_dir: Path | None, worker_memory: str) -> dict:
                         "dataset": asdict(dataset),
                         "compute": asdict(cluster if kind == "nvtabular_cluster" else one)}
                 print(f"{n:,} events: {LABEL[kind]} ...", flush=True)
-                res = run_child(spec, logs)
+                res = run_child(spec, logs, timeout)
                 if "error" not in res:
                     res["events_per_s"] = info["validated_events"] / res["build_s"]
                     outs.append((kind, str(out)))
@@ -278,12 +302,15 @@ def ratios(builds: dict) -> dict:
     """Time and memory of NVTabular over pandas, and of the cluster over one process."""
     def ratio(a, b, key):
         x, y = builds.get(a, {}), builds.get(b, {})
+        if "error" in x or "error" in y:
+            return None
         return round(x[key] / y[key], 2) if key in x and key in y and y[key] else None
     out = {}
     for name, (a, b) in {"nvtabular_over_pandas": ("nvtabular", "pandas"),
                          "cluster_over_one_process": ("nvtabular_cluster", "nvtabular"),
                          "cluster_over_pandas": ("nvtabular_cluster", "pandas")}.items():
         out[name] = {"build_s": ratio(a, b, "build_s"),
+                     "tree_cpu_s": ratio(a, b, "tree_cpu_s"),
                      "tree_peak_rss": ratio(a, b, "tree_peak_rss_mib")}
     return out
 
@@ -314,28 +341,32 @@ def _rounded(res: dict) -> dict:
 def markdown(results: dict) -> str:
     cfg, compute = results["dataset_config"], results["compute"]["nvtabular_cluster"]
     rows = ["| events | users | items | build | build s | events/s | process s | peak RSS MiB "
-            "(process) | peak RSS MiB (process tree) | train rows | valid rows | test rows |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "(process) | peak RSS MiB (process tree) | CPU s: build / other jobs | train rows | "
+            "valid rows | test rows |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for size in results["sizes"]:
         head = f"| {size['events']:,} | {size['users']:,} | {size['items']:,}"
         for kind, b in size["builds"].items():
             if "error" in b:
                 rows.append(f"{head} | {LABEL[kind]} | failed: {b['error']} | | "
-                            f"{b['process_s']} | | {b['tree_peak_rss_mib']:,} | | | |")
+                            f"{b['process_s']} | | {b['tree_peak_rss_mib']:,} | {_cpu_cell(b)} | | | |")
                 notes.append(f"- {size['events']:,} events, {LABEL[kind]}: failed "
                              f"({b['error']}): `{' / '.join(b['stderr_tail'][-3:])}`")
                 continue
             s = b["splits"]
             rows.append(f"{head} | {LABEL[kind]} | {b['build_s']} | {round(b['events_per_s']):,} | "
                         f"{b['process_s']} | {b['peak_rss_mib']:,} | {b['tree_peak_rss_mib']:,} | "
-                        f"{s['train']:,} | {s['valid']:,} | {s['test']:,} |")
+                        f"{_cpu_cell(b)} | {s['train']:,} | {s['valid']:,} | {s['test']:,} |")
         r = size["ratios"]
         notes.append(
             f"- {size['events']:,} events ({size['validated_events']:,} after validation): "
-            f"NVTabular / pandas build time {_x(r['nvtabular_over_pandas']['build_s'])}, "
+            f"NVTabular / pandas: build time {_x(r['nvtabular_over_pandas']['build_s'])}, "
+            f"CPU s {_x(r['nvtabular_over_pandas'].get('tree_cpu_s'))}, "
             f"peak RSS (tree) {_x(r['nvtabular_over_pandas']['tree_peak_rss'])}; "
-            f"LocalCluster / one process build time {_x(r['cluster_over_one_process']['build_s'])}, "
+            f"LocalCluster / one process: build time "
+            f"{_x(r['cluster_over_one_process']['build_s'])}, "
+            f"CPU s {_x(r['cluster_over_one_process'].get('tree_cpu_s'))}, "
             f"peak RSS (tree) {_x(r['cluster_over_one_process']['tree_peak_rss'])}. "
             + _agreement_text(size))
     return "\n".join([
@@ -353,11 +384,36 @@ def markdown(results: dict) -> str:
         "Each build runs alone in its own process. Build s is the `build()` call only (start-up "
         "and imports, about 8 s and 0.6 GB of TensorFlow pulled in by Merlin, are in process s; "
         "the cluster's start is in process s too). Peak RSS (process) is the build process's own "
-        "maximum (getrusage); peak RSS (process tree) is the summed RSS of the process and its "
-        f"children (scheduler in-process, nannies, workers), sampled every {SAMPLE_EVERY_S} s. "
-        "One run per cell.",
+        "maximum (getrusage); peak RSS (process tree) is the summed RSS of the process and all "
+        "its descendants (for the cluster: the two worker processes; scheduler and nannies run "
+        f"in the main process), sampled every {SAMPLE_EVERY_S} s. CPU s are the build's process "
+        "tree's CPU seconds and the CPU seconds of everything else on the machine during it "
+        "(the machine is shared: a large second figure means other jobs slowed that cell "
+        f"down; {os.cpu_count()} cores x process s is the capacity). One run per cell.",
         "", *rows, "", *notes,
     ])
+
+
+def _cpu_cell(b: dict) -> str:
+    if "tree_cpu_s" not in b:
+        return "n/a"
+    return f"{round(b['tree_cpu_s']):,} / {round(b['other_cpu_s']):,}"
+
+
+def _differences(splits: dict) -> str:
+    """Which split differs how, in a sentence: rows, or columns with their differing rows."""
+    out = []
+    for name, d in splits.items():
+        if d["rows"][0] != d["rows"][1]:
+            out.append(f"{name} has {d['rows'][1]:,} rows instead of {d['rows'][0]:,}")
+            continue
+        cols = [f"{c} ({n:,} rows)" for c, n in d.get("columns_differing", {}).items()]
+        cols += [f"{c} (codes not one-to-one)" for c, v in
+                 d.get("encoded_columns_renumbered", {}).items() if not v["one_to_one"]]
+        cols += [f"{c} (in one build only)" for c in d.get("columns_only_in_one", [])]
+        if cols:
+            out.append(f"{name}: {', '.join(cols)}")
+    return "; ".join(out)
 
 
 def _x(v) -> str:
@@ -385,7 +441,7 @@ def _agreement_text(size: dict) -> str:
                                 f"{', '.join(renumbered)} (one-to-one)." if renumbered else "."))
             else:
                 parts.append(f"Row by row, {LABEL[kind]} DIFFERS from {LABEL[c['vs']]}: "
-                             f"{json.dumps(c['splits'])}.")
+                             f"{_differences(c['splits'])}.")
     return " ".join(parts)
 
 
@@ -397,7 +453,12 @@ def main() -> None:
                              "(default: a temporary folder)")
     parser.add_argument("--worker-memory", default="8GiB",
                         help="memory_limit of each of the 2 LocalCluster workers")
+    parser.add_argument("--timeout", type=float, default=3 * 3600,
+                        help="seconds after which a build is killed and recorded as failed")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="no measurements: recompute ratios and the BENCHMARKS.md section "
+                             "from the saved results JSON")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -405,12 +466,18 @@ def main() -> None:
         import resource
         print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
         return
-    results = run(args.sizes, args.data_dir, args.worker_memory)
-    body = markdown(results)
-    print(body)
+    if args.markdown_only:          # derived figures are recomputed from the measurements
+        results = json.loads(RESULTS.read_text())
+        for size in results["sizes"]:
+            size["ratios"], size["agreement"] = ratios(size["builds"]), agreement(size["builds"])
+    else:
+        results = run(args.sizes, args.data_dir, args.worker_memory, args.timeout)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=2, default=str))
+    body = markdown(results)
+    print(body)
+    if not args.no_write:
         if "<!-- bench_dataset:start -->" not in (REPO / "BENCHMARKS.md").read_text():
             with open(REPO / "BENCHMARKS.md", "a") as f:
                 f.write("\n## Dataset build (NVTabular workflows vs a pandas baseline)\n\n"

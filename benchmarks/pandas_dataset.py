@@ -9,16 +9,18 @@ Same steps, same settings (`DatasetConfig`), same semantics, in one process and 
   active_users      users with >= K events in the N days before the cut-off
   examples          split, labels (thresholds fitted on train events), one row per (user, item, split)
   negative_sampling sampled unseen items labelled 0 (popularity fitted on train examples)
-  features          point-in-time user/item statistics (events before the cut-off), user and
-                    item attributes, categorical ids fitted on the training examples; then the
-                    same loud checks, and train/valid/test written as parquet.
+  features          point-in-time user/item statistics (events before the cut-off; counts and
+                    day gaps as log(1 + x)), user and item attributes, categorical ids fitted on
+                    the training examples; then the same loud checks, and train/valid/test
+                    written as parquet.
 
 The pure numpy/pandas functions of `workflows/*.py` are reused as they are (canonical_ids,
 unsafe_item_table, time_split, aggregate_pairs, the watch-label functions, sample_negatives,
-daily_activity / cumulative_table / lookup), so the two builds cannot drift apart in their
-logic; no NVTabular operator, Merlin Dataset or Workflow is used. (Importing those modules still
-imports NVTabular and, through Merlin, TensorFlow: about 0.5 GB of the baseline's resident memory
-and several seconds of start-up are that import, not the build.)
+daily_activity / cumulative_table / lookup), so the two builds share their logic; the glue
+between them (a few lines per step) is repeated here and has to follow changes to
+workflows/dataset.py. No NVTabular operator, Merlin Dataset or Workflow is used. (Importing those
+modules still imports NVTabular and, through Merlin, TensorFlow: about 0.5 GB of the baseline's
+resident memory and several seconds of start-up are that import, not the build.)
 
 Where the baseline differs from the NVTabular build, on purpose:
   - Categorify is a vocabulary of training values (pandas value_counts / Index.get_indexer, i.e.
@@ -50,11 +52,14 @@ from workflows.dataset import (AGE_BOUNDARIES, DAY, EVENT_COLUMNS, LABELS, Cutof
 from workflows.duplicates import canonical_ids
 from workflows.labels import bucket_thresholds, duration_aware_label, watch_at_least
 from workflows.negatives import sample_negatives
-from workflows.point_in_time import STAT_NAMES, cumulative_table, daily_activity, event_day, lookup
+from workflows.point_in_time import cumulative_table, daily_activity, event_day, lookup
 from workflows.splits import SPLIT_NAMES, TRAIN, aggregate_pairs, random_split, time_split
 from workflows.unsafe import build_filters, unsafe_item_table
 
 PASSTHROUGH = ["split", "timestamp", "sampled_negative", "events", "watch_seconds"]
+# Point-in-time counts and day gaps are heavy-tailed: log(1 + x), as the workflow's LogOp.
+LOGGED_STATS = ("events", "clicks", "days_since_last")
+RATE_STATS = ("click_rate", "watch_fraction")
 NULL, OOV = 1, 2             # NVTabular's Categorify layout: 0 padding, 1 null, 2.. OOV
 
 
@@ -318,8 +323,10 @@ class PandasDatasetBuilder:
             out["item_id_raw"] = part["item_id"].to_numpy()
             day = event_day(part["timestamp"].to_numpy())
             for prefix, (key, table) in stats.items():
-                found = lookup(table, part[key].to_numpy(), day)
-                out.update({f"{prefix}_{n}": found[n].astype(np.float32) for n in STAT_NAMES})
+                found = {n: v.astype(np.float32) for n, v in
+                         lookup(table, part[key].to_numpy(), day).items()}
+                out.update({f"{prefix}_{n}": np.log(found[n] + np.float32(1)) for n in LOGGED_STATS})
+                out.update({f"{prefix}_{n}": found[n] for n in RATE_STATS})
             out.update({c: part[c].to_numpy() for c in LABELS + PASSTHROUGH})
             splits[name] = pd.DataFrame(out)
         tables = [{"column": c, "rows": v.rows, "dim": cfg.embedding_dim,
