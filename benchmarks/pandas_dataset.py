@@ -48,11 +48,12 @@ import pandas as pd
 
 from recfunnel.config import DatasetConfig
 from workflows.dataset import (AGE_BOUNDARIES, DAY, EVENT_COLUMNS, LABELS, Cutoffs,
-                               DatasetCheckError, _attributes)
+                               DatasetCheckError, _attributes, check_splits)
 from workflows.duplicates import canonical_ids
 from workflows.labels import bucket_thresholds, duration_aware_label, watch_at_least
 from workflows.negatives import sample_negatives
-from workflows.point_in_time import cumulative_table, daily_activity, event_day, lookup
+from workflows.point_in_time import (cumulative_table, daily_activity, event_day, latest_stats,
+                                      lookup)
 from workflows.splits import SPLIT_NAMES, TRAIN, aggregate_pairs, random_split, time_split
 from workflows.unsafe import build_filters, unsafe_item_table
 
@@ -128,14 +129,7 @@ class PandasDatasetBuilder:
         self._last = now
 
     def cutoffs(self, events: pd.DataFrame) -> Cutoffs:
-        data_end = pd.Timestamp(events["timestamp"].max()).normalize() + DAY
-        if self.cfg.train_end:
-            train_end = pd.Timestamp(self.cfg.train_end)
-        elif self.cfg.split == "time":
-            train_end = data_end - (self.cfg.valid_days + self.cfg.test_days) * DAY
-        else:
-            train_end = data_end
-        return Cutoffs(data_end, train_end, train_end + self.cfg.valid_days * DAY)
+        return Cutoffs.after(events["timestamp"].max(), self.cfg)
 
     def build(self) -> dict:
         shutil.rmtree(self.out, ignore_errors=True)
@@ -287,7 +281,7 @@ class PandasDatasetBuilder:
                                    before["watch_seconds"].to_numpy(),
                                    before["duration_seconds"].to_numpy())
             stats[prefix] = (key, cumulative_table(daily))
-            _latest(stats[prefix][1], key, prefix).to_parquet(
+            latest_stats(stats[prefix][1], key, prefix).to_parquet(
                 self.out / "artifacts" / f"{prefix}_features.parquet", index=False)
         del before, day
 
@@ -351,42 +345,10 @@ class PandasDatasetBuilder:
             "age_boundaries": AGE_BOUNDARIES, "train_end": cut.train_end.isoformat(),
             "oov_buckets": {c: v.buckets for c, v in vocab.items()}}, indent=2))
 
-    # ---- checks that fail loudly -----------------------------------------------------------
+    # ---- checks that fail loudly: the same rules as the NVTabular build -----------------
     def check(self, splits: dict[str, pd.DataFrame], cut: Cutoffs) -> dict:
-        rows, positives = {}, {}
-        for name, frame in splits.items():
-            rows[name] = int(len(frame))
-            if len(frame) == 0:
-                raise DatasetCheckError(f"split '{name}' is empty; widen the data or move "
-                                        f"dataset.train_end / valid_days / test_days")
-            for label in LABELS:
-                bad = ~frame[label].isin([0, 1])
-                if bad.any():
-                    raise DatasetCheckError(f"split '{name}': label '{label}' has values other "
-                                            f"than 0/1: {frame.loc[bad, label].unique()[:5]}")
-            positives[name] = {label: int(frame[label].sum()) for label in LABELS}
-            dup = frame.duplicated(["user_id_raw", "item_id_raw"])
-            if dup.any():
-                raise DatasetCheckError(f"split '{name}': {int(dup.sum())} duplicate (user, item) "
-                                        "pairs")
-            if self.cfg.split == "time":
-                ts = frame["timestamp"]
-                if name == "train" and (ts >= cut.train_end).any():
-                    raise DatasetCheckError(f"split 'train' has events at or after the cut-off "
-                                            f"{cut.train_end}")
-                if name != "train" and (ts < cut.train_end).any():
-                    raise DatasetCheckError(f"split '{name}' has events before the training "
-                                            f"cut-off {cut.train_end}")
-        passed = ["splits non-empty", "labels in {0, 1}", "no duplicate (user, item) in a split"]
-        if self.cfg.split == "time":
-            passed.append("no valid/test event before the training cut-off")
-        (self.out / "artifacts" / "checks.json").write_text(json.dumps(passed))
-        return {"rows": rows, "positives": positives, "passed": passed}
+        result = check_splits(splits, cut, self.cfg.split)
+        (self.out / "artifacts" / "checks.json").write_text(json.dumps(result["passed"]))
+        return result
 
 
-def _latest(table: pd.DataFrame, key: str, prefix: str) -> pd.DataFrame:
-    """The statistics of every key as of the end of the fitted data (PointInTimeStats.latest)."""
-    last = table.groupby("key").tail(1)
-    stats = lookup(table, last["key"], last["day"] + 1)
-    return pd.DataFrame({key: last["key"].to_numpy(), "as_of_day": last["day"].to_numpy() + 1,
-                         **{f"{prefix}_{n}": v for n, v in stats.items()}})

@@ -57,6 +57,18 @@ class Cutoffs:
     train_end: pd.Timestamp
     valid_end: pd.Timestamp
 
+    @classmethod
+    def after(cls, last_event: pd.Timestamp, cfg: DatasetConfig) -> "Cutoffs":
+        """The cut-offs for data whose last event is `last_event` (naive UTC)."""
+        data_end = pd.Timestamp(last_event).normalize() + DAY
+        if cfg.train_end:
+            train_end = pd.Timestamp(cfg.train_end)
+        elif cfg.split == "time":
+            train_end = data_end - (cfg.valid_days + cfg.test_days) * DAY
+        else:
+            train_end = data_end
+        return cls(data_end, train_end, train_end + cfg.valid_days * DAY)
+
     @property
     def window_end(self) -> pd.Timestamp:
         """The end of the training period, before which activity and freshness are counted."""
@@ -105,15 +117,7 @@ class DatasetBuilder:
         return Dataset(workflow.transform(ds).to_ddf().persist(), cpu=self.cpu)
 
     def cutoffs(self, ddf) -> Cutoffs:
-        last = pd.Timestamp(ddf["timestamp"].max().compute())
-        data_end = last.normalize() + DAY
-        if self.cfg.train_end:
-            train_end = pd.Timestamp(self.cfg.train_end)
-        elif self.cfg.split == "time":
-            train_end = data_end - (self.cfg.valid_days + self.cfg.test_days) * DAY
-        else:
-            train_end = data_end
-        return Cutoffs(data_end, train_end, train_end + self.cfg.valid_days * DAY)
+        return Cutoffs.after(pd.Timestamp(ddf["timestamp"].max().compute()), self.cfg)
 
     # ---- the build -------------------------------------------------------------------------
     def build(self) -> dict:
@@ -323,37 +327,47 @@ class DatasetBuilder:
 
     # ---- checks that fail loudly (L5.4) ----------------------------------------------------
     def check(self, splits: dict[str, Path], cut: Cutoffs) -> dict:
-        rows, positives, passed = {}, {}, []
-        for name, path in splits.items():
-            frame = read_split(path, ["user_id_raw", "item_id_raw", "timestamp",
-                                      "sampled_negative", *LABELS])
-            rows[name] = int(len(frame))
-            if len(frame) == 0:
-                raise DatasetCheckError(f"split '{name}' is empty; widen the data or move "
-                                        f"dataset.train_end / valid_days / test_days")
-            for label in LABELS:
-                bad = ~frame[label].isin([0, 1])
-                if bad.any():
-                    raise DatasetCheckError(f"split '{name}': label '{label}' has values other "
-                                            f"than 0/1: {frame.loc[bad, label].unique()[:5]}")
-            positives[name] = {label: int(frame[label].sum()) for label in LABELS}
-            dup = frame.duplicated(["user_id_raw", "item_id_raw"])
-            if dup.any():
-                raise DatasetCheckError(f"split '{name}': {int(dup.sum())} duplicate (user, item) "
-                                        "pairs")
-            if self.cfg.split == "time":
-                ts = frame["timestamp"]
-                if name == "train" and (ts >= cut.train_end).any():
-                    raise DatasetCheckError(f"split 'train' has events at or after the cut-off "
-                                            f"{cut.train_end}")
-                if name != "train" and (ts < cut.train_end).any():
-                    raise DatasetCheckError(f"split '{name}' has events before the training "
-                                            f"cut-off {cut.train_end}")
-        passed = ["splits non-empty", "labels in {0, 1}", "no duplicate (user, item) in a split"]
-        if self.cfg.split == "time":
-            passed.append("no valid/test event before the training cut-off")
-        (self.out / "artifacts" / "checks.json").write_text(json.dumps(passed))
-        return {"rows": rows, "positives": positives, "passed": passed}
+        frames = {name: read_split(path, ["user_id_raw", "item_id_raw", "timestamp",
+                                          "sampled_negative", *LABELS])
+                  for name, path in splits.items()}
+        result = check_splits(frames, cut, self.cfg.split)
+        (self.out / "artifacts" / "checks.json").write_text(json.dumps(result["passed"]))
+        return result
+
+
+def check_splits(frames: dict[str, pd.DataFrame], cut: Cutoffs, split_kind: str) -> dict:
+    """Split sizes and positives, after the L5.4 rules; DatasetCheckError names the first broken.
+
+    Rules: every split non-empty, labels in {0, 1}, no (user, item) twice in a split, and for a
+    time split no training event at or after the cut-off and no later event before it.
+    """
+    rows, positives = {}, {}
+    for name, frame in frames.items():
+        rows[name] = int(len(frame))
+        if len(frame) == 0:
+            raise DatasetCheckError(f"split '{name}' is empty; widen the data or move "
+                                    f"dataset.train_end / valid_days / test_days")
+        for label in LABELS:
+            bad = ~frame[label].isin([0, 1])
+            if bad.any():
+                raise DatasetCheckError(f"split '{name}': label '{label}' has values other "
+                                        f"than 0/1: {frame.loc[bad, label].unique()[:5]}")
+        positives[name] = {label: int(frame[label].sum()) for label in LABELS}
+        dup = frame.duplicated(["user_id_raw", "item_id_raw"])
+        if dup.any():
+            raise DatasetCheckError(f"split '{name}': {int(dup.sum())} duplicate (user, item) pairs")
+        if split_kind == "time":
+            ts = frame["timestamp"]
+            if name == "train" and (ts >= cut.train_end).any():
+                raise DatasetCheckError(f"split 'train' has events at or after the cut-off "
+                                        f"{cut.train_end}")
+            if name != "train" and (ts < cut.train_end).any():
+                raise DatasetCheckError(f"split '{name}' has events before the training "
+                                        f"cut-off {cut.train_end}")
+    passed = ["splits non-empty", "labels in {0, 1}", "no duplicate (user, item) in a split"]
+    if split_kind == "time":
+        passed.append("no valid/test event before the training cut-off")
+    return {"rows": rows, "positives": positives, "passed": passed}
 
 
 def _scaled_stats(stats, prefix: str, tag):

@@ -76,6 +76,14 @@ def lookup(table: pd.DataFrame, key, day) -> dict[str, np.ndarray]:
                 "days_since_last": np.where(valid, np.minimum(day - last, NEVER), NEVER)}
 
 
+def latest_stats(table: pd.DataFrame, key: str, prefix: str) -> pd.DataFrame:
+    """Every key's statistics as of the day after its last fitted activity (for serving)."""
+    last = table.groupby("key").tail(1)
+    stats = lookup(table, last["key"], last["day"] + 1)
+    return pd.DataFrame({key: last["key"].to_numpy(), "as_of_day": last["day"].to_numpy() + 1,
+                         **{f"{prefix}_{n}": v for n, v in stats.items()}})
+
+
 # ---- NVTabular operator ------------------------------------------------------------------------
 
 class PointInTimeStats(StatOperator):
@@ -131,10 +139,7 @@ class PointInTimeStats(StatOperator):
 
     def latest(self) -> pd.DataFrame:
         """The statistics of every key as of the end of the fitted data (for serving)."""
-        last = self.table.groupby("key").tail(1)
-        stats = lookup(self.table, last["key"], last["day"] + 1)
-        return pd.DataFrame({self.key: last["key"].to_numpy(), "as_of_day": last["day"] + 1,
-                             **{f"{self.prefix}_{n}": v for n, v in stats.items()}})
+        return latest_stats(self.table, self.key, self.prefix)
 
 
 def _host(series) -> np.ndarray:
