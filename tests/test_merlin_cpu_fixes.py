@@ -20,7 +20,8 @@ from nvtabular.ops import join_groupby
 from workflows import merlin_cpu_fixes
 
 FIXES = ("joingroupby_count_float64", "dask_fit_phase_keeps_subgraph_results",
-         "empty_partitions_keep_new_columns", "dcn_cross_saves_output_x0")
+         "empty_partitions_keep_new_columns", "dcn_cross_saves_output_x0",
+         "cpu_hash_ignores_row_index")
 
 TRAIN = pd.DataFrame(
     {
@@ -189,3 +190,14 @@ def test_a_reloaded_dcn_scores_like_the_trained_one(tmp_path):
         reloaded = tf.keras.models.load_model(str(tmp_path / "dcn"))
         after = first(reloaded(inputs)).numpy()
     np.testing.assert_allclose(after, before, atol=1e-5)
+
+
+def test_one_unseen_id_gets_one_hash_bucket(tmp_path):
+    """Categorify with hashing: the same unseen value gets the same code at every row (fix e)."""
+    train = pd.DataFrame({"user": [1, 2, 3, 1]})
+    later = pd.DataFrame({"user": [5, 5, 5, 7, 5]})
+    with _single_process():
+        workflow = nvt.Workflow(["user"] >> ops.Categorify(num_buckets=7, out_path=str(tmp_path)))
+        workflow.fit(Dataset(train, cpu=True))
+        codes = workflow.transform(Dataset(later, cpu=True)).to_ddf().compute()["user"].tolist()
+    assert codes[0] == codes[1] == codes[2] == codes[4]

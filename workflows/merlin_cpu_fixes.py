@@ -142,6 +142,35 @@ def _patch_cross() -> bool:
 _UPSTREAM_CROSS_GET_CONFIG = None
 
 
+def _hash_series(ser):
+    """merlin-core 23.08 dispatch.hash_series; FIX: on pandas, hash the values only."""
+    import pandas as pd
+
+    if isinstance(ser, pd.Series):
+        return pd.util.hash_pandas_object(ser, index=False).values
+    return _UPSTREAM_HASH_SERIES(ser)
+
+
+def _patch_hash_series() -> bool:
+    """(e) On CPU, hash_series hashes each value together with its row index, so one unseen id
+    lands in a different hash bucket at every row (Categorify(num_buckets=...), HashBucket,
+    HashedCross): a saved workflow would scatter a user over several embedding rows."""
+    global _UPSTREAM_HASH_SERIES
+    from merlin.core import dispatch
+    from nvtabular.ops import hash_bucket, hashed_cross
+
+    if dispatch.hash_series is not _hash_series:
+        if "hash_object_dispatch(ser)" not in inspect.getsource(dispatch.hash_series):
+            return False                      # upstream changed it
+        _UPSTREAM_HASH_SERIES = dispatch.hash_series
+    for module in (dispatch, hash_bucket, hashed_cross):
+        module.hash_series = _hash_series
+    return True
+
+
+_UPSTREAM_HASH_SERIES = None
+
+
 def apply():
     """Put every fix in place in this process; calling it again changes nothing."""
     # (a) JoinGroupby.transform left-merges the fitted group stats and then casts
@@ -180,6 +209,10 @@ def apply():
 
     if _patch_cross():
         _record("dcn_cross_saves_output_x0")
+    if _patch_hash_series():
+        _record("cpu_hash_ignores_row_index")
+    else:
+        warnings.warn("merlin-core's hash_series changed: fix (e) not applied")
     return tuple(APPLIED)
 
 
