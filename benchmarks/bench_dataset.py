@@ -7,8 +7,8 @@ process, one at a time: wall seconds of the build, input events per second, peak
 rows of each split written. Peak memory is the process's own maximum RSS (getrusage) and, for
 every build, the summed RSS of its whole process tree (the cluster's worker processes
 included), sampled with psutil every 0.2 s. The CPU seconds of the build's process tree and of
-everything else on the (shared) machine meanwhile are recorded too. After the three builds the written splits
-are compared row by row. Results go to benchmarks/results/dataset.json and to the
+everything else on the (shared) machine meanwhile are recorded too. After the three builds the
+written splits are compared row by row. Results go to benchmarks/results/dataset.json and to the
 `bench_dataset` section of BENCHMARKS.md.
 
     make bench                                              # everything
@@ -37,8 +37,8 @@ from benchmarks.bench_data import WORLD, machine, update_benchmarks_md  # noqa: 
 
 RESULTS = REPO / "benchmarks" / "results" / "dataset.json"
 BUILDS = ("nvtabular", "nvtabular_cluster", "pandas")
-LABEL = {"nvtabular": "NVTabular, one process", "nvtabular_cluster": "NVTabular, LocalCluster 2 workers",
-         "pandas": "pandas baseline"}
+LABEL = {"nvtabular": "NVTabular, one process",
+         "nvtabular_cluster": "NVTabular, LocalCluster 2 workers", "pandas": "pandas baseline"}
 SPLITS = ("train", "valid", "test")
 SAMPLE_EVERY_S = 0.2
 # Columns NVTabular's Categorify encodes: their codes may differ where frequencies tie.
@@ -350,7 +350,8 @@ def markdown(results: dict) -> str:
         for kind, b in size["builds"].items():
             if "error" in b:
                 rows.append(f"{head} | {LABEL[kind]} | failed: {b['error']} | | "
-                            f"{b['process_s']} | | {b['tree_peak_rss_mib']:,} | {_cpu_cell(b)} | | | |")
+                            f"{b['process_s']} | | {b['tree_peak_rss_mib']:,} | {_cpu_cell(b)} "
+                            "| | | |")
                 notes.append(f"- {size['events']:,} events, {LABEL[kind]}: failed "
                              f"({b['error']}): `{' / '.join(b['stderr_tail'][-3:])}`")
                 continue
@@ -381,17 +382,28 @@ def markdown(results: dict) -> str:
         "negative per example, unsafe filters flag + title classifier. The cluster is a dask "
         f"LocalCluster of {compute['workers']} worker processes x {compute['threads_per_worker']} "
         f"thread, memory_limit {compute['memory_limit']} each.",
-        "Each build runs alone in its own process. Build s is the `build()` call only (start-up "
-        "and imports, about 8 s and 0.6 GB of TensorFlow pulled in by Merlin, are in process s; "
-        "the cluster's start is in process s too). Peak RSS (process) is the build process's own "
+        "Each build runs alone in its own process. Build s is the `build()` call only; process s "
+        f"adds start-up: imports ({_import_range(results)}, mostly TensorFlow pulled in by Merlin, "
+        "which the pandas baseline pays too because it reuses workflows/*.py) and the cluster's "
+        "start. Peak RSS (process) is the build process's own "
         "maximum (getrusage); peak RSS (process tree) is the summed RSS of the process and all "
         "its descendants (for the cluster: the two worker processes; scheduler and nannies run "
-        f"in the main process), sampled every {SAMPLE_EVERY_S} s. CPU s are the build's process "
-        "tree's CPU seconds and the CPU seconds of everything else on the machine during it "
+        f"in the main process), sampled every {SAMPLE_EVERY_S} s. CPU s are the CPU seconds of "
+        "the build's process tree (start-up included) and of everything else on the machine "
+        "during it "
         "(the machine is shared: a large second figure means other jobs slowed that cell "
         f"down; {os.cpu_count()} cores x process s is the capacity). One run per cell.",
         "", *rows, "", *notes,
     ])
+
+
+def _import_range(results: dict) -> str:
+    done = [b for size in results["sizes"] for b in size["builds"].values() if "import_s" in b]
+    if not done:
+        return "n/a"
+    secs = [b["import_s"] for b in done]
+    rss = max(b["rss_after_import_mib"] for b in done)
+    return f"{min(secs):.0f}-{max(secs):.0f} s, {rss:,.0f} MiB resident after them"
 
 
 def _cpu_cell(b: dict) -> str:
@@ -464,7 +476,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(json.loads(args.child)), default=str))
         import resource
-        print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps({"peak_rss_mib": peak}))
         return
     if args.markdown_only:          # derived figures are recomputed from the measurements
         results = json.loads(RESULTS.read_text())

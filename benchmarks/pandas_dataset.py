@@ -7,7 +7,8 @@ Same steps, same settings (`DatasetConfig`), same semantics, in one process and 
   unsafe_content    events of unsafe items out
   freshness_window  only the last `window_days` before the cut-off train
   active_users      users with >= K events in the N days before the cut-off
-  examples          split, labels (thresholds fitted on train events), one row per (user, item, split)
+  examples          split, labels (thresholds fitted on train events), one row per
+                    (user, item, split)
   negative_sampling sampled unseen items labelled 0 (popularity fitted on train examples)
   features          point-in-time user/item statistics (events before the cut-off; counts and
                     day gaps as log(1 + x)), user and item attributes, categorical ids fitted on
@@ -96,7 +97,8 @@ class Vocabulary:
         return len(self.values) + OOV + self.buckets
 
     def frame(self, name: str) -> pd.DataFrame:
-        return pd.DataFrame({name: self.values, "id": np.arange(len(self.values)) + OOV + self.buckets})
+        ids = np.arange(len(self.values)) + OOV + self.buckets
+        return pd.DataFrame({name: self.values, "id": ids})
 
 
 # ---- the build -------------------------------------------------------------------------------
@@ -319,7 +321,8 @@ class PandasDatasetBuilder:
             for prefix, (key, table) in stats.items():
                 found = {n: v.astype(np.float32) for n, v in
                          lookup(table, part[key].to_numpy(), day).items()}
-                out.update({f"{prefix}_{n}": np.log(found[n] + np.float32(1)) for n in LOGGED_STATS})
+                out.update({f"{prefix}_{n}": np.log(found[n] + np.float32(1))
+                            for n in LOGGED_STATS})
                 out.update({f"{prefix}_{n}": found[n] for n in RATE_STATS})
             out.update({c: part[c].to_numpy() for c in LABELS + PASSTHROUGH})
             splits[name] = pd.DataFrame(out)
