@@ -49,7 +49,8 @@ import pandas as pd
 
 from recfunnel.config import DatasetConfig
 from workflows.dataset import (AGE_BOUNDARIES, DAY, EVENT_COLUMNS, LABELS, Cutoffs,
-                               DatasetCheckError, _attributes, check_splits)
+                               DatasetCheckError, _attributes, check_splits,
+                               dataset_section)
 from workflows.duplicates import canonical_ids
 from workflows.labels import bucket_thresholds, duration_aware_label, watch_at_least
 from workflows.negatives import sample_negatives
@@ -156,20 +157,9 @@ class PandasDatasetBuilder:
         for name, frame in splits.items():
             (self.out / name).mkdir()
             frame.to_parquet(self.out / name / "part_0.parquet", index=False)
-        return {
-            "steps": self.steps,
-            "cutoffs": {"data_end": cut.data_end.isoformat(), "train_end": cut.train_end.isoformat(),
-                        "valid_end": cut.valid_end.isoformat(), "split": self.cfg.split},
-            "splits": checks["rows"],
-            "positives": checks["positives"],
-            "duplicates": dup,
-            "unsafe": unsafe,
-            "left_out_users": left_out,
-            "embedding_tables": tables,
-            "checks": checks["passed"],
-            "backend": {"cpu": True, "cluster": "none", "engine": "pandas"},
-            "path": str(self.out),
-        }
+        return dataset_section(self.steps, cut, self.cfg.split, checks, dup, unsafe, left_out,
+                               tables, {"cpu": True, "cluster": "none", "engine": "pandas"},
+                               self.out)
 
     # ---- filters ---------------------------------------------------------------------------
     def canonical_items(self, events: pd.DataFrame):

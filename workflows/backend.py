@@ -10,8 +10,20 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+import numpy as np
+
 from recfunnel.config import ComputeConfig
 from workflows import merlin_cpu_fixes
+
+
+def host_array(series) -> np.ndarray:
+    """Column values as a host numpy array (cuDF columns come from the GPU)."""
+    return series.to_numpy() if hasattr(series, "to_numpy") else np.asarray(series)
+
+
+def host_frame(data):
+    """A cuDF frame or series as pandas; pandas objects unchanged."""
+    return data.to_pandas() if hasattr(data, "to_pandas") else data
 
 
 def gpu_available() -> bool:

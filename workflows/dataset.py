@@ -151,24 +151,13 @@ class DatasetBuilder:
         checks = self.check(splits, cut)
         steps.update()
         steps.close()
-        return {
-            "steps": self.report.steps,
-            "cutoffs": {"data_end": cut.data_end.isoformat(), "train_end": cut.train_end.isoformat(),
-                        "valid_end": cut.valid_end.isoformat(), "split": self.cfg.split},
-            "splits": checks["rows"],
-            "positives": checks["positives"],
-            "duplicates": dup,
-            "unsafe": unsafe,
-            "left_out_users": left_out,
-            "embedding_tables": tables,
-            "checks": checks["passed"],
-            "backend": {"cpu": self.cpu, "cluster": self.compute.cluster},
-            "path": str(self.out),
-        }
+        return dataset_section(self.report.steps, cut, self.cfg.split, checks, dup, unsafe,
+                               left_out, tables, {"cpu": self.cpu, "cluster": self.compute.cluster},
+                               self.out)
 
     def canonical_items(self, ds: Dataset):
         counts = ds.to_ddf()["item_id"].value_counts().compute()
-        counts = counts.to_pandas() if hasattr(counts, "to_pandas") else counts
+        counts = backend.host_frame(counts)
         mapping = canonical_ids(self.items, counts, self.cfg.duplicate_title_similarity)
         mapping.to_parquet(self.out / "artifacts" / "canonical_items.parquet", index=False)
         lookup = mapping.set_index("item_id")["canonical_id"]
@@ -207,8 +196,8 @@ class DatasetBuilder:
         start = cut.window_end - self.cfg.active_window_days * DAY
         recent = ddf[(ddf["timestamp"] >= start) & (ddf["timestamp"] < cut.window_end)]
         counts, seen = dask.compute(recent["user_id"].value_counts(), ddf["user_id"].unique())
-        counts = counts.to_pandas() if hasattr(counts, "to_pandas") else counts
-        seen = seen.to_pandas() if hasattr(seen, "to_pandas") else seen
+        counts = backend.host_frame(counts)
+        seen = backend.host_frame(seen)
         active = counts[counts >= self.cfg.active_min_events].index.to_numpy(np.int64)
         left = pd.DataFrame({"user_id": np.setdiff1d(seen.to_numpy(np.int64), active)})
         left["events_in_window"] = left["user_id"].map(counts).fillna(0).astype(np.int64)
@@ -333,6 +322,26 @@ class DatasetBuilder:
         result = check_splits(frames, cut, self.cfg.split)
         (self.out / "artifacts" / "checks.json").write_text(json.dumps(result["passed"]))
         return result
+
+
+def dataset_section(steps, cut: Cutoffs, split_kind: str, checks: dict, duplicates: dict,
+                    unsafe: dict, left_out: dict, tables: list, backend_info: dict,
+                    path: Path) -> dict:
+    """The summary's `dataset` section, in the shape other tools read."""
+    return {
+        "steps": steps,
+        "cutoffs": {"data_end": cut.data_end.isoformat(), "train_end": cut.train_end.isoformat(),
+                    "valid_end": cut.valid_end.isoformat(), "split": split_kind},
+        "splits": checks["rows"],
+        "positives": checks["positives"],
+        "duplicates": duplicates,
+        "unsafe": unsafe,
+        "left_out_users": left_out,
+        "embedding_tables": tables,
+        "checks": checks["passed"],
+        "backend": backend_info,
+        "path": str(path),
+    }
 
 
 def check_splits(frames: dict[str, pd.DataFrame], cut: Cutoffs, split_kind: str) -> dict:

@@ -14,6 +14,8 @@ from merlin.dag.ops.stat_operator import StatOperator
 from merlin.schema import Tags
 from nvtabular.ops.operator import ColumnSelector, Operator
 
+from workflows.backend import host_array
+
 WATCH_COLUMNS = ["click", "watch_seconds", "duration_seconds"]
 
 
@@ -57,11 +59,6 @@ def duration_aware_label(click, watch, duration, edges, thresholds) -> np.ndarra
 
 # ---- NVTabular operators ----------------------------------------------------------------------
 
-def _host(series) -> np.ndarray:
-    """Column values as a host numpy array (cuDF columns come from the GPU)."""
-    return series.to_numpy() if hasattr(series, "to_numpy") else np.asarray(series)
-
-
 class WatchLabels(StatOperator):
     """[click, watch_seconds, duration_seconds] -> [watch_75, watch_duration_aware].
 
@@ -82,14 +79,14 @@ class WatchLabels(StatOperator):
 
     def fit_finalize(self, clicked):
         self.thresholds = bucket_thresholds(
-            _host(clicked["click"]), _host(clicked["watch_seconds"]),
-            _host(clicked["duration_seconds"]), self.edges, self.quantile).tolist()
+            host_array(clicked["click"]), host_array(clicked["watch_seconds"]),
+            host_array(clicked["duration_seconds"]), self.edges, self.quantile).tolist()
 
     def clear(self):
         self.thresholds = None
 
     def transform(self, col_selector: ColumnSelector, df):
-        click, watch, duration = (_host(df[c]) for c in WATCH_COLUMNS)
+        click, watch, duration = (host_array(df[c]) for c in WATCH_COLUMNS)
         out = type(df)()
         out[self.naive_name] = watch_at_least(watch, duration, self.threshold)
         out[self.aware_name] = duration_aware_label(click, watch, duration, self.edges,

@@ -14,6 +14,8 @@ import pandas as pd
 from merlin.dag.ops.stat_operator import StatOperator
 from nvtabular.ops.operator import ColumnSelector
 
+from workflows.backend import host_frame
+
 LABELS = ("click", "like", "share", "watch_75", "watch_duration_aware")
 
 
@@ -73,7 +75,7 @@ class NegativeSampler(StatOperator):
         return ddf["item_id"].value_counts()
 
     def fit_finalize(self, counts):
-        counts = counts.to_pandas() if hasattr(counts, "to_pandas") else counts
+        counts = host_frame(counts)
         counts = counts.sort_index()
         self.candidates = counts.index.to_numpy(np.int64)
         weights = counts.to_numpy(np.float64) + 1.0
@@ -83,7 +85,7 @@ class NegativeSampler(StatOperator):
         self.candidates = self.probs = None
 
     def transform(self, col_selector: ColumnSelector, df):
-        host = df.to_pandas() if hasattr(df, "to_pandas") else df
+        host = host_frame(df)
         negatives = sample_negatives(host, self.ratio, self.candidates, self.probs, self.seed)
         filled = {c: np.zeros(len(negatives), dtype=host[c].dtype)
                   for c in host.columns if c not in negatives.columns}

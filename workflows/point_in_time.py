@@ -17,6 +17,8 @@ from merlin.dag.ops.stat_operator import StatOperator
 from merlin.schema import Tags
 from nvtabular.ops.operator import ColumnSelector
 
+from workflows.backend import host_array
+
 DAY_NS = 86_400 * 10**9
 NEVER = 999.0                    # days_since_last when there is no earlier event
 STAT_NAMES = ("events", "clicks", "click_rate", "watch_fraction", "days_since_last")
@@ -102,9 +104,9 @@ class PointInTimeStats(StatOperator):
         key, prefix = self.key, self.prefix  # noqa: F841  (closure values, not self)
 
         def per_partition(df):
-            return daily_activity(_host(df[key]), event_day(_host(df["timestamp"])),
-                                  _host(df["click"]), _host(df["watch_seconds"]),
-                                  _host(df["duration_seconds"]))
+            return daily_activity(host_array(df[key]), event_day(host_array(df["timestamp"])),
+                                  host_array(df["click"]), host_array(df["watch_seconds"]),
+                                  host_array(df["duration_seconds"]))
 
         meta = pd.DataFrame({"key": pd.Series(dtype=np.int64), "day": pd.Series(dtype=np.int64),
                              "events": pd.Series(dtype=np.int64),
@@ -120,7 +122,7 @@ class PointInTimeStats(StatOperator):
         self.table = None
 
     def transform(self, col_selector: ColumnSelector, df):
-        stats = lookup(self.table, _host(df[self.key]), event_day(_host(df["timestamp"])))
+        stats = lookup(self.table, host_array(df[self.key]), event_day(host_array(df["timestamp"])))
         out = type(df)()
         for name in STAT_NAMES:
             out[f"{self.prefix}_{name}"] = stats[name].astype(np.float32)
@@ -140,7 +142,3 @@ class PointInTimeStats(StatOperator):
     def latest(self) -> pd.DataFrame:
         """The statistics of every key as of the end of the fitted data (for serving)."""
         return latest_stats(self.table, self.key, self.prefix)
-
-
-def _host(series) -> np.ndarray:
-    return series.to_numpy() if hasattr(series, "to_numpy") else np.asarray(series)

@@ -13,6 +13,8 @@ import pandas as pd
 
 from nvtabular.ops.operator import ColumnSelector, Operator
 
+from workflows.backend import host_frame
+
 TRAIN, VALID, TEST = 0, 1, 2
 SPLIT_NAMES = {TRAIN: "train", VALID: "valid", TEST: "test"}
 SIGNALS = ["click", "like", "share", "watch_75", "watch_duration_aware"]
@@ -82,7 +84,7 @@ class AggregatePairs(Operator):
     """Folds the events of each partition into examples; needs the data partitioned by user."""
 
     def transform(self, col_selector: ColumnSelector, df):
-        host = df.to_pandas() if hasattr(df, "to_pandas") else df
+        host = host_frame(df)
         out = aggregate_pairs(host)
         return type(df).from_pandas(out) if hasattr(df, "to_pandas") else out
 
