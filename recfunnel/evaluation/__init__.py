@@ -1,2 +1,25 @@
 """Offline evaluation on plain numpy/pandas: any model's output, ours or a peer's, is scored the
-same way, and nothing here imports TensorFlow or Merlin."""
+same way, and nothing here imports TensorFlow or Merlin.
+
+ranker: ROC-AUC, PR-AUC, logloss and curves of scores; topk: metrics of top-K lists (full
+ranking; sampled only on request); slices: any per-user metric per user group; bias: popularity
+bias of top-K lists against training popularity.
+"""
+from recfunnel.evaluation.bias import (ItemPopularity, concentration_curve, gini_index,
+                                       popularity_bias_report, popularity_bias_summary,
+                                       popularity_opportunity_bias, popularity_parity,
+                                       positive_ranks, user_popularity_rank_correlation)
+from recfunnel.evaluation.ranker import (logloss, pr_auc, pr_curve, ranker_metrics, roc_auc,
+                                         roc_curve)
+from recfunnel.evaluation.slices import (activity_levels, slice_metrics, user_groups,
+                                         worst_groups)
+from recfunnel.evaluation.topk import sampled_topk_metrics, topk_metrics, topk_per_user
+
+__all__ = [
+    "ItemPopularity", "concentration_curve", "gini_index", "popularity_bias_report",
+    "popularity_bias_summary", "popularity_opportunity_bias", "popularity_parity",
+    "positive_ranks", "user_popularity_rank_correlation",
+    "logloss", "pr_auc", "pr_curve", "ranker_metrics", "roc_auc", "roc_curve",
+    "activity_levels", "slice_metrics", "user_groups", "worst_groups",
+    "sampled_topk_metrics", "topk_metrics", "topk_per_user",
+]
