@@ -140,18 +140,24 @@ def update_benchmarks_md(section: str, body: str) -> None:
     path.write_text(text)
 
 
+def publish(results: dict, body: str, results_path: Path, section: str, write: bool) -> None:
+    """Prints a benchmark's markdown `body`; if `write`, saves its results JSON and puts the
+    body in its `section` of BENCHMARKS.md."""
+    print(body)
+    if not write:
+        return
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(results, indent=2, default=str))
+    update_benchmarks_md(section, body)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     results = run(args.sizes)
-    body = markdown(results)
-    print(body)
-    if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=2))
-        update_benchmarks_md("bench_data", body)
+    publish(results, markdown(results), RESULTS, "bench_data", write=not args.no_write)
 
 
 if __name__ == "__main__":
