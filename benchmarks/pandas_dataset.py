@@ -16,7 +16,7 @@ Same steps, same settings (`DatasetConfig`), same semantics, in one process and 
                     written as parquet.
 
 The pure numpy/pandas functions of `workflows/*.py` are reused as they are (canonical_ids,
-unsafe_item_table, time_split, aggregate_pairs, the watch-label functions, sample_negatives,
+unsafe_item_table, assign_split, aggregate_pairs, the watch-label functions, sample_negatives,
 daily_activity / cumulative_table / lookup), so the two builds share their logic; the glue
 between them (a few lines per step) is repeated here and has to follow changes to
 workflows/dataset.py. No NVTabular operator, Merlin Dataset or Workflow is used. (Importing those
@@ -49,14 +49,14 @@ import pandas as pd
 
 from recfunnel.config import DatasetConfig
 from workflows.dataset import (AGE_BOUNDARIES, DAY, EVENT_COLUMNS, LABELS, Cutoffs,
-                               DatasetCheckError, _attributes, check_splits,
-                               dataset_section)
+                               _attributes, check_splits, dataset_section,
+                               require_nonempty_splits)
 from workflows.duplicates import canonical_ids
 from workflows.labels import bucket_thresholds, duration_aware_label, watch_at_least
 from workflows.negatives import sample_negatives
 from workflows.point_in_time import (cumulative_table, daily_activity, event_day, latest_stats,
                                       lookup)
-from workflows.splits import SPLIT_NAMES, TRAIN, aggregate_pairs, random_split, time_split
+from workflows.splits import (SPLIT_KINDS, SPLIT_NAMES, TRAIN, aggregate_pairs, assign_split)
 from workflows.unsafe import build_filters, unsafe_item_table
 
 PASSTHROUGH = ["split", "timestamp", "sampled_negative", "events", "watch_seconds"]
@@ -109,8 +109,8 @@ class PandasDatasetBuilder:
     same summary keys."""
 
     def __init__(self, cfg: DatasetConfig, data_dir: Path, out_dir: Path):
-        if cfg.split not in ("time", "random"):
-            raise ValueError(f"dataset.split must be 'time' or 'random', got {cfg.split!r}")
+        if cfg.split not in SPLIT_KINDS:
+            raise ValueError(f"dataset.split must be one of {SPLIT_KINDS}, got {cfg.split!r}")
         if cfg.negative_sampling not in ("popularity", "uniform"):
             raise ValueError(f"negative_sampling must be 'popularity' or 'uniform', "
                              f"got {cfg.negative_sampling!r}")
@@ -212,12 +212,10 @@ class PandasDatasetBuilder:
     # ---- examples and negatives ------------------------------------------------------------
     def examples(self, events: pd.DataFrame, cut: Cutoffs) -> pd.DataFrame:
         cfg = self.cfg
-        if cfg.split == "time":
-            ts = events["timestamp"].to_numpy().astype("datetime64[ns]").astype(np.int64)
-            split = time_split(ts, cut.train_end.value, cut.valid_end.value)
-        else:
-            split = random_split(events["user_id"].to_numpy(), events["item_id"].to_numpy(),
-                                 cfg.random_fractions, cfg.seed)
+        ts = events["timestamp"].to_numpy().astype("datetime64[ns]").astype(np.int64)
+        split = assign_split(cfg.split, events["user_id"].to_numpy(), events["item_id"].to_numpy(),
+                             ts, cut.train_end.value, cut.valid_end.value, cfg.random_fractions,
+                             cfg.seed)
         events = events.assign(split=split)
         clicked = events[(events["split"] == TRAIN) & (events["click"] == 1)]
         self.label_thresholds = bucket_thresholds(
@@ -231,13 +229,7 @@ class PandasDatasetBuilder:
                                                               self.label_thresholds)
         pairs = aggregate_pairs(events)
         self.record("examples", pairs, note="one row per (user, item, split)")
-        counts = pairs["split"].value_counts()
-        for code, name in SPLIT_NAMES.items():
-            if int(counts.get(code, 0)) == 0:
-                raise DatasetCheckError(
-                    f"split '{name}' is empty (train_end {cut.train_end}, valid until "
-                    f"{cut.valid_end}, data until {cut.data_end}); widen the data or move "
-                    "dataset.train_end / valid_days / test_days")
+        require_nonempty_splits(pairs["split"].value_counts(), cut)
         return pairs
 
     def negative_sampling(self, pairs: pd.DataFrame) -> pd.DataFrame:

@@ -189,3 +189,21 @@ def test_negatives_stop_when_the_catalogue_is_exhausted():
     rng = np.random.default_rng(0)
     got = negatives.sample_for_user(rng, 5, np.array([1, 2]), np.array([1, 2, 3]), None)
     assert got.tolist() == [3]
+
+
+def test_per_user_split_follows_recbole_counts():
+    """RecBole's RS [0.8, 0.1, 0.1] grouped by user: valid and test get int(0.1 n) of each
+    user's pairs, a user with 0 < 0.1 n < 1 still gives one to each while train keeps > 1."""
+    assert splits.split_counts(np.array([100, 25, 9, 3, 2, 1]), [0.8, 0.1, 0.1]).tolist() == [
+        [80, 10, 10], [21, 2, 2], [7, 1, 1], [1, 1, 1], [1, 0, 1], [1, 0, 0]]
+    rng = np.random.default_rng(1)
+    user = np.repeat(np.arange(50), 40)
+    item = np.concatenate([rng.choice(500, 40, replace=False) for _ in range(50)])
+    user, item = np.concatenate([user, user[:30]]), np.concatenate([item, item[:30]])  # repeats
+    a = splits.random_per_user_split(user, item, [0.8, 0.1, 0.1], seed=5)
+    assert (a == splits.random_per_user_split(user[::-1], item[::-1], [0.8, 0.1, 0.1], 5)[::-1]).all()
+    frame = pd.DataFrame({"u": user, "i": item, "s": a})
+    assert (frame.groupby(["u", "i"])["s"].nunique() == 1).all()      # a pair never straddles
+    per_user = frame.drop_duplicates(["u", "i"]).groupby("u")["s"].value_counts().unstack()
+    assert (per_user[0] == 32).all() and (per_user[1] == 4).all() and (per_user[2] == 4).all()
+    assert not (a == splits.random_per_user_split(user, item, [0.8, 0.1, 0.1], seed=6)).all()

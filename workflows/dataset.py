@@ -214,6 +214,8 @@ class DatasetBuilder:
 
     def examples(self, ds: Dataset, cut: Cutoffs) -> Dataset:
         cfg = self.cfg
+        if cfg.split == "random_per_user":      # the split counts each user's pairs
+            ds = Dataset(ds.to_ddf().shuffle("user_id"), cpu=self.cpu)
         split = ["timestamp", "user_id", "item_id"] >> SplitAssigner(
             cfg.split, cut.train_end.value, cut.valid_end.value, cfg.random_fractions, cfg.seed)
         with_split = self._apply(split + EVENT_COLUMNS, ds)
@@ -225,13 +227,8 @@ class DatasetBuilder:
         columns = list(by_user.columns)
         pairs = self._apply(columns >> AggregatePairs(), Dataset(by_user, cpu=self.cpu))
         self.report.record("examples", pairs.to_ddf(), note="one row per (user, item, split)")
-        counts = pairs.to_ddf()["split"].value_counts().compute()
-        for code, name in SPLIT_NAMES.items():
-            if int(counts.get(code, 0)) == 0:
-                raise DatasetCheckError(
-                    f"split '{name}' is empty (train_end {cut.train_end}, valid until "
-                    f"{cut.valid_end}, data until {cut.data_end}); widen the data or move "
-                    "dataset.train_end / valid_days / test_days")
+        require_nonempty_splits(backend.host_frame(pairs.to_ddf()["split"].value_counts().compute()),
+                                cut)
         return pairs
 
     def negative_sampling(self, ds: Dataset) -> Dataset:
@@ -342,6 +339,16 @@ def dataset_section(steps, cut: Cutoffs, split_kind: str, checks: dict, duplicat
         "backend": backend_info,
         "path": str(path),
     }
+
+
+def require_nonempty_splits(counts: pd.Series, cut: Cutoffs) -> None:
+    """Stops the build before fitting features when a split got no example."""
+    for code, name in SPLIT_NAMES.items():
+        if int(counts.get(code, 0)) == 0:
+            raise DatasetCheckError(
+                f"split '{name}' is empty (train_end {cut.train_end}, valid until "
+                f"{cut.valid_end}, data until {cut.data_end}); widen the data or move "
+                "dataset.train_end / valid_days / test_days")
 
 
 def check_splits(frames: dict[str, pd.DataFrame], cut: Cutoffs, split_kind: str) -> dict:
