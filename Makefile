@@ -37,6 +37,10 @@ test: env  ## the test suite
 bench: env  ## every benchmark; results go to benchmarks/results/ and BENCHMARKS.md
 	$(RUN) benchmarks/bench_data.py
 	$(RUN) benchmarks/bench_dataset.py
+	$(RUN) benchmarks/bench_evaluation.py
+	$(RUN) benchmarks/bench_retrieval_ml100k.py
+	$(RUN) benchmarks/bench_training.py
+	$(RUN) benchmarks/bench_demo_models.py
 
 lock:  ## re-resolve requirements.in into requirements.lock (needs the registry)
 	rm -rf "$(RECFUNNEL_HOME)/lock-venv" && $(PYTHON) -m venv "$(RECFUNNEL_HOME)/lock-venv"

@@ -66,6 +66,13 @@ class Splits:
         last = frame.sort_values("timestamp", kind="stable").drop_duplicates(key, keep="last")
         return last[columns].sort_values(key).reset_index(drop=True)
 
+    def catalogue(self, columns: list[str]) -> pd.DataFrame:
+        """One feature row per item that training saw (what retrieval may return), sorted by id;
+        ids met only in valid/test (Categorify's out-of-vocabulary row) are not items to serve."""
+        rows = self.latest_rows("item_id", list(dict.fromkeys(["item_id", *columns])))
+        return rows[rows["item_id"].isin(self.train["item_id"].unique())].reset_index(drop=True)[
+            columns]
+
     def item_frequencies(self, label: str) -> np.ndarray:
         """[n_items] training positives per Categorified item id (for the logQ correction)."""
         ids = self.positives(self.train, label)["item_id"].to_numpy()

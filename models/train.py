@@ -23,7 +23,9 @@ RANKERS = ("light", "heavy")
 
 
 def train_all(dataset_dir: Path, out_dir: Path, cfg: ModelsConfig, progress: bool = True,
-              only: tuple[str, ...] | None = None) -> dict:
+              only: tuple[str, ...] | None = None, as_of=None) -> dict:
+    """Trains the models named in `only` (default: all) under one new version; with `as_of`
+    (the serving time, e.g. the data's end) it also writes the serving feature tables."""
     from tqdm.auto import tqdm
 
     from models.ranking import train_ranker
@@ -46,6 +48,12 @@ def train_all(dataset_dir: Path, out_dir: Path, cfg: ModelsConfig, progress: boo
         else:
             result = train_ranker(name.removesuffix("_ranker"), splits, cfg, root, version)
             section["models"][name] = _describe(result, root)
+    if as_of is not None:
+        from models.features import build_feature_tables
+
+        info = build_feature_tables(dataset_dir, root / "features", as_of)
+        write_manifest(root / "features", version, "features", config=info)
+        section["features"] = {**info, "path": str((root / "features").relative_to(root.parent))}
     (root / "models.json").write_text(json.dumps(section, indent=2, default=str))
     return section
 
@@ -71,6 +79,42 @@ def train_popularity(splits: Splits, cfg: ModelsConfig, root: Path, version: str
             "history": [metrics], "path": str(folder.relative_to(root.parent))}
 
 
+RANKINGS = {"click only": "click", "watch_75 (naive)": "watch_75",
+            "watch duration-aware": "watch_duration_aware"}
+
+
+def ranking_vs_truth(splits: Splits, ranker_dir: Path, world, cfg: ModelsConfig) -> dict:
+    """A ranker on the test split against the synthetic truth: its AUC per objective, and the
+    NDCG@K of true relevance when each user's test candidates (impressions and sampled
+    negatives) are ranked by click only, naive watch_75, the duration-aware label or the blend."""
+    from scipy.stats import spearmanr
+
+    from models.blend import blend
+    from models.ranking import RankerScorer
+    from recfunnel.data.truth_audit import true_relevance_of
+    from recfunnel.evaluation.ranker import ranker_metrics
+    from recfunnel.evaluation.truth import rankings_vs_truth
+
+    test = splits.test
+    scores = RankerScorer(ranker_dir).score(test)
+    relevance = true_relevance_of(test, world)
+    objectives = {}
+    for name, score in scores.items():
+        m = ranker_metrics(test[name].to_numpy(), score)
+        m["spearman_vs_true_relevance"] = float(spearmanr(score, relevance).statistic)
+        objectives[name] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()}
+    rankings = {label: scores[head] for label, head in RANKINGS.items() if head in scores}
+    rankings["blend " + ", ".join(f"{k} {v:g}" for k, v in cfg.blend_weights.items())] = \
+        blend(scores, cfg.blend_weights)
+    item = test["item_id_raw"].to_numpy() - 1
+    table = rankings_vs_truth(test["user_id"].to_numpy(), rankings, relevance,
+                              world.item_truth["is_clickbait"].to_numpy()[item],
+                              world.items["duration_seconds"].to_numpy()[item], k=cfg.eval_k)
+    return {"split": "test", "users": table.attrs["users"], "rows": table.attrs["rows"],
+            "k": cfg.eval_k, "objectives": objectives,
+            "rankings": table.round(4).replace({np.nan: None}).to_dict(orient="records")}
+
+
 def _describe(result, root: Path) -> dict:
     path = result.model_dir if hasattr(result, "model_dir") else result.query_dir
     tables = result.embedding_tables
@@ -84,6 +128,8 @@ def _describe(result, root: Path) -> dict:
         vectors = np.load(Path(result.items_dir) / "item_embeddings.npy", mmap_mode="r")
         out["item_embeddings"] = {"rows": int(vectors.shape[0]), "dim": int(vectors.shape[1]),
                                   "path": str(Path(result.items_dir).relative_to(root.parent))}
+    if getattr(result, "best_epoch", 0):
+        out["best_epoch"] = result.best_epoch
     if getattr(result, "features", None):
         out["features"] = result.features
     return out

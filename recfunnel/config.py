@@ -36,6 +36,7 @@ class SyntheticConfig:
     unsafe_flag_recall: float = 0.8       # share of unsafe items that moderation flagged
     drift: float = 0.5                    # how far user tastes move over the n_days
     weak_group_noise: float = 2.0         # the planted badly-served group answers this noisily
+    weak_group_niche: float = 2.0         # ... and leans this far to the least-exposed category
     bad_row_share: float = 0.001          # corrupt log rows injected to exercise the quarantine
     max_events_per_chunk: int = 1_000_000
 
@@ -77,7 +78,7 @@ class ComputeConfig:
 class DatasetConfig:
     """How the training set is built from the validated events (workflows/, L1, L2, L4.4, L5)."""
     # Splits (L5.4). Time split: train < train_end <= valid < train_end + valid_days <= test.
-    split: str = "time"                   # time | random
+    split: str = "time"                   # time | random | random_per_user
     train_end: str | None = None          # None: valid_days + test_days before the data's end
     valid_days: int = 3
     test_days: int = 3
@@ -112,9 +113,20 @@ class ModelsConfig:
     retrieval_batch_size: int = 1024
     retrieval_learning_rate: float = 0.005
     logq_correction: bool = True          # popularity correction of in-batch negatives
+    retrieval_temperature: float = 0.1    # two-tower logits = similarity / temperature
+    two_tower_features: list | None = None  # None: the categorical user and item attributes;
+                                          # else these (user_id and item_id are always in)
+    two_tower_l2_norm: bool = True        # cosine similarity (True) or plain dot product
+    retrieval_l2_reg: float = 0.0         # L2 penalty on the embedding rows of each batch
+    retrieval_dropout: float = 0.0        # dropout in the two-tower MLPs
     retrieval_positive: str = "click"     # which label makes a (user, item) pair a positive
     mf_epochs: int = 3
-    objectives: list = field(default_factory=lambda: ["click", "like", "share",
+    mf_learning_rate: float | None = None # None: retrieval_learning_rate
+    retrieval_patience: int = 0           # > 0: stop after this many epochs without a better
+                                          # validation recall and keep the best epoch's weights
+    # Each ranker has one head per objective; watch_75 is a diagnostic head (no blend weight)
+    # that shows what ranking by the naive label would do (models.truth in the summary).
+    objectives: list = field(default_factory=lambda: ["click", "like", "share", "watch_75",
                                                        "watch_duration_aware"])
     blend_weights: dict = field(default_factory=lambda: {
         "click": 0.1, "like": 0.3, "share": 0.2, "watch_duration_aware": 0.4})
@@ -131,7 +143,15 @@ class ModelsConfig:
     light_ranker_keep: int = 100          # the light ranker's cut (L6.2)
     index: str = "exact"                  # exact | hnsw
     window_sweep_days: list = field(default_factory=lambda: [1, 3, 7, 14, 21])
+    window_sweep_models: list = field(default_factory=lambda: ["two_tower", "heavy_ranker"])
     seed: int = 0
+
+
+@dataclass
+class EvaluationConfig:
+    """Offline evaluation (recfunnel.evaluation, L4): top-K at models.eval_k, full ranking."""
+    min_group_users: int = 30             # slices with fewer users are marked too small
+    head_share: float = 0.8               # popularity head: items making 80 % of interactions
 
 
 @dataclass
@@ -149,6 +169,7 @@ class Config:
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -18,7 +18,9 @@ from recfunnel import __version__, report
 from recfunnel.config import Config
 from recfunnel.data import sources
 
-STEPS = ("data", "dataset", "models")
+STEPS = ("data", "dataset", "models", "evaluation")
+# Known steps that run only when asked for (`--steps window_sweep`, `recfunnel train --window-sweep`).
+OPTIONAL_STEPS = ("window_sweep",)
 
 
 def run_dir_for(cfg: Config) -> Path:
@@ -27,9 +29,10 @@ def run_dir_for(cfg: Config) -> Path:
 
 
 def run_pipeline(cfg: Config, steps: tuple[str, ...] = STEPS, progress: bool = True) -> Path:
-    unknown = [s for s in steps if s not in STEPS]
+    unknown = [s for s in steps if s not in STEPS + OPTIONAL_STEPS]
     if unknown:
-        raise ValueError(f"unknown pipeline step(s) {unknown}; known steps: {', '.join(STEPS)}")
+        raise ValueError(f"unknown pipeline step(s) {unknown}; known steps: "
+                         f"{', '.join(STEPS + OPTIONAL_STEPS)}")
     run_dir = run_dir_for(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -39,28 +42,29 @@ def run_pipeline(cfg: Config, steps: tuple[str, ...] = STEPS, progress: bool = T
     timings = summary.get("run", {}).get("timings_s", {})
     summary["run"] = {"name": run_dir.name, "started": datetime.now(timezone.utc).isoformat(),
                       "recfunnel_version": __version__, "steps": list(steps), "timings_s": timings}
-    cache = Path(cfg.run.cache_dir) if cfg.run.cache_dir else None
-    if "data" in steps:
+    for name in (s for s in STEPS + OPTIONAL_STEPS if s in steps):
         t = time.perf_counter()
-        raw = sources.materialize(cfg.data, run_dir, cache_dir=cache, progress=progress)
-        summary["data"] = sources.validate_source(raw, run_dir / "data", cfg.validation,
-                                                  progress=progress)
-        summary["data"]["path"] = "data"          # relative: the run folder can be moved
-        summary["run"]["timings_s"]["data"] = round(time.perf_counter() - t, 2)
-    if "dataset" in steps:
-        t = time.perf_counter()
-        summary["dataset"] = dataset_step(cfg, run_dir, summary.get("data"), progress)
-        summary["run"]["timings_s"]["dataset"] = round(time.perf_counter() - t, 2)
-    if "models" in steps:
-        t = time.perf_counter()
-        summary["models"] = models_step(cfg, run_dir, progress)
-        summary["run"]["timings_s"]["models"] = round(time.perf_counter() - t, 2)
+        section = STEP_FUNCTIONS[name](cfg, run_dir, summary, progress)
+        if name == "window_sweep":            # part of the models section
+            summary.setdefault("models", {})["window_sweep"] = section
+        else:
+            summary[name] = section
+        summary["run"]["timings_s"][name] = round(time.perf_counter() - t, 2)
     write_summary(run_dir, summary)
     report.write_report(run_dir, summary)
     return run_dir
 
 
-def models_step(cfg: Config, run_dir: Path, progress: bool) -> dict:
+def data_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> dict:
+    """The configured source, materialized and validated into `data/` (recfunnel.data)."""
+    cache = Path(cfg.run.cache_dir) if cfg.run.cache_dir else None
+    raw = sources.materialize(cfg.data, run_dir, cache_dir=cache, progress=progress)
+    section = sources.validate_source(raw, run_dir / "data", cfg.validation, progress=progress)
+    section["path"] = "data"          # relative: the run folder can be moved
+    return section
+
+
+def models_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> dict:
     """Trains every model of the funnel on the run's dataset (models/)."""
     import workflows  # noqa: F401  (Merlin fixes before any Merlin code runs)
     from models.train import train_all
@@ -68,12 +72,93 @@ def models_step(cfg: Config, run_dir: Path, progress: bool) -> dict:
     if not (run_dir / "dataset" / "train").is_dir():
         raise FileNotFoundError(f"{run_dir / 'dataset'} has no training split; run the dataset "
                                 "step first (recfunnel pipeline run --steps dataset,models)")
-    section = train_all(run_dir / "dataset", run_dir / "models", cfg.models, progress=progress)
+    cutoffs = summary.get("dataset", {}).get("cutoffs", {})
+    as_of = pd.Timestamp(cutoffs["data_end"]) if "data_end" in cutoffs else None
+    section = train_all(run_dir / "dataset", run_dir / "models", cfg.models, progress=progress,
+                        as_of=as_of)
     section["path"] = str(Path("models") / section["version"])
+    truth = run_dir / "data" / "truth"
+    heavy = run_dir / section["path"] / "heavy_ranker"
+    if truth.is_dir() and heavy.is_dir():
+        from models.data import Splits
+        from models.train import ranking_vs_truth
+        from recfunnel.data.synthetic import World
+
+        section["truth"] = ranking_vs_truth(Splits.load(run_dir / "dataset"), heavy,
+                                            World.load(truth), cfg.models)
     return section
 
 
-def dataset_step(cfg: Config, run_dir: Path, data: dict | None, progress: bool) -> dict:
+def evaluation_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> dict:
+    """Every model's predictions on the test split (models/, TensorFlow), then their scoring in
+    plain numpy/pandas (recfunnel.evaluation): `evaluation/metrics.json` and the section."""
+    import workflows  # noqa: F401
+    from models.predict import write_predictions
+    from recfunnel.evaluation.offline import Predictions, evaluate
+
+    models = summary.get("models")
+    if not models or "path" not in models:
+        raise FileNotFoundError(f"{run_dir}: no trained models in the summary; run the models "
+                                "step first (recfunnel pipeline run --steps models,evaluation)")
+    version_dir = run_dir / models["path"]
+    out = run_dir / "evaluation"
+    info = write_predictions(run_dir / "dataset", version_dir, out / "predictions", cfg.models,
+                             progress=progress)
+    # the catalogue the funnel can serve: the items of the version's feature table
+    catalogue = pd.read_parquet(version_dir / "features" / "item_features.parquet",
+                                columns=["item_id_raw"]).rename(columns={"item_id_raw": "item_id"})
+    predictions = Predictions.load(out / "predictions")
+    truth = None
+    if (run_dir / "data" / "truth").is_dir():      # synthetic: judge the lists by the truth too
+        from recfunnel.data.synthetic import World
+        from recfunnel.evaluation.truth import lists_vs_truth
+
+        world = World.load(run_dir / "data" / "truth")
+        day = float(world.config.n_days)             # the test period's end: serving time
+        lists = {n: predictions.lists[n] for n in ("two_tower", "mf", "popularity", "funnel")
+                 if n in predictions.lists}
+        truth = lists_vs_truth(lists, predictions.users["user_id_raw"].to_numpy(),
+                               lambda idx: world.relevance_matrix(idx, day),
+                               world.item_truth["is_clickbait"].to_numpy(), cfg.models.eval_k)
+    metrics = evaluate(predictions, pd.read_parquet(run_dir / "data" / "users.parquet"),
+                       catalogue["item_id"].to_numpy(), cfg.models.eval_k, cfg.models.objectives,
+                       cfg.evaluation.min_group_users, cfg.evaluation.head_share, truth)
+    metrics["predictions"] = info
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return evaluation_section(metrics)
+
+
+def evaluation_section(metrics: dict) -> dict:
+    """The summary's `evaluation`: overall metrics per model, the funnel's cuts, ranker AUCs,
+    bias curve points and flags, the worst slices; every other number is in metrics.json."""
+    rankers = {name: {obj: {k: m.get(k) for k in ("roc_auc", "pr_auc", "logloss")}
+                      for obj, m in by_obj.items()} for name, by_obj in metrics["rankers"].items()}
+    bias = {name: {"concentration_curve": b["concentration_curve"],
+                   **{k: b.get(k) for k in ("coverage", "gini", "popularity_lift",
+                                            "long_tail_share")}}
+            for name, b in metrics["bias"].items()}
+    return {"k": metrics["k"], "users": metrics["users"], "users_known": metrics["users_known"],
+            "users_fallback": metrics["users_fallback"], "models": metrics["models"],
+            "funnel": metrics["funnel"], "rankers": rankers, "bias": bias,
+            "bias_flags": metrics["bias_flags"], "truth": metrics.get("truth"),
+            "worst_groups": [g for g in metrics["worst_groups"] if not g.get("too_small")],
+            "metrics_path": "evaluation/metrics.json"}
+
+
+def window_sweep_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> dict:
+    """The models trained on growing windows of the run's training data (L1.2)."""
+    import workflows  # noqa: F401
+    from models.window_sweep import window_sweep
+
+    dataset = summary.get("dataset")
+    if not dataset or not (run_dir / "dataset" / "train").is_dir():
+        raise FileNotFoundError(f"{run_dir / 'dataset'} has no training split; run the dataset "
+                                "step first")
+    return window_sweep(run_dir / "dataset", pd.Timestamp(dataset["cutoffs"]["train_end"]),
+                        cfg.models, progress=progress)
+
+
+def dataset_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> dict:
     """The NVTabular dataset build (workflows/), scored against the truth when there is one."""
     from workflows.backend import dask_client
     from workflows.dataset import DatasetBuilder, read_split
@@ -102,6 +187,10 @@ def dataset_step(cfg: Config, run_dir: Path, data: dict | None, progress: bool) 
         section["labels_vs_truth"] = truth_audit.label_audit(
             train[train["sampled_negative"] == 0], world, cfg.dataset.duration_edges)
     return section
+
+
+STEP_FUNCTIONS = {"data": data_step, "dataset": dataset_step, "models": models_step,
+                  "evaluation": evaluation_step, "window_sweep": window_sweep_step}
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:

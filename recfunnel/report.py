@@ -166,10 +166,195 @@ def render_models(section: dict) -> str:
     if tables:
         parts.append("<h3>Embedding tables (L3.1)</h3>" + table_html(
             tables, ("model", "column", "rows", "dim", "MB")))
+    if "truth" in section:
+        parts.append(_truth_html(section["truth"]))
+    if "window_sweep" in section:
+        parts.append(_window_sweep_html(section["window_sweep"]))
     return "".join(parts)
 
 
-RENDERERS = {"data": render_data, "dataset": render_dataset, "models": render_models}
+def _truth_html(truth: dict) -> str:
+    """Which objective to rank by, judged by the synthetic truth (L2)."""
+    objectives = [(name, m.get("roc_auc"), m.get("pr_auc"), m.get("logloss"),
+                   m.get("spearman_vs_true_relevance")) for name, m in truth["objectives"].items()]
+    rankings = truth["rankings"]
+    rows = [(r["ranking"], r["ndcg"] if r["ndcg"] is not None else "-", r["top_true_relevance"],
+             r["top_clickbait_share"], r["top_short_share"], r["top_mean_duration_s"])
+            for r in rankings]
+    ranked = [r for r in rankings if r["ndcg"] is not None and "ideal" not in r["ranking"]]
+    base = rankings[0]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    names = [r["ranking"].split(" (")[0].replace("blend ", "blend\n")[:40] for r in ranked]
+    for ax, key, title in zip(axes, ("ndcg", "top_clickbait_share", "top_short_share"),
+                              (f"NDCG@{truth['k']} of true relevance", "click-bait share of top",
+                               "short-item share of top")):
+        ax.barh(names, [r[key] for r in ranked], color="#76b900")
+        if key != "ndcg":
+            ax.axvline(base[key], color="k", ls="--", lw=1, label="all candidates")
+            ax.legend(fontsize=7)
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    return (f"<h3>Against the ground truth (synthetic data, {truth['split']} split)</h3>"
+            f"<p>The heavy ranker's heads, per objective, on {truth['rows']:,} test rows "
+            f"(impressions and sampled negatives) of {truth['users']:,} users.</p>"
+            + table_html(objectives, ("objective", "ROC-AUC", "PR-AUC", "logloss",
+                                      "Spearman vs true relevance"))
+            + f"<p>Each user's test candidates ranked by one head or by the blend; the top "
+              f"{truth['k']} judged by the true relevance.</p>"
+            + figure_html(fig, "rankings against the truth")
+            + table_html(rows, ("ranking", f"NDCG@{truth['k']}", "top: true relevance",
+                                "top: click-bait share", "top: short share",
+                                "top: mean duration s")))
+
+
+def _window_sweep_html(sweep: dict) -> str:
+    """Diminishing returns of more history (L1.2)."""
+    windows = sweep["windows"]
+    models = list(sweep["metrics"])
+    fig, axes = plt.subplots(1, len(models) + 1, figsize=(4.2 * (len(models) + 1), 3.4))
+    for ax, name in zip(axes, models):
+        for w in windows:
+            pts = w["models"][name]["points"]
+            ax.plot([p["steps"] for p in pts], [p["value"] for p in pts], "o-",
+                    label=f"{w['days']} d", ms=3)
+        ax.set_xlabel("training steps")
+        ax.set_title(f"{name}: {sweep['metrics'][name]}", fontsize=10)
+        ax.legend(fontsize=7)
+    ax = axes[-1]
+    for name in models:
+        ax.plot([w["days"] for w in windows], [w["models"][name]["best"] for w in windows], "o-",
+                label=name)
+    ax.set_xlabel("training window (days)")
+    ax.set_title("best validation metric vs window", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    rows = [(w["days"], w["train_rows"], w["train_positives"],
+             *(w["models"][n]["best"] for n in models),
+             *(w["models"][n]["train_seconds"] for n in models)) for w in windows]
+    return ("<h3>Diminishing returns of history (L1.2)</h3>"
+            f"<p>The same models trained on the last D days before {sweep['train_end'][:10]}, "
+            "all measured on the same validation split.</p>"
+            + figure_html(fig, "metric against steps and window size")
+            + table_html(rows, ("days", "training rows", "positives",
+                                *(f"{n} best {sweep['metrics'][n]}" for n in models),
+                                *(f"{n} train s" for n in models))))
+
+
+def render_evaluation(section: dict, run_dir: Path | None = None) -> str:
+    """Offline evaluation (L4, L6): models side by side, the funnel's cuts, the rankers' curves,
+    slices and popularity bias. Curves and slices come from `evaluation/metrics.json`."""
+    metrics = {}
+    if run_dir is not None and (Path(run_dir) / section.get("metrics_path", "")).is_file():
+        metrics = json.loads((Path(run_dir) / section["metrics_path"]).read_text())
+    k = section["k"]
+    truth = section.get("truth") or {}
+    cols = [f"recall@{k}", f"ndcg@{k}", f"hit_rate@{k}", f"mrr@{k}", f"map@{k}"]
+    rows = []
+    for name, m in section["models"].items():
+        wide = next((v for key, v in m.items() if key.startswith("recall@") and key != cols[0]),
+                    "")
+        t = truth.get(name, {})
+        rows.append((name, *(m.get(c) for c in cols), wide, t.get(f"share_of_ideal@{k}", ""),
+                     t.get(f"clickbait_share@{k}", "")))
+    parts = [f"<p>{section['users']:,} test users ({section['users_fallback']:,} served by the "
+             "fallback); full ranking over the catalogue, the user's training and validation "
+             "items excluded. On synthetic data the last columns judge the same lists by the "
+             "true relevance (share of the ideal top-k's relevance), not by logged clicks.</p>",
+             table_html(rows, ("model", *cols, "recall@candidates", "truth: share of ideal",
+                               "truth: click-bait share"))]
+    funnel = [(stage, v.get("kept"), v.get("recall"), v.get("ndcg@k"))
+              for stage, v in section["funnel"].items() if "kept" in v]
+    if funnel:
+        parts.append("<h3>Where the funnel loses relevant items (L6)</h3>" + table_html(
+            funnel, ("stage", "items kept", "recall at the cut", f"NDCG@{k}")))
+    parts.append(_ranker_curves(metrics.get("rankers", {}), section["rankers"]))
+    if metrics.get("slices"):
+        parts.append(_slices_html(metrics["slices"], k))
+    parts.append(_bias_html(section["bias"], section.get("bias_flags", {}), metrics.get("bias", {})))
+    return "".join(parts)
+
+
+def _ranker_curves(full: dict, summary: dict) -> str:
+    rows = [(ranker, obj, m.get("roc_auc"), m.get("pr_auc"), m.get("logloss"))
+            for ranker, by in summary.items() for obj, m in by.items()]
+    out = "<h3>Rankers on the test rows (impressions and sampled negatives)</h3>" + table_html(
+        rows, ("ranker", "objective", "ROC-AUC", "PR-AUC", "logloss"))
+    heavy = full.get("heavy", {})
+    with_curves = {o: m for o, m in heavy.items() if "roc_curve" in m}
+    if with_curves:
+        fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 3.8))
+        for obj, m in with_curves.items():
+            roc.plot(m["roc_curve"]["fpr"], m["roc_curve"]["tpr"],
+                     label=f"{obj} ({m['roc_auc']:.3f})")
+            pr.plot(m["pr_curve"]["recall"], m["pr_curve"]["precision"],
+                    label=f"{obj} ({m['pr_auc']:.3f})")
+        roc.plot([0, 1], [0, 1], "k:", lw=1)
+        roc.set(xlabel="false positive rate", ylabel="true positive rate",
+                title="heavy ranker ROC")
+        pr.set(xlabel="recall", ylabel="precision", title="heavy ranker precision-recall")
+        roc.legend(fontsize=7)
+        pr.legend(fontsize=7)
+        fig.tight_layout()
+        out += figure_html(fig, "ROC and PR curves")
+    return out
+
+
+def _slices_html(slices: list[dict], k: int) -> str:
+    """One panel per slice: each group's value of the headline metric, the overall line."""
+    frame = [r for r in slices if r["slice"] != "overall"]
+    metric = next((m for m in (f"funnel:share_of_ideal@{k}", f"recall@{k}")
+                   if any(r["metric"] == m for r in frame)), None)
+    if metric is None:
+        return ""
+    names = list(dict.fromkeys(r["slice"] for r in frame))
+    overall = next(r["value"] for r in slices if r["slice"] == "overall" and r["metric"] == metric)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        groups = [r for r in frame if r["slice"] == name and r["metric"] == metric]
+        values = [r["value"] if r["value"] is not None else 0 for r in groups]
+        colors = ["#bbb" if r["too_small"] else "#76b900" for r in groups]
+        ax.bar([r["group"] for r in groups], values, color=colors)
+        ax.axhline(overall, color="k", ls="--", lw=1)
+        ax.set_title(name, fontsize=10)
+        ax.tick_params(axis="x", rotation=45, labelsize=7)
+    fig.suptitle(f"{metric} per group (grey: too few users to judge; dashed: overall)",
+                 fontsize=10)
+    fig.tight_layout()
+    rows = [(r["slice"], r["group"], r["users"], r["metric"], r["value"], r["gap_to_overall"],
+             "too small" if r["too_small"] else "") for r in slices if r["metric"] == metric]
+    return ("<h3>Slices (L4.2)</h3>" + figure_html(fig, "metric per user group")
+            + table_html(rows, ("slice", "group", "users", "metric", "value", "gap", "")))
+
+
+def _bias_html(bias: dict, flags: dict, full: dict) -> str:
+    """Popularity bias (L4.3): every model's concentration curve and the training data's."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, b in bias.items():
+        curve = b["concentration_curve"]
+        ax.plot([p["share"] * 100 for p in curve], [p["items"] for p in curve], "o-",
+                label=name, lw=2.5 if name == "training_data" else 1.5,
+                color="k" if name == "training_data" else None)
+    ax.set(xlabel="% of all recommendations (training data: interactions)",
+           ylabel="distinct items that make it up", yscale="log",
+           title="Popularity bias: how few items make up the recommendations")
+    ax.legend(fontsize=8)
+    rows = []
+    for name, b in bias.items():
+        f = flags.get(name, {})
+        po = full.get(name, {}).get("popularity_opportunity", {})
+        parity = full.get(name, {}).get("parity", {})
+        rows.append((name, b.get("coverage", ""), b.get("gini", ""), b.get("popularity_lift", ""),
+                     b.get("long_tail_share", ""), po.get("pru", ""), po.get("pri", ""),
+                     parity.get("parity_ratio", ""),
+                     ", ".join(m for m, v in f.items() if v and m != "all") or "-"))
+    return ("<h3>Popularity bias (L4.3)</h3>" + figure_html(fig, "popularity bias curves")
+            + table_html(rows, ("model", "coverage", "Gini", "popularity lift", "long-tail share",
+                                "PRU", "PRI", "tail/head hit parity", "flagged by")))
+
+
+RENDERERS = {"data": render_data, "dataset": render_dataset, "models": render_models,
+             "evaluation": render_evaluation}
 
 
 def write_report(run_dir: Path, summary: dict) -> Path:
@@ -178,7 +363,8 @@ def write_report(run_dir: Path, summary: dict) -> Path:
     body = []
     for name in sections:
         render = RENDERERS.get(name)
-        content = render(summary[name]) if render else \
+        content = (render(summary[name], run_dir) if name == "evaluation" else
+                   render(summary[name])) if render else \
             f"<pre>{html.escape(json.dumps(summary[name], indent=2, default=str))}</pre>"
         body.append(f'<section id="{name}"><h2>{name}</h2>{content}</section>')
     run = summary.get("run", {})

@@ -2,16 +2,18 @@
 with identical scores through the serving signature, versions cannot be mixed, scores in [0, 1]."""
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from models.artifacts import VersionMismatchError, new_version, write_manifest
 from models.candidates import load_retrieval
 from models.data import Splits, to_tensors
 from models.ranking import RankerScorer, train_ranker
-from models.retrieval import retrieval_eval, train_retrieval
+from models.retrieval import retrieval_eval, tower_schemas, train_retrieval
 from recfunnel.config import ComputeConfig, DataConfig, DatasetConfig, ModelsConfig, ValidationConfig
 from recfunnel.data import sources
 from recfunnel.evaluation.topk import topk_metrics
@@ -44,7 +46,7 @@ def test_two_tower_learns_and_reloads_identically(splits, tmp_path):
     # the last epoch's validation recall, recomputed from the exported artifacts alone
     positives = splits.positives(splits.valid, CFG.retrieval_positive)
     users = positives.sort_values("timestamp").drop_duplicates("user_id")
-    inputs = to_tensors(users, splits.user_schema)
+    inputs = to_tensors(users, tower_schemas("two_tower", splits, CFG)[0])
     query = next(iter(signature(**inputs).values())).numpy()
     seen = splits.positives(splits.train, "click").groupby("user_id")["item_id"].apply(np.asarray)
     top, scores = index.search(query, CFG.eval_k,
@@ -81,3 +83,42 @@ def test_rankers_learn_every_objective_with_probabilities(splits, tmp_path, kind
         np.testing.assert_array_equal(scores[objective], again[objective])
     if kind == "light":
         assert result.features == CFG.light_ranker_features
+
+
+def test_patience_keeps_the_best_epoch(splits, tmp_path):
+    """With patience, training stops after epochs without a better validation recall and the
+    exported model is the best epoch's, not the last one's."""
+    cfg = replace(CFG, retrieval_epochs=6, retrieval_patience=1, retrieval_learning_rate=0.05)
+    result = train_retrieval("two_tower", splits, cfg, tmp_path, new_version())
+    recalls = [h["val_recall@10"] for h in result.history]
+    assert result.best_epoch == int(np.argmax(recalls)) + 1
+    assert len(recalls) == 6 or len(recalls) == result.best_epoch + 1
+    again = retrieval_eval(splits, splits.valid, "click", 10,
+                           tower_schemas("two_tower", splits, cfg))(result.model)
+    assert again["val_recall@10"] == pytest.approx(max(recalls), abs=1e-4)
+
+
+def test_two_tower_features_are_checked(splits):
+    with pytest.raises(ValueError, match="not user or item features"):
+        tower_schemas("two_tower", splits, replace(CFG, two_tower_features=["no_such"]))
+    user, item = tower_schemas("two_tower", splits, replace(CFG, two_tower_features=[]))
+    assert user.column_names == ["user_id"] and item.column_names == ["item_id"]
+
+
+def test_window_sweep_trains_each_window_on_its_days(splits, tmp_path):
+    from models.window_sweep import window_sweep
+
+    train_end = pd.to_datetime(splits.valid["timestamp"]).min().normalize().tz_localize(None)
+    cfg = replace(CFG, retrieval_epochs=2, window_sweep_models=["two_tower"])
+    out = window_sweep(tmp_path / "none", train_end, cfg, days=[2, 6], progress=False,
+                       splits=splits)
+    small, large = out["windows"]
+    assert small["train_rows"] < large["train_rows"]
+    for w in out["windows"]:
+        tt = w["models"]["two_tower"]
+        assert [p["epoch"] for p in tt["points"]] == [1, 2]
+        assert tt["points"][1]["steps"] == 2 * tt["points"][0]["steps"] > 0
+        assert tt["best"] == max(p["value"] for p in tt["points"])
+    with pytest.raises(ValueError, match="unknown"):
+        window_sweep(tmp_path, train_end, replace(cfg, window_sweep_models=["nope"]),
+                     splits=splits)

@@ -57,6 +57,25 @@ def test_pipeline_run_writes_summary_and_report(tmp_path):
                                      "heavy_ranker"}
     assert (run / models["path"] / "heavy_ranker" / "manifest.json").is_file()
     assert '<section id="models">' in page
+    truth = {r["ranking"] for r in models["truth"]["rankings"]}
+    assert {"click only", "watch_75 (naive)", "watch duration-aware"} <= truth
+    assert set(models["truth"]["objectives"]) == {"click", "like", "share", "watch_75",
+                                                  "watch_duration_aware"}
+    assert models["features"]["users"] > 0 and models["features"]["items"] > 0
+    # evaluation: every list scored on the same users, the funnel's cuts, bias, slices, truth
+    evaluation = summary["evaluation"]
+    assert set(evaluation["models"]) == {"two_tower", "mf", "popularity", "funnel"}
+    assert evaluation["users"] == evaluation["models"]["funnel"]["users_scored"]
+    stages = evaluation["funnel"]
+    kept = [stages[s]["kept"] for s in ("candidates", "light ranker", "heavy ranker + blend")]
+    assert kept == sorted(kept, reverse=True) and kept[-1] == evaluation["k"]
+    assert set(evaluation["bias"]) == {"training_data", "two_tower", "mf", "popularity", "funnel"}
+    assert evaluation["bias_flags"]["popularity"]["gini"]
+    assert set(evaluation["truth"]) == {"two_tower", "mf", "popularity", "funnel"}
+    metrics = json.loads((run / evaluation["metrics_path"]).read_text())
+    assert {r["slice"] for r in metrics["slices"]} >= {"overall", "age_band", "gender",
+                                                       "location", "activity"}
+    assert '<section id="evaluation">' in page and "Popularity bias" in page
 
 
 def test_bad_config_exits_2_with_a_message(tmp_path):

@@ -2,6 +2,8 @@
 import hashlib
 from pathlib import Path
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -120,21 +122,30 @@ def test_tastes_drift_and_the_world_reloads(generated, small_synthetic):
     pd.testing.assert_frame_equal(fresh.items.reset_index(drop=True), world.items)
 
 
-def test_weak_group_behaves_noisily(generated, small_synthetic):
+def test_weak_group_is_noisy_and_poorly_served_by_exposure(generated, small_synthetic):
+    """The planted weak group answers noisily (its clicks follow its relevance less than the
+    same users' clicks without the noise) and wants what the platform shows least (the most
+    exposed items give it a smaller share of what it could have than they give the others)."""
     out, _ = generated
     world = synthetic.World.load(out / "truth")
     weak = np.flatnonzero(world.user_truth["weak_group"].to_numpy())
     strong = np.flatnonzero(~world.user_truth["weak_group"].to_numpy())
     assert len(weak) > 0
-    rng = np.random.default_rng(0)
-    items = rng.integers(0, small_synthetic.n_items, 20_000)
+    items = np.random.default_rng(0).integers(0, small_synthetic.n_items, 20_000)
+    users = np.random.default_rng(1).choice(weak, len(items))
+    quiet = dataclasses.replace(world, config=dataclasses.replace(world.config,
+                                                                  weak_group_noise=0.0))
 
-    def click_relevance_corr(users):
-        u = rng.choice(users, len(items))
-        clicks = world.respond(u, items, 0, rng)["click"]
-        return np.corrcoef(clicks, world.true_relevance(u, items, 0))[0, 1]
+    def click_relevance_corr(w):
+        clicks = w.respond(users, items, 0, np.random.default_rng(2))["click"]
+        return np.corrcoef(clicks, w.true_relevance(users, items, 0))[0, 1]
 
-    assert click_relevance_corr(weak) < 0.8 * click_relevance_corr(strong)
+    assert click_relevance_corr(world) < 0.8 * click_relevance_corr(quiet)
+    top = np.argsort(-world.item_truth["exposure"].to_numpy())[:50]
+    relevance = world.relevance_matrix(np.arange(len(world.users)), 0)
+    # what the most exposed items give each user, as a share of the user's own best 50
+    share = relevance[:, top].mean(axis=1) / -np.sort(-relevance, axis=1)[:, :50].mean(axis=1)
+    assert share[weak].mean() < share[strong].mean() - 0.02
 
 
 def test_injected_bad_rows_are_exactly_the_quarantine(tmp_path, small_synthetic):

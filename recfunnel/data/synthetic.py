@@ -110,7 +110,8 @@ class World:
 
         Click-bait items attract clicks but are abandoned fast and rarely liked. Watch fraction
         falls with length even for relevant items, which is why "watched 75 %" favours short
-        items (L2.2). The planted weak group answers with heavy noise around its relevance.
+        items (L2.2). The planted weak group answers with heavy noise around its relevance (and
+        its tastes lean to the least-exposed category, see `build_world`).
         """
         user_idx, item_idx = np.asarray(user_idx), np.asarray(item_idx)
         n = len(user_idx)
@@ -232,6 +233,13 @@ def build_world(cfg: SyntheticConfig) -> World:
     item_truth = table[["item_id", "canonical_id", "is_duplicate", "is_clickbait", "exposure"]].assign(
         is_unsafe=table["unsafe_true"])
     item_vec = vec[table["vec_row"].to_numpy()].astype(np.float32)
+    # The planted weak group also wants what the platform shows least: its tastes lean to the
+    # category with the lowest total exposure, so popularity-driven exposure and the models
+    # trained on it serve this group badly (on top of its noisy answers, see `respond`).
+    niche = int(np.argmin(np.bincount(category, weights=exposure, minlength=cfg.n_categories)))
+    weak = user_truth["weak_group"].to_numpy()
+    user_base[weak] = _unit(cfg.weak_group_niche * centroids[niche]
+                            + user_base[weak]).astype(np.float32)
     return World(cfg, users, user_truth, user_base, user_drift, items, item_truth, item_vec)
 
 

@@ -44,6 +44,14 @@ def unsafe_detection(unsafe_items: pd.DataFrame, world: World) -> dict:
             "recall": round(hit / len(truth), 4) if truth else 1.0}
 
 
+def true_relevance_of(examples: pd.DataFrame, world: World) -> np.ndarray:
+    """[n] the truth's relevance of each example (user_id_raw, item_id_raw, timestamp)."""
+    start = pd.Timestamp(world.config.start_date)
+    day = (pd.to_datetime(examples["timestamp"]) - start) / pd.Timedelta(days=1)
+    return world.true_relevance(examples["user_id_raw"].to_numpy() - 1,
+                                examples["item_id_raw"].to_numpy() - 1, day.to_numpy())
+
+
 def label_audit(examples: pd.DataFrame, world: World, duration_edges) -> dict:
     """How each label relates to duration and to the true relevance, on clicked examples.
 
@@ -53,10 +61,7 @@ def label_audit(examples: pd.DataFrame, world: World, duration_edges) -> dict:
     against the true relevance (how well the label ranks what users really want).
     """
     clicked = examples[examples["click"] == 1]
-    start = pd.Timestamp(world.config.start_date)
-    day = (pd.to_datetime(clicked["timestamp"]) - start) / pd.Timedelta(days=1)
-    relevance = world.true_relevance(clicked["user_id_raw"].to_numpy() - 1,
-                                     clicked["item_id_raw"].to_numpy() - 1, day.to_numpy())
+    relevance = true_relevance_of(clicked, world)
     duration = world.items["duration_seconds"].to_numpy()[clicked["item_id_raw"].to_numpy() - 1]
     edges = [0, *duration_edges, np.inf]
     names = [f"{lo:g}-{hi:g}s" for lo, hi in zip(edges[:-1], edges[1:])]

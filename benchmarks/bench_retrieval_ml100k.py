@@ -1,0 +1,271 @@
+"""MovieLens-100K retrieval, side by side in one run on one split (issue 4, L3.2).
+
+Protocol (RecBole's, under which its published BPR figure was measured): every rating is an
+interaction; each user's interactions are cut 80/10/10 at random (`split: random_per_user` in
+configs/movielens100k.yaml, RecBole's `RS: [0.8, 0.1, 0.1]` grouped by user); full ranking over
+all items; a user's training (and, for test, validation) items are excluded from the ranking, as
+RecBole's full-sort evaluation masks them; recall@10 and NDCG@10 averaged over the users with a
+test interaction. Items never seen in training cannot be recommended by any model here and
+count as misses.
+
+Every model picks its hyper-parameters on the validation split from a small grid of equal size,
+and its test figures are those of the chosen setting:
+  popularity     most-interacted training items
+  implicit ALS   `implicit` 0.7.2 (installed only for this benchmark, outside the environment)
+  implicit BPR   the same package
+  ours: MF       Merlin Models MatrixFactorizationModelV2, in-batch negatives + logQ
+  ours: 2-tower  Merlin Models TwoTowerModelV2 with the user and item features of the workflow
+
+    make bench                                         # all benchmarks
+    python benchmarks/bench_retrieval_ml100k.py        # this one (about 10 minutes on 2 cores)
+Results: benchmarks/results/retrieval_ml100k.json and the `bench_retrieval_ml100k` section of
+BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.bench_data import machine, publish  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results" / "retrieval_ml100k.json"
+PEER_PACKAGE = "implicit==0.7.2"
+PEERS_DIR = Path.home() / ".cache" / "recfunnel" / "bench-peers" / "implicit-0.7.2"
+RUN_NAME = "bench-ml100k"
+K = 10
+RECBOLE_BPR = {"recall@10": 0.2368, "ndcg@10": 0.2768,
+               "source": "RecBole ml-100k results, BPR, RS 8:1:1 by user, full ranking"}
+
+# Equal-sized grids (four settings each) chosen on validation recall@10.
+GRIDS = {
+    "implicit_als": [{"factors": f, "regularization": r, "alpha": a, "iterations": 15}
+                     for f, r, a in itertools.product([32, 64], [0.05], [1.0, 10.0])],
+    "implicit_bpr": [{"factors": f, "learning_rate": 0.01, "regularization": 0.01,
+                      "iterations": i} for f, i in itertools.product([64, 128], [30, 60])],
+    "mf": [{"embedding_dim": d, "mf_learning_rate": lr}
+           for d, lr in itertools.product([64, 128], [0.002, 0.005])],
+    "two_tower": [{"retrieval_temperature": t, "retrieval_learning_rate": lr}
+                  for t, lr in itertools.product([0.05, 0.1], [0.002, 0.005])],
+}
+OURS_FIXED = {"embedding_dim": 64, "retrieval_epochs": 40, "mf_epochs": 40, "retrieval_patience": 4,
+              "retrieval_batch_size": 1024, "eval_k": K}
+
+
+def ensure_peers() -> None:
+    """`implicit` goes into its own folder in the cache, never into the project environment."""
+    if not (PEERS_DIR / "implicit").exists():
+        print(f"installing {PEER_PACKAGE} into {PEERS_DIR} (benchmark only)", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                        str(PEERS_DIR), PEER_PACKAGE], check=True)
+    sys.path.insert(0, str(PEERS_DIR))
+
+
+def build_dataset(rebuild: bool) -> Path:
+    run_dir = REPO / "runs" / RUN_NAME
+    if rebuild or not (run_dir / "dataset" / "test").exists():
+        subprocess.run([sys.executable, "-m", "recfunnel", "pipeline", "run", "--config",
+                        "configs/movielens100k.yaml", "--steps", "data,dataset",
+                        "--run-name", RUN_NAME], cwd=REPO, check=True)
+    return run_dir / "dataset"
+
+
+class Protocol:
+    """The users, relevant items and exclusions of one evaluation split, in raw MovieLens ids."""
+
+    def __init__(self, splits, split: str, label: str = "click"):
+        from models.retrieval import seen_items
+
+        frame = getattr(splits, split)
+        seen = (splits.train,) if split == "valid" else (splits.train, splits.valid)
+        positives = splits.positives(frame, label)
+        self.user_rows = positives.sort_values("timestamp").drop_duplicates("user_id")
+        self.users = self.user_rows["user_id"].to_numpy()
+        relevant = positives.groupby("user_id")["item_id_raw"].apply(np.asarray)
+        self.truth = [relevant[u] for u in self.users]
+        self.exclude = seen_items(splits, label, seen, self.users)
+        train = splits.train.drop_duplicates("item_id")
+        self.raw = np.full(int(train["item_id"].max()) + 1, -1, np.int64)
+        self.raw[train["item_id"].to_numpy()] = train["item_id_raw"].to_numpy()
+
+    def score(self, top: np.ndarray) -> dict:
+        from recfunnel.evaluation.topk import topk_metrics
+
+        raw = np.where(top >= 0, self.raw[np.clip(top, 0, None)], -1)
+        m = topk_metrics(raw, self.truth, K)
+        return {f"recall@{K}": round(m[f"recall@{K}"], 4), f"ndcg@{K}": round(m[f"ndcg@{K}"], 4),
+                "users": m["users_scored"]}
+
+    def rank(self, user_vectors: np.ndarray, item_ids: np.ndarray, item_vectors: np.ndarray):
+        from models.candidates import EmbeddingIndex
+
+        top, _ = EmbeddingIndex(item_ids, item_vectors).search(user_vectors, K, self.exclude)
+        return self.score(top)
+
+
+def popularity(splits, protocols) -> dict:
+    from models.candidates import PopularityCandidates
+
+    start = time.perf_counter()
+    pop = PopularityCandidates.fit(splits.positives(splits.train, "click")["item_id"].to_numpy())
+    seconds = time.perf_counter() - start
+    out = {name: p.score(pop.search(len(p.users), K, p.exclude)[0]) for name, p in protocols.items()}
+    return {"chosen": {}, "train_seconds": round(seconds, 3), **out}
+
+
+def implicit_model(kind: str, splits, protocols) -> dict:
+    import scipy.sparse as sp
+    from threadpoolctl import threadpool_limits
+
+    from implicit.cpu.als import AlternatingLeastSquares
+    from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+    train = splits.positives(splits.train, "click")
+    n_users = int(splits.train["user_id"].max()) + 1
+    n_items = int(splits.train["item_id"].max()) + 1
+    user_items = sp.csr_matrix((np.ones(len(train), np.float32),
+                                (train["user_id"].to_numpy(), train["item_id"].to_numpy())),
+                               shape=(n_users, n_items))
+    item_ids = np.unique(train["item_id"].to_numpy())
+    tried = []
+    for params in GRIDS[f"implicit_{kind}"]:
+        start = time.perf_counter()
+        with threadpool_limits(1, "blas"):     # implicit's own advice; it uses its own threads
+            if kind == "als":
+                model = AlternatingLeastSquares(**params, random_state=0)
+            else:
+                model = BayesianPersonalizedRanking(**params, random_state=0)
+            model.fit(user_items, show_progress=False)
+        seconds = time.perf_counter() - start
+        scores = {name: p.rank(model.user_factors[p.users], item_ids,
+                               model.item_factors[item_ids]) for name, p in protocols.items()}
+        tried.append({"params": params, "train_seconds": round(seconds, 2), **scores})
+        print(f"  implicit {kind} {params}: valid {scores['valid']}", flush=True)
+    return _choose(tried)
+
+
+def ours(kind: str, splits, protocols, base_cfg) -> dict:
+    from models.data import to_tensors
+    from models.retrieval import tower_schemas, train_retrieval
+
+    tried = []
+    for params in GRIDS[kind]:
+        cfg = replace(base_cfg, **{**OURS_FIXED, **params})
+        with tempfile.TemporaryDirectory() as out:
+            result = train_retrieval(kind, splits, cfg, Path(out), "bench")
+        model = result.model
+        user_schema, item_schema = tower_schemas(kind, splits, cfg)
+        items = splits.catalogue(item_schema.column_names)
+        item_vectors = model.candidate_encoder(to_tensors(items, item_schema)).numpy()
+        scores = {}
+        for name, p in protocols.items():
+            query = model.query_encoder(to_tensors(p.user_rows, user_schema)).numpy()
+            scores[name] = p.rank(query, items["item_id"].to_numpy(), item_vectors)
+        tried.append({"params": params, "train_seconds": result.train_seconds,
+                      "epochs_run": len(result.history), "best_epoch": result.best_epoch,
+                      "examples_per_second": round(result.examples / result.train_seconds),
+                      **scores})
+        print(f"  {kind} {params}: best epoch {result.best_epoch}/{len(result.history)}, "
+              f"valid {scores['valid']}, {result.train_seconds:.0f} s", flush=True)
+    return _choose(tried)
+
+
+def _choose(tried: list[dict]) -> dict:
+    best = max(tried, key=lambda t: t["valid"][f"recall@{K}"])
+    return {"chosen": best["params"], "valid": best["valid"], "test": best["test"],
+            "train_seconds": best["train_seconds"], "grid": tried}
+
+
+def run(rebuild: bool, only: list[str] | None) -> dict:
+    ensure_peers()
+    dataset = build_dataset(rebuild)
+    from models.data import Splits
+    from recfunnel.config import load_config
+
+    splits = Splits.load(dataset)
+    protocols = {"valid": Protocol(splits, "valid"), "test": Protocol(splits, "test")}
+    base = load_config(REPO / "configs" / "movielens100k.yaml").models
+    results = {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
+               "command": "python benchmarks/bench_retrieval_ml100k.py", "k": K,
+               "data": {"train_interactions": int(len(splits.positives(splits.train, "click"))),
+                        "test_users": int(len(protocols["test"].users)),
+                        "test_interactions": int(sum(len(t) for t in protocols["test"].truth))},
+               "published": {"recbole_bpr": RECBOLE_BPR}, "models": {}}
+    runners = {"popularity": lambda: popularity(splits, protocols),
+               "implicit_als": lambda: implicit_model("als", splits, protocols),
+               "implicit_bpr": lambda: implicit_model("bpr", splits, protocols),
+               "mf": lambda: ours("mf", splits, protocols, base),
+               "two_tower": lambda: ours("two_tower", splits, protocols, base)}
+    for name, runner in runners.items():
+        if only and name not in only:
+            continue
+        print(f"{name} ...", flush=True)
+        results["models"][name] = runner()
+        print(f"{name}: test {results['models'][name]['test']}", flush=True)
+    return results
+
+
+NAMES = {"popularity": "popularity", "implicit_als": "implicit ALS (peer)",
+         "implicit_bpr": "implicit BPR (peer)", "mf": "ours: matrix factorisation",
+         "two_tower": "ours: two-tower"}
+
+
+def markdown(r: dict) -> str:
+    rows = ["| model | recall@10 | NDCG@10 | valid recall@10 | chosen setting | train s |",
+            "|---|---|---|---|---|---|"]
+    for name, m in r["models"].items():
+        chosen = ", ".join(f"{k}={v}" for k, v in m["chosen"].items()) or "-"
+        rows.append(f"| {NAMES[name]} | {m['test']['recall@10']:.4f} | "
+                    f"{m['test']['ndcg@10']:.4f} | {m['valid']['recall@10']:.4f} | {chosen} | "
+                    f"{m['train_seconds']} |")
+    pub = r["published"]["recbole_bpr"]
+    rows.append(f"| RecBole BPR (published, not run here) | {pub['recall@10']} | "
+                f"{pub['ndcg@10']} | | | |")
+    peers = [n for n in ("implicit_als", "implicit_bpr") if n in r["models"]]
+    verdict = ""
+    if "two_tower" in r["models"] and peers:
+        best = max(peers, key=lambda n: r["models"][n]["test"]["recall@10"])
+        ratio = r["models"]["two_tower"]["test"]["recall@10"] / \
+            r["models"][best]["test"]["recall@10"]
+        verdict = (f"Two-tower / best peer ({NAMES[best]}) recall@10 ratio: **{ratio:.2f}** "
+                   "(same run, same split).")
+    d = r["data"]
+    return "\n".join([
+        f"Command: `{r['command']}`. Machine: {r['machine']}. Date: {r['date']}.",
+        f"MovieLens-100K, every rating an interaction, random 80/10/10 per user; "
+        f"{d['train_interactions']:,} training interactions; test: {d['test_users']} users, "
+        f"{d['test_interactions']:,} interactions; full ranking over all training items, the "
+        "user's training and validation items excluded; each model's setting chosen on "
+        "validation recall@10 from a grid of four.",
+        "", *rows, "", verdict])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rebuild", action="store_true", help="rebuild the ML-100K dataset")
+    parser.add_argument("--only", nargs="*", help=f"rerun a subset of {list(NAMES)}; the "
+                        "others keep their last results")
+    args = parser.parse_args()
+    results = run(args.rebuild, args.only)
+    if args.only and RESULTS.is_file():     # rerun a few models: keep the others' results
+        previous = json.loads(RESULTS.read_text())
+        previous["models"].update(results["models"])
+        results = {**results, "models": {n: previous["models"][n] for n in NAMES
+                                         if n in previous["models"]}}
+        results["command"] += "  (partly rerun: --only " + " ".join(args.only) + ")"
+    publish(results, markdown(results), RESULTS, "bench_retrieval_ml100k", write=True)
+
+
+if __name__ == "__main__":
+    main()
