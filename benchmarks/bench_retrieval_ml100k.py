@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.bench_data import machine, publish  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "retrieval_ml100k.json"
+BIAS_PLOT = REPO / "benchmarks" / "results" / "retrieval_ml100k_bias.png"
 PEER_PACKAGE = "implicit==0.7.2"
 PEERS_DIR = Path.home() / ".cache" / "recfunnel" / "bench-peers" / "implicit-0.7.2"
 RUN_NAME = "bench-ml100k"
@@ -56,8 +57,8 @@ GRIDS = {
                       "iterations": i} for f, i in itertools.product([64, 128], [30, 60])],
     "mf": [{"embedding_dim": d, "mf_learning_rate": lr}
            for d, lr in itertools.product([64, 128], [0.002, 0.005])],
-    "two_tower": [{"retrieval_temperature": t, "retrieval_learning_rate": lr}
-                  for t, lr in itertools.product([0.05, 0.1], [0.002, 0.005])],
+    "two_tower": [{"retrieval_temperature": t, "embedding_dim": d, "retrieval_learning_rate": 0.005}
+                  for t, d in itertools.product([0.1, 0.2], [32, 64])],
 }
 OURS_FIXED = {"embedding_dim": 64, "retrieval_epochs": 40, "mf_epochs": 40, "retrieval_patience": 4,
               "retrieval_batch_size": 1024, "eval_k": K}
@@ -100,12 +101,13 @@ class Protocol:
         self.raw[train["item_id"].to_numpy()] = train["item_id_raw"].to_numpy()
 
     def score(self, top: np.ndarray) -> dict:
+        """Metrics of [n_users, K] categorified ids; `_top` keeps the list in raw ids."""
         from recfunnel.evaluation.topk import topk_metrics
 
         raw = np.where(top >= 0, self.raw[np.clip(top, 0, None)], -1)
         m = topk_metrics(raw, self.truth, K)
         return {f"recall@{K}": round(m[f"recall@{K}"], 4), f"ndcg@{K}": round(m[f"ndcg@{K}"], 4),
-                "users": m["users_scored"]}
+                "users": m["users_scored"], "_top": raw}
 
     def rank(self, user_vectors: np.ndarray, item_ids: np.ndarray, item_vectors: np.ndarray):
         from models.candidates import EmbeddingIndex
@@ -121,7 +123,9 @@ def popularity(splits, protocols) -> dict:
     pop = PopularityCandidates.fit(splits.positives(splits.train, "click")["item_id"].to_numpy())
     seconds = time.perf_counter() - start
     out = {name: p.score(pop.search(len(p.users), K, p.exclude)[0]) for name, p in protocols.items()}
-    return {"chosen": {}, "train_seconds": round(seconds, 3), **out}
+    top = out["test"].pop("_top")
+    out["valid"].pop("_top")
+    return {"chosen": {}, "train_seconds": round(seconds, 3), **out, "_top": top}
 
 
 def implicit_model(kind: str, splits, protocols) -> dict:
@@ -151,7 +155,7 @@ def implicit_model(kind: str, splits, protocols) -> dict:
         scores = {name: p.rank(model.user_factors[p.users], item_ids,
                                model.item_factors[item_ids]) for name, p in protocols.items()}
         tried.append({"params": params, "train_seconds": round(seconds, 2), **scores})
-        print(f"  implicit {kind} {params}: valid {scores['valid']}", flush=True)
+        print(f"  implicit {kind} {params}: valid {_shown(scores['valid'])}", flush=True)
     return _choose(tried)
 
 
@@ -177,14 +181,55 @@ def ours(kind: str, splits, protocols, base_cfg) -> dict:
                       "examples_per_second": round(result.examples / result.train_seconds),
                       **scores})
         print(f"  {kind} {params}: best epoch {result.best_epoch}/{len(result.history)}, "
-              f"valid {scores['valid']}, {result.train_seconds:.0f} s", flush=True)
+              f"valid {_shown(scores['valid'])}, {result.train_seconds:.0f} s", flush=True)
     return _choose(tried)
+
+
+def _shown(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "_top"}
 
 
 def _choose(tried: list[dict]) -> dict:
     best = max(tried, key=lambda t: t["valid"][f"recall@{K}"])
+    top = best["test"]["_top"]
+    for t in tried:
+        t["valid"].pop("_top"), t["test"].pop("_top")
     return {"chosen": best["params"], "valid": best["valid"], "test": best["test"],
-            "train_seconds": best["train_seconds"], "grid": tried}
+            "train_seconds": best["train_seconds"], "grid": tried, "_top": top}
+
+
+def popularity_bias(lists: dict, splits) -> dict:
+    """Every model's test top-10 lists against the training popularity (L4.3), on one plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from recfunnel.evaluation.bias import (ItemPopularity, concentration_curve,
+                                           popularity_bias_summary)
+
+    train = splits.positives(splits.train, "click")["item_id_raw"].to_numpy()
+    catalogue = np.unique(np.concatenate([splits.train["item_id_raw"], splits.valid["item_id_raw"],
+                                          splits.test["item_id_raw"]]))
+    popularity = ItemPopularity.from_interactions(train, catalogue=catalogue)
+    curves = {"training data": concentration_curve(train)}
+    out = {}
+    for name, top in lists.items():
+        curves[NAMES[name]] = concentration_curve(top)
+        out[name] = {k: round(v, 4) if isinstance(v, float) else v
+                     for k, v in popularity_bias_summary(top, popularity).items()}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, curve in curves.items():
+        ax.plot(curve["share"] * 100, curve["items"], "o-", label=name,
+                color="k" if name == "training data" else None,
+                lw=2.5 if name == "training data" else 1.5)
+    ax.set(xlabel="% of all recommendations (training data: interactions)", yscale="log",
+           ylabel="distinct items that make it up",
+           title="MovieLens-100K: popularity bias of the test top-10 lists")
+    ax.legend(fontsize=8)
+    fig.savefig(BIAS_PLOT, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out
 
 
 def run(rebuild: bool, only: list[str] | None) -> dict:
@@ -202,6 +247,7 @@ def run(rebuild: bool, only: list[str] | None) -> dict:
                         "test_users": int(len(protocols["test"].users)),
                         "test_interactions": int(sum(len(t) for t in protocols["test"].truth))},
                "published": {"recbole_bpr": RECBOLE_BPR}, "models": {}}
+    lists = {}
     runners = {"popularity": lambda: popularity(splits, protocols),
                "implicit_als": lambda: implicit_model("als", splits, protocols),
                "implicit_bpr": lambda: implicit_model("bpr", splits, protocols),
@@ -212,7 +258,11 @@ def run(rebuild: bool, only: list[str] | None) -> dict:
             continue
         print(f"{name} ...", flush=True)
         results["models"][name] = runner()
+        lists[name] = results["models"][name].pop("_top")
         print(f"{name}: test {results['models'][name]['test']}", flush=True)
+    bias = popularity_bias(lists, splits)
+    for name, b in bias.items():
+        results["models"][name]["popularity_bias"] = b
     return results
 
 
@@ -240,6 +290,10 @@ def markdown(r: dict) -> str:
             r["models"][best]["test"]["recall@10"]
         verdict = (f"Two-tower / best peer ({NAMES[best]}) recall@10 ratio: **{ratio:.2f}** "
                    "(same run, same split).")
+    bias = ["| model | coverage | Gini | popularity lift | long-tail share |", "|---|---|---|---|---|"]
+    bias += [f"| {NAMES[n]} | {m['popularity_bias']['coverage']} | {m['popularity_bias']['gini']} | "
+             f"{m['popularity_bias']['popularity_lift']} | {m['popularity_bias']['long_tail_share']} |"
+             for n, m in r["models"].items() if "popularity_bias" in m]
     d = r["data"]
     return "\n".join([
         f"Command: `{r['command']}`. Machine: {r['machine']}. Date: {r['date']}.",
@@ -248,7 +302,10 @@ def markdown(r: dict) -> str:
         f"{d['test_interactions']:,} interactions; full ranking over all training items, the "
         "user's training and validation items excluded; each model's setting chosen on "
         "validation recall@10 from a grid of four.",
-        "", *rows, "", verdict])
+        "", *rows, "", verdict, "",
+        "Popularity bias of the same test top-10 lists (recfunnel.evaluation.bias; the plot with "
+        "every model's concentration curve beside the training data's is "
+        "`benchmarks/results/retrieval_ml100k_bias.png`):", "", *bias])
 
 
 def main() -> None:

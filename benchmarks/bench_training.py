@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,7 @@ def run(config: Path, batch_sizes: list[int]) -> dict:
 
     dataset, cfg = dataset_for(config)
     rows = []
+    load_before = os.getloadavg()[0]
     for batch in batch_sizes:
         models_cfg = replace(cfg.models, retrieval_epochs=EPOCHS, mf_epochs=EPOCHS,
                              ranker_epochs=EPOCHS, retrieval_patience=0,
@@ -63,6 +65,8 @@ def run(config: Path, batch_sizes: list[int]) -> dict:
             print(json.dumps(rows[-1]), flush=True)
     summary = json.loads((dataset.parent / "summary.json").read_text())
     return {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
+            "load_average_1min": {"before": round(load_before, 2),
+                                  "after": round(os.getloadavg()[0], 2)},
             "command": f"python benchmarks/bench_training.py --config {config}",
             "data": {"events": summary["data"]["events"], "splits": summary["dataset"]["splits"]},
             "rows": rows}
@@ -78,7 +82,10 @@ def markdown(r: dict) -> str:
         f"Command: `{r['command']}`. Machine: {r['machine']}. Date: {r['date']}.",
         f"Data: the demo data set ({r['data']['events']:,} events; dataset rows "
         f"{r['data']['splits']}). Retrieval examples are positive pairs, ranker examples every "
-        "training row; the time includes the per-epoch validation, as in a real run.",
+        "training row; the time includes the per-epoch validation, as in a real run. "
+        f"1-minute load average before / after: {r['load_average_1min']['before']} / "
+        f"{r['load_average_1min']['after']} (2 cores: above 1 means other jobs shared the CPU; "
+        "rerun on an idle machine for clean absolute figures).",
         "", *table])
 
 
