@@ -22,10 +22,15 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return USER_ERRORS + ((dataset.DatasetCheckError,) if dataset else ())
 
 
-def _config(args):
+def _overrides(args) -> dict:
     overrides: dict = {}
     for text in args.set or []:
         overrides = merge(overrides, parse_override(text))
+    return overrides
+
+
+def _config(args):
+    overrides = _overrides(args)
     if getattr(args, "run_name", None):
         overrides.setdefault("run", {})["name"] = args.run_name
     return load_config(args.config, overrides)
@@ -87,6 +92,90 @@ def cmd_schema(args) -> int:
     return 0
 
 
+def _served_repo(args) -> Path:
+    """--repo, or the run's runs/<run>/triton_repo."""
+    if args.repo:
+        return Path(args.repo)
+    if not args.run_name:
+        raise ConfigError("name the repository: --run-name RUN or --repo DIR")
+    return Path(args.runs_dir) / args.run_name / "triton_repo"
+
+
+def cmd_export(args) -> int:
+    """Adds a run's trained version to a Triton repository: `recfunnel export --run-name demo`,
+    or rolls one back: `recfunnel export --repo DIR --retire 3`."""
+    from recfunnel.serving.export import ServingSettings, export_run, retire_version
+
+    repo = _served_repo(args)
+    try:
+        if args.retire is not None:
+            left = retire_version(repo, args.retire)
+            print(f"retired Triton version {args.retire} from {repo}; versions left: {left}")
+            return 0
+        if not args.run_name:
+            raise ConfigError("export needs --run-name: the run whose trained version to export")
+        serving = ServingSettings(max_users=args.max_users, keep_versions=args.keep)
+        result = export_run(Path(args.runs_dir) / args.run_name, repo, _overrides(args),
+                            serving, args.version)
+    except (FileExistsError, ValueError) as e:      # refused: mismatched or altered artifacts
+        print(f"recfunnel: error: {e}", file=sys.stderr)
+        return 2
+    print(f"exported training version {result.training_version} as Triton version "
+          f"{result.triton_version} to {result.repo} in {result.seconds:.1f} s; versions in "
+          f"the repository: {result.versions_on_disk}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    """Serves an exported repository until SIGINT or SIGTERM: `recfunnel serve --run-name demo`."""
+    import signal
+
+    from recfunnel.serving import TritonServer
+    from recfunnel.serving.export import stage_environment, versions_in
+
+    repo = _served_repo(args)
+    if not repo.is_dir() or not versions_in(repo):
+        raise FileNotFoundError(f"{repo}: no exported funnel; run recfunnel export first")
+    server = TritonServer(repo, host=args.host, http_port=args.http_port or None,
+                          grpc_port=args.grpc_port or None,
+                          metrics_port=args.metrics_port or None, model_control_mode="poll",
+                          repository_poll_secs=args.poll_secs, env=stage_environment(),
+                          log_path=args.log)
+    print(f"starting tritonserver on {repo} (log {server.log_path})", flush=True)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, interrupt)    # a stop while starting is orderly too
+    try:
+        server.start()
+    except KeyboardInterrupt:
+        server.stop()
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(f"ready in {server.startup_s:.1f} s (tritonserver pid {server.process.pid}): "
+          f"http {server.http_address}  grpc "
+          f"{server.grpc_address}  metrics {server.metrics_url}\n"
+          f"ask it: recfunnel recommend --user 1 --url {server.http_address}", flush=True)
+    server.serve_forever()
+    print("stopped", flush=True)
+    return 0
+
+
+def cmd_recommend(args) -> int:
+    """Asks a running server: `recfunnel recommend --user 42 --k 10`."""
+    from recfunnel.serving import ServingError
+    from recfunnel.serving.funnel_client import FunnelClient
+
+    try:
+        with FunnelClient(args.url, args.protocol, timeout_s=args.timeout) as client:
+            print(client.recommend(args.user, args.k).table())
+    except ServingError as e:
+        print(f"recfunnel: error: the server at {args.url} answered: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recfunnel", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,6 +205,42 @@ def build_parser() -> argparse.ArgumentParser:
     val = with_config(data.add_parser("validate", help="load and validate the configured source"))
     val.add_argument("--out", required=True, help="folder for clean tables and the quarantine")
     val.set_defaults(func=cmd_data_validate)
+
+    export = sub.add_parser("export", help="write a run's trained version into a Triton model "
+                            "repository (or retire a version: rollback)")
+    export.add_argument("--run-name", help="the run whose trained version to export")
+    export.add_argument("--runs-dir", default="runs", help="where the runs are (default runs)")
+    export.add_argument("--repo", help="the repository (default runs/<run>/triton_repo)")
+    export.add_argument("--version", type=int, help="Triton version number (default: next)")
+    export.add_argument("--retire", type=int, metavar="N",
+                        help="remove Triton version N from every model instead (rollback)")
+    export.add_argument("--max-users", type=int, default=64, help="users per request at most")
+    export.add_argument("--keep", type=int, default=2, help="versions kept in the repository")
+    export.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a setting of the run's config, e.g. models.candidates_k=300")
+    export.set_defaults(func=cmd_export)
+
+    serve = sub.add_parser("serve", help="serve an exported repository with tritonserver")
+    serve.add_argument("--run-name", help="serve runs/<run>/triton_repo")
+    serve.add_argument("--runs-dir", default="runs", help="where the runs are (default runs)")
+    serve.add_argument("--repo", help="the repository to serve (instead of --run-name)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    serve.add_argument("--http-port", type=int, default=8000, help="0: any free port")
+    serve.add_argument("--grpc-port", type=int, default=8001, help="0: any free port")
+    serve.add_argument("--metrics-port", type=int, default=8002, help="0: any free port")
+    serve.add_argument("--poll-secs", type=int, default=2,
+                       help="how often Triton looks for new or retired versions")
+    serve.add_argument("--log", help="server log file (default: a new file in the temp folder)")
+    serve.set_defaults(func=cmd_serve)
+
+    recommend = sub.add_parser("recommend", help="ask a running server for recommendations")
+    recommend.add_argument("--user", type=int, action="append", required=True,
+                           help="raw user id (repeat for several)")
+    recommend.add_argument("--k", type=int, help="list length (default: the config's eval_k)")
+    recommend.add_argument("--url", default="127.0.0.1:8000", help="the server's host:port")
+    recommend.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    recommend.add_argument("--timeout", type=float, default=30.0, help="seconds")
+    recommend.set_defaults(func=cmd_recommend)
 
     sub.add_parser("schema", help="print the event schema").set_defaults(func=cmd_schema)
     return parser

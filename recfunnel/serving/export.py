@@ -1,0 +1,314 @@
+"""`recfunnel export`: one training version of the funnel -> a Triton model repository version.
+
+The served funnel is five python-backend models (sources in `triton_repo/`): the stages
+`user_features`, `candidates`, `light_ranker`, `heavy_ranker`, and `funnel`, a business-logic
+model that runs them in order for each request. An export adds Triton version N to every one of
+them: `<repo>/<model>/<N>/` holds the model's code and, for a stage, `artifacts/`, a copy of the
+training version (its manifests and sha256 sums kept) plus `serving/` (the FunnelSettings, the
+items each user has already seen, the unsafe items) under one more manifest of the same version.
+
+Writing is atomic per model: everything is assembled in a staging folder beside the repository
+(Triton takes any folder inside the repository for a model) and each version folder is moved in
+with one os.rename, stages first and the router last, so a server polling the repository never
+sees half a version. Exporting refuses a version whose artifacts fail their checksums or come
+from different trainings (models.funnel.Funnel checks both), before and after copying.
+Nothing written holds an absolute path: a repository copied to another machine serves.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import py_compile
+import secrets
+import shutil
+import string
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from models.artifacts import read_manifest, require_same_version, write_manifest
+from models.funnel import Funnel, FunnelSettings
+
+STAGES = ("user_features", "candidates", "light_ranker", "heavy_ranker")   # request order
+ROUTER = "funnel"
+MODELS = (*STAGES, ROUTER)            # install order: the router's new version comes last
+SHARED_SOURCE = "funnel_stage.py"     # copied beside every model.py
+ARTIFACTS = "artifacts"               # <stage>/<N>/artifacts/: the training version
+SERVING = "serving"                   # artifacts/serving/: settings and exclusions
+VERSIONS_FILE = "versions.json"       # which training version each Triton version serves
+SOURCE_ENV = "RECFUNNEL_SOURCE"       # where the stage models import recfunnel from, if set
+
+
+@dataclass
+class ServingSettings:
+    """How the exported repository is served (the funnel's own sizes are FunnelSettings)."""
+    max_users: int = 64               # users per request; more is refused with a clear error
+    router_instances: int = 2         # concurrent requests in flight through the stages
+    stage_instances: int = 1          # processes per stage version (each TF one ~650 MB)
+    versions_loaded: int = 2          # Triton versions every stage keeps loaded (rollback)
+    keep_versions: int = 2            # version folders kept on disk after an export
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if int(value) < 1:
+                raise ValueError(f"serving setting {name} must be >= 1, got {value}")
+        if self.versions_loaded < 2:
+            raise ValueError("versions_loaded must be >= 2: a rollback needs the previous "
+                             "version still loaded in every stage")
+
+
+@dataclass
+class ExportResult:
+    repo: Path
+    triton_version: int
+    training_version: str
+    versions_on_disk: list[int]
+    seconds: float
+
+
+def triton_sources() -> Path:
+    """The `triton_repo/` of this clone: the models' code and config templates."""
+    sources = Path(__file__).resolve().parents[2] / "triton_repo"
+    if not (sources / ROUTER / "model.py").is_file():
+        raise FileNotFoundError(f"{sources}: no Triton model sources; run export from a recfunnel "
+                                "clone (the sources are not part of an installed wheel)")
+    return sources
+
+
+def exclusions_from_dataset(dataset_dir: str | Path, label: str = "click"
+                            ) -> tuple[pd.DataFrame, np.ndarray]:
+    """(seen, unsafe): each user's positives in train, valid and test (user_id_raw,
+    item_id_raw; never recommended again) and the raw ids of the unsafe items."""
+    from models.data import Splits
+
+    dataset_dir = Path(dataset_dir)
+    splits = Splits.load(dataset_dir)
+    seen = pd.concat([splits.positives(frame, label)[["user_id_raw", "item_id_raw"]]
+                      for frame in (splits.train, splits.valid, splits.test)])
+    seen = seen.drop_duplicates().sort_values(["user_id_raw", "item_id_raw"])
+    unsafe_path = dataset_dir / "artifacts" / "unsafe_items.parquet"
+    unsafe = (pd.read_parquet(unsafe_path, columns=["canonical_id"])["canonical_id"]
+              .to_numpy(np.int64) if unsafe_path.is_file() else np.empty(0, np.int64))
+    return seen.reset_index(drop=True), np.unique(unsafe)
+
+
+def open_served_version(artifacts_dir: str | Path) -> Funnel:
+    """The Funnel of an exported version (`<stage>/<N>/artifacts/`), with its settings and
+    exclusions; refused when any file fails its checksum or any part has another version."""
+    artifacts_dir = Path(artifacts_dir)
+    folder = artifacts_dir / SERVING
+    manifest = read_manifest(folder, kind="serving")
+    settings = FunnelSettings(**json.loads((folder / "settings.json").read_text()))
+    seen = pd.read_parquet(folder / "seen.parquet")
+    by_user = {int(u): items.to_numpy(np.int64)
+               for u, items in seen.groupby("user_id_raw")["item_id_raw"]}
+    funnel = Funnel(artifacts_dir, settings, unsafe_raw=np.load(folder / "unsafe_items.npy"),
+                    seen=by_user)
+    require_same_version(**funnel.manifests, serving=manifest)
+    return funnel
+
+
+def stage_environment() -> dict:
+    """What the stage models need in their environment to import recfunnel and models.
+
+    The python backend's stub ignores PYTHONPATH; when recfunnel is not installed (this clone
+    on PYTHONPATH, as `make` runs it) the stages add RECFUNNEL_SOURCE to their sys.path.
+    """
+    from importlib import metadata
+
+    try:
+        metadata.distribution("recfunnel")
+        return {}
+    except metadata.PackageNotFoundError:
+        return {SOURCE_ENV: str(Path(__file__).resolve().parents[2])}
+
+
+def versions_in(repo: Path) -> list[int]:
+    """The Triton versions present in every model of the repository, oldest first."""
+    present = [{int(p.name) for p in (repo / m).iterdir() if p.name.isdigit()}
+               if (repo / m).is_dir() else set() for m in MODELS]
+    return sorted(set.intersection(*present))
+
+
+def export_version(version_dir: str | Path, dataset_dir: str | Path, repo: str | Path,
+                   settings: FunnelSettings, serving: ServingSettings | None = None,
+                   triton_version: int | None = None, label: str = "click",
+                   origin: str = "") -> ExportResult:
+    """Adds a training version (`runs/<run>/models/<version>/`) to the repository `repo` as
+    Triton version `triton_version` (default: one above any version exported there before).
+
+    `dataset_dir` gives the exclusions (items seen per user, unsafe items); `label` names the
+    positives. Older versions beyond `serving.keep_versions` leave the repository.
+    """
+    started = time.perf_counter()
+    serving = serving or ServingSettings()
+    repo = Path(repo).resolve()
+    sources = triton_sources()
+    source = Funnel(version_dir, settings)        # checksums and one version, or refused
+    record = _read_record(repo)
+    n = triton_version or max([0, *map(int, record), *versions_in(repo)]) + 1
+    taken = [m for m in MODELS if (repo / m / str(n)).exists()]
+    if taken or str(n) in record:
+        raise FileExistsError(f"{repo}: Triton version {n} was exported before "
+                              f"({', '.join(taken) or VERSIONS_FILE}); give another version or "
+                              "let export choose the next one")
+    repo.mkdir(parents=True, exist_ok=True)
+    staging = repo.parent / f".{repo.name}.staging-{os.getpid()}-{secrets.token_hex(3)}"
+    try:
+        first = staging / STAGES[0] / str(n) / ARTIFACTS
+        _copy_training_version(source, first)
+        _write_serving(first / SERVING, source.version, settings, dataset_dir, label)
+        served = open_served_version(first)        # the copy verified as the stages will open it
+        for stage in STAGES[1:]:                   # one copy in the repository, linked per stage
+            shutil.copytree(first, staging / stage / str(n) / ARTIFACTS, copy_function=_link)
+        for model in MODELS:
+            _write_model_sources(sources, model, staging / model, n, serving)
+        for model in MODELS:
+            _install(staging / model, repo / model, n)
+        record[str(n)] = {"training_version": served.version, "origin": origin,
+                          "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                          "settings": asdict(settings)}
+        _write_record(repo, record)
+        for old in versions_in(repo)[:-serving.keep_versions]:
+            _retire(repo, old, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(repo, n, served.version, versions_in(repo),
+                        round(time.perf_counter() - started, 2))
+
+
+def retire_version(repo: str | Path, triton_version: int) -> list[int]:
+    """Rolls back: version `triton_version` leaves every model of the repository (the router
+    falls back to the newest version that every stage still has loaded); returns what is left."""
+    repo = Path(repo).resolve()
+    present = versions_in(repo)
+    if triton_version not in present:
+        raise FileNotFoundError(f"{repo}: no Triton version {triton_version} to retire; "
+                                f"present: {present}")
+    if len(present) == 1:
+        raise ValueError(f"{repo}: version {triton_version} is the only one; retiring it would "
+                         "leave nothing to serve (export another version first)")
+    staging = repo.parent / f".{repo.name}.retired-{os.getpid()}-{secrets.token_hex(3)}"
+    try:
+        _retire(repo, triton_version, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    record = _read_record(repo)
+    if str(triton_version) in record:
+        record[str(triton_version)]["retired"] = datetime.now(timezone.utc).isoformat(
+            timespec="seconds")
+        _write_record(repo, record)
+    return versions_in(repo)
+
+
+def export_run(run_dir: str | Path, repo: str | Path | None = None, overrides: dict | None = None,
+               serving: ServingSettings | None = None, triton_version: int | None = None
+               ) -> ExportResult:
+    """Exports the trained version a run's summary names (`models.path`) with the run's own
+    config (`runs/<run>/config.yaml`, updated by `overrides`); default repo runs/<run>/triton_repo."""
+    from recfunnel.config import load_config
+
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no summary.json; is this a run folder?")
+    models = json.loads(summary_path.read_text()).get("models", {})
+    if "path" not in models:
+        raise FileNotFoundError(f"{run_dir}: no trained models in the summary; train first "
+                                "(recfunnel train --run-name ...)")
+    version_dir = run_dir / models["path"]
+    if not (version_dir / "features").is_dir():
+        raise FileNotFoundError(f"{version_dir}: no features/ (serving feature tables); "
+                                "retrain with the pipeline's models step, which writes them")
+    config = run_dir / "config.yaml"
+    cfg = load_config(config if config.is_file() else None, overrides)
+    return export_version(version_dir, run_dir / "dataset", repo or run_dir / "triton_repo",
+                          FunnelSettings.from_models_config(cfg.models), serving,
+                          triton_version, cfg.models.retrieval_positive,
+                          origin=f"{run_dir.name}/{models['path']}")
+
+
+# ---- steps ---------------------------------------------------------------------------------
+def _link(src, dst):
+    """Hard link inside the staging folder (same filesystem), a copy if linking is refused."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _copy_training_version(funnel: Funnel, out: Path) -> None:
+    """The artifact folders the funnel opens (no other model of the training version)."""
+    for manifest_folder in (funnel.root / name for name in _artifact_folders(funnel.settings)):
+        shutil.copytree(manifest_folder, out / manifest_folder.name)
+
+
+def _artifact_folders(settings: FunnelSettings) -> tuple[str, ...]:
+    kind = settings.retrieval
+    return (f"{kind}_query", f"{kind}_items", "features", "popularity", "light_ranker",
+            "heavy_ranker")
+
+
+def _write_serving(folder: Path, version: str, settings: FunnelSettings, dataset_dir,
+                   label: str) -> None:
+    folder.mkdir(parents=True)
+    seen, unsafe = exclusions_from_dataset(dataset_dir, label)
+    (folder / "settings.json").write_text(json.dumps(asdict(settings), indent=2))
+    seen.to_parquet(folder / "seen.parquet", index=False)
+    np.save(folder / "unsafe_items.npy", unsafe)
+    write_manifest(folder, version, "serving", config={"label": label,
+                                                      "seen_pairs": int(len(seen)),
+                                                      "unsafe_items": int(len(unsafe))})
+
+
+def _write_model_sources(sources: Path, model: str, out: Path, n: int,
+                         serving: ServingSettings) -> None:
+    version = out / str(n)
+    version.mkdir(parents=True, exist_ok=True)
+    for source in (sources / model / "model.py", sources / SHARED_SOURCE):
+        shutil.copy2(source, version / source.name)
+        # Compiled now: a stub writing __pycache__ into the version folder on import would
+        # change the model folder, and a polling Triton reloads a changed model (measured:
+        # every model reloaded once after each start). Hash-checked, so copies stay valid.
+        py_compile.compile(str(version / source.name), doraise=True,
+                           cfile=importlib.util.cache_from_source(str(version / source.name)),
+                           invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+    template = string.Template((sources / model / "config.pbtxt.template").read_text())
+    (out / "config.pbtxt").write_text(template.substitute(asdict(serving)))
+
+
+def _install(staged_model: Path, model_dir: Path, n: int) -> None:
+    """Moves the staged version into the repository with one rename (a new model: its whole
+    folder); a changed config.pbtxt is replaced atomically first (Triton reloads the model)."""
+    if not model_dir.exists():
+        os.rename(staged_model, model_dir)
+        return
+    config = staged_model / "config.pbtxt"
+    if not (model_dir / "config.pbtxt").is_file() or \
+            (model_dir / "config.pbtxt").read_text() != config.read_text():
+        os.replace(config, model_dir / "config.pbtxt")
+    os.rename(staged_model / str(n), model_dir / str(n))
+
+
+def _retire(repo: Path, n: int, staging: Path) -> None:
+    """Version n leaves every model, stages first: a rename out of the repository each."""
+    for model in MODELS:
+        if (repo / model / str(n)).exists():
+            (staging / "retired" / model).mkdir(parents=True, exist_ok=True)
+            os.rename(repo / model / str(n), staging / "retired" / model / str(n))
+
+
+def _read_record(repo: Path) -> dict:
+    path = repo / VERSIONS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_record(repo: Path, record: dict) -> None:
+    tmp = repo / f".{VERSIONS_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, repo / VERSIONS_FILE)

@@ -1,0 +1,80 @@
+"""Asks the served funnel (the `funnel` model of an exported repository) for recommendations.
+
+`recfunnel recommend`, the benchmark and the tests use it; any Triton client can send the same
+request (USER_ID INT64 [n], optional K INT32 [1]; see triton_repo/README.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from recfunnel.serving.client import TritonClient
+
+FUNNEL_MODEL = "funnel"
+
+
+@dataclass
+class ServedRecommendations:
+    """The served funnel's answer; item arrays hold raw ids, -1 pads a short list."""
+    users: np.ndarray                       # [n] raw user ids, as asked
+    items: np.ndarray                       # [n, k] best first
+    score: np.ndarray                       # [n, k] blended score
+    objectives: dict[str, np.ndarray]       # objective -> [n, k] heavy-ranker probability
+    path: np.ndarray                        # [n] "model" | "fallback"
+    version: str                            # training version
+    model_version: int                      # Triton version of the repository
+
+    def table(self) -> str:
+        """One block per user: rank, item, blended score and every objective's score."""
+        names = list(self.objectives)
+        width = max([8, *map(len, names)])
+        lines = []
+        for n, user in enumerate(self.users):
+            note = ("" if self.path[n] == "model" else
+                    "  (unknown to the models: served by the popularity fallback)")
+            lines.append(f"user {user}: path {self.path[n]}{note}")
+            lines.append("  rank     item    score  " + "  ".join(f"{o:>{width}}" for o in names))
+            for rank, item in enumerate(self.items[n]):
+                if item < 0:
+                    continue
+                per = "  ".join(f"{self.objectives[o][n, rank]:>{width}.4f}" for o in names)
+                lines.append(f"  {rank + 1:>4} {item:>8} {self.score[n, rank]:>8.4f}  {per}")
+        lines.append(f"training version {self.version} (Triton version {self.model_version})")
+        return "\n".join(lines)
+
+
+class FunnelClient:
+    """The funnel over HTTP or gRPC at `address` (host:port); one client per thread."""
+
+    def __init__(self, address: str, protocol: str = "http", timeout_s: float = 30.0,
+                 model: str = FUNNEL_MODEL):
+        self.triton = TritonClient(address, protocol, timeout_s=timeout_s)
+        self.model = model
+
+    @classmethod
+    def for_server(cls, server, protocol: str = "http", **kwargs) -> "FunnelClient":
+        address = server.http_address if protocol == "http" else server.grpc_address
+        return cls(address, protocol, **kwargs)
+
+    def recommend(self, users, k: int | None = None) -> ServedRecommendations:
+        """Top-k for each raw user id in `users` (k None: the served version's default)."""
+        users = np.asarray(users, dtype=np.int64).reshape(-1)
+        inputs = {"USER_ID": users}
+        if k is not None:
+            inputs["K"] = np.array([k], np.int32)
+        out = self.triton.infer(self.model, inputs)
+        names = [o.decode() for o in out["OBJECTIVES"]]
+        return ServedRecommendations(
+            users, out["ITEMS"], out["SCORES"],
+            {name: out["OBJECTIVE_SCORES"][:, i, :] for i, name in enumerate(names)},
+            out["PATH"].astype(str), out["VERSION"][0].decode(), int(out["MODEL_VERSION"][0]))
+
+    def close(self) -> None:
+        self.triton.close()
+
+    def __enter__(self) -> "FunnelClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

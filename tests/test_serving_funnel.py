@@ -1,0 +1,288 @@
+"""The funnel served by a real tritonserver: export, serve, parity, bad input, rollout, shutdown.
+
+One small run is made by the pipeline (data, dataset and models steps, SMALL settings), exported
+with `recfunnel export` and served with `recfunnel serve` on free loopback ports; the tests ask
+it over HTTP and gRPC and compare with the same artifacts run in-process (models.funnel).
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from test_pipeline import SMALL
+from test_triton_server import live_processes_in_group, port_is_free, wait_for
+
+from recfunnel.serving import ServingError, TritonClient
+from models.artifacts import ArtifactError, VersionMismatchError
+from recfunnel.serving.export import MODELS, exclusions_from_dataset, export_version, versions_in
+from recfunnel.serving.funnel_client import FunnelClient
+from recfunnel.serving.server import free_ports
+
+MAX_USERS = 64
+
+
+def recfunnel_cli(*args, timeout=300, **kwargs):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "recfunnel", *args], env=env, text=True,
+                          capture_output=True, timeout=timeout, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A small run made by the pipeline: its folder, config and trained version."""
+    from recfunnel.config import load_config, merge, parse_override
+    from recfunnel.pipeline import run_pipeline
+
+    root = tmp_path_factory.mktemp("serving")
+    overrides = {}
+    for text in [*SMALL[1::2], f"run.runs_dir={root / 'runs'}", f"run.cache_dir={root / 'cache'}"]:
+        overrides = merge(overrides, parse_override(text))
+    cfg = load_config(REPO / "configs" / "default.yaml", overrides)
+    run_dir = run_pipeline(cfg, steps=("data", "dataset", "models"), progress=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"dir": run_dir, "cfg": cfg, "version_dir": run_dir / summary["models"]["path"],
+            "version": summary["models"]["version"]}
+
+
+@pytest.fixture(scope="module")
+def repo(run):
+    repo = run["dir"] / "triton_repo"
+    done = recfunnel_cli("export", "--run-name", run["dir"].name, "--runs-dir",
+                         str(run["dir"].parent), "--max-users", str(MAX_USERS))
+    assert done.returncode == 0, done.stderr
+    assert f"as Triton version 1 to {repo}" in done.stdout
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(repo, tmp_path_factory):
+    """`recfunnel serve` in its own process, polling the repository every second."""
+    ports = free_ports(3)
+    log = tmp_path_factory.mktemp("serve") / "tritonserver.log"
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "recfunnel", "serve", "--repo", str(repo), "--poll-secs", "1",
+         "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port",
+         str(ports[2]), "--log", str(log)],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in cli.stdout:
+            lines.append(line)
+            if line.startswith("ready in"):
+                break
+        assert cli.poll() is None, f"recfunnel serve exited: {''.join(lines)}"
+        pid = int(re.search(r"tritonserver pid (\d+)", "".join(lines)).group(1))
+        yield {"cli": cli, "ports": ports, "log": log, "pid": pid, "stdout": lines,
+               "http": f"127.0.0.1:{ports[0]}", "grpc": f"127.0.0.1:{ports[1]}"}
+    finally:
+        if cli.poll() is None:
+            cli.send_signal(signal.SIGTERM)
+            cli.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def in_process(run):
+    """The trained version as the pipeline wrote it, opened in this process with the same
+    exclusions as the export: what the served answers must equal."""
+    from models.funnel import Funnel, FunnelSettings
+
+    seen, unsafe = exclusions_from_dataset(run["dir"] / "dataset",
+                                           run["cfg"].models.retrieval_positive)
+    by_user = {int(u): i.to_numpy() for u, i in seen.groupby("user_id_raw")["item_id_raw"]}
+    return Funnel(run["version_dir"], FunnelSettings.from_models_config(run["cfg"].models),
+                  unsafe_raw=unsafe, seen=by_user), seen, unsafe
+
+
+def test_serve_prints_its_addresses_on_loopback(server):
+    text = "".join(server["stdout"])
+    assert f"http {server['http']}" in text and f"grpc {server['grpc']}" in text
+    assert "Started HTTPService at 127.0.0.1" in server["log"].read_text()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_served_funnel_equals_the_in_process_funnel(server, run, in_process, protocol):
+    funnel, seen, unsafe = in_process
+    known = funnel.users.index.to_numpy()
+    users = np.concatenate([known[known >= 0][:5], [10**9]])          # the last is unknown
+    with FunnelClient(server[protocol], protocol) as client:
+        served = client.recommend(users, k=7)
+    expected = funnel.recommend(users, k=7)
+    np.testing.assert_array_equal(served.items, expected.items)
+    np.testing.assert_allclose(served.score, expected.score, rtol=1e-6, atol=1e-7)
+    assert list(served.objectives) == list(expected.objectives)
+    for name, scores in expected.objectives.items():
+        np.testing.assert_allclose(served.objectives[name], scores, rtol=1e-6, atol=1e-7)
+    assert served.path.tolist() == ["model"] * 5 + ["fallback"]
+    assert served.version == expected.version == run["version"] and served.model_version == 1
+    # nothing the user has already seen, nothing unsafe
+    for user, items in zip(users, served.items):
+        assert not set(items) & set(seen.loc[seen.user_id_raw == user, "item_id_raw"])
+        assert not set(items) & set(unsafe)
+
+
+def test_default_k_comes_from_the_exported_config(server, run):
+    with FunnelClient(server["http"]) as client:
+        served = client.recommend([1])
+    assert served.items.shape == (1, run["cfg"].models.eval_k)
+
+
+@pytest.mark.parametrize("inputs, message", [
+    ({"K": np.array([5], np.int32)}, "missing required input USER_ID"),
+    ({"USER_ID": np.array([1]), "ITEM_ID": np.array([1])}, "unexpected inference input 'ITEM_ID'"),
+    ({"USER_ID": np.array([1.0], np.float32)}, "'USER_ID' data-type is 'FP32', but model "
+                                               "'funnel' expects 'INT64'"),
+    ({"USER_ID": np.array([b"\xff\xfe"], dtype=object)}, "'USER_ID' data-type is 'BYTES'"),
+    ({"USER_ID": np.array([[1, 2]])}, r"unexpected shape for input 'USER_ID'.*Expected \[-1\]"),
+    ({"USER_ID": np.array([1]), "K": np.array([1, 2], np.int32)},
+     r"unexpected shape for input 'K'"),
+    ({"USER_ID": np.array([1]), "K": np.array([0], np.int32)}, "K must be at least 1, got 0"),
+    ({"USER_ID": np.array([1]), "K": np.array([100_000], np.int32)},
+     r"K 100000 is larger than the catalogue \(\d+ items\)"),
+    ({"USER_ID": np.zeros(0, np.int64)}, "USER_ID is empty: send at least one raw user id"),
+    ({"USER_ID": np.arange(MAX_USERS + 1)}, f"USER_ID holds {MAX_USERS + 1} users; this server "
+                                            f"takes at most {MAX_USERS} per request"),
+], ids=["missing", "extra", "dtype", "non-utf8", "shape", "k-shape", "k-zero", "k-too-large",
+        "empty", "oversized"])
+def test_bad_input_is_a_clear_error_and_the_server_serves_on(server, inputs, message):
+    with TritonClient(server["http"]) as client:
+        with pytest.raises(ServingError, match=message) as error:
+            client.infer("funnel", inputs)
+        assert error.value.status == "400"
+        assert client.infer("funnel", {"USER_ID": np.array([1])})["ITEMS"].shape == (1, 10)
+
+
+def test_a_full_batch_is_served(server):
+    with FunnelClient(server["grpc"], "grpc") as client:
+        served = client.recommend(np.arange(MAX_USERS), k=3)
+    assert served.items.shape == (MAX_USERS, 3) and set(served.path) <= {"model", "fallback"}
+
+
+def test_recommend_command_prints_the_list_with_objective_scores(server, run):
+    done = recfunnel_cli("recommend", "--user", "1", "--user", "999999999", "--k", "3",
+                         "--url", server["grpc"], "--protocol", "grpc", timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "user 1: path model" in done.stdout
+    assert "user 999999999: path fallback  (unknown to the models" in done.stdout
+    assert "watch_duration_aware" in done.stdout
+    assert f"training version {run['version']} (Triton version 1)" in done.stdout
+    assert len(re.findall(r"^\s+[123]\s+\d+\s+0\.\d{4}", done.stdout, re.M)) == 6
+    done = recfunnel_cli("recommend", "--user", "1", "--k", "0", "--url", server["http"],
+                         timeout=60)
+    assert done.returncode == 2 and "K must be at least 1" in done.stderr
+
+
+def test_every_stage_reports_its_statistics(server):
+    with TritonClient(server["http"]) as client:
+        client.infer("funnel", {"USER_ID": np.array([1, 2])})
+        stats = client.model_statistics()
+    assert set(MODELS) <= set(stats)
+    for model in MODELS:
+        assert stats[model].requests > 0 and stats[model].compute_ms > 0
+
+
+def relabelled_copy(version_dir: Path, out: Path, version: str) -> Path:
+    """The trained version's artifacts under another version id: a stand-in for a retraining."""
+    from models.artifacts import MANIFEST, write_manifest
+
+    shutil.copytree(version_dir, out)
+    for manifest in out.glob(f"*/{MANIFEST}"):
+        m = json.loads(manifest.read_text())
+        write_manifest(manifest.parent, version, m["kind"], m["schema"], m["config"], m["metrics"])
+    return out
+
+
+def test_export_refuses_altered_and_mixed_artifacts(run, tmp_path):
+    from models.funnel import FunnelSettings
+
+    settings = FunnelSettings.from_models_config(run["cfg"].models)
+    repo = tmp_path / "repo"
+    altered = relabelled_copy(run["version_dir"], tmp_path / "altered", "v-altered")
+    with open(altered / "light_ranker" / "saved_model.pb", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ArtifactError, match="saved_model.pb does not match its sha256"):
+        export_version(altered, run["dir"] / "dataset", repo, settings)
+    mixed = relabelled_copy(run["version_dir"], tmp_path / "mixed", "v-mixed")
+    shutil.rmtree(mixed / "heavy_ranker")
+    shutil.copytree(altered / "heavy_ranker", mixed / "heavy_ranker")
+    with pytest.raises(VersionMismatchError, match="cannot be mixed"):
+        export_version(mixed, run["dir"] / "dataset", repo, settings)
+    assert not repo.exists() or versions_in(repo) == []
+    assert not list(tmp_path.glob(".repo.staging-*"))        # nothing half-written left behind
+
+
+class ContinuousRequests:
+    """A thread asking the funnel without pause (gRPC) until stopped: the answers' (Triton
+    version, training version) in order, and every failure."""
+
+    def __init__(self, address: str, limit_s: float = 200):
+        self.answers, self.failures = [], []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._ask, args=(address, limit_s))
+
+    def _ask(self, address, limit_s):
+        with FunnelClient(address, "grpc", timeout_s=30) as client:
+            deadline = time.monotonic() + limit_s             # bounded in time and in count
+            while not self._stop.is_set() and time.monotonic() < deadline \
+                    and len(self.answers) < 50_000:
+                try:
+                    served = client.recommend([1, 10**9], k=5)
+                    self.answers.append((served.model_version, served.version))
+                except ServingError as e:
+                    self.failures.append(str(e))
+
+    def wait_for_answers(self, model_version: int, timeout_s: float) -> None:
+        wait_for(lambda: self.answers and self.answers[-1][0] == model_version, timeout_s,
+                 f"Triton version {model_version} to answer")
+        n = len(self.answers)
+        wait_for(lambda: len(self.answers) > n + 5, 30, f"more answers from {model_version}")
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def test_rollout_and_rollback_under_load_without_failed_requests(server, run, repo, tmp_path):
+    from models.funnel import FunnelSettings
+
+    retrained = relabelled_copy(run["version_dir"], tmp_path / "v2", "20991231T000000Z-aaaaaa")
+    with ContinuousRequests(server["grpc"]) as asking:
+        asking.wait_for_answers(1, 30)
+        result = export_version(retrained, run["dir"] / "dataset", repo,
+                                FunnelSettings.from_models_config(run["cfg"].models))
+        assert result.triton_version == 2 and versions_in(repo) == [1, 2]
+        asking.wait_for_answers(2, 200)          # three TensorFlow stages load meanwhile
+        done = recfunnel_cli("export", "--repo", str(repo), "--retire", "2", timeout=60)
+        assert done.returncode == 0 and "versions left: [1]" in done.stdout, done.stderr
+        asking.wait_for_answers(1, 60)
+    assert asking.failures == []
+    answers = asking.answers
+    assert set(answers) == {(1, run["version"]), (2, "20991231T000000Z-aaaaaa")}   # not mixed
+    switches = [b for a, b in zip(answers, answers[1:]) if a[0] != b[0]]
+    assert [s[0] for s in switches] == [2, 1]
+    record = json.loads((repo / "versions.json").read_text())
+    assert "retired" in record["2"] and record["1"]["training_version"] == run["version"]
+
+
+def test_sigterm_stops_the_server_cleanly(server):
+    cli = server["cli"]
+    stopping = time.monotonic()
+    cli.send_signal(signal.SIGTERM)
+    assert cli.wait(timeout=60) == 0
+    assert time.monotonic() - stopping < 30
+    assert cli.stdout.read().strip().endswith("stopped")
+    assert all(port_is_free(p) for p in server["ports"])
+    wait_for(lambda: not live_processes_in_group(server["pid"]), 10, "the stage stubs to end")

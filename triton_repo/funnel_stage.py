@@ -1,0 +1,124 @@
+"""What the served funnel's models share; export copies it beside every model.py.
+
+Each stage model holds one exported training version (`<stage>/<N>/artifacts/`), opens it as a
+`models.funnel.Funnel` (checksums verified, one training version or refused) and runs one of
+its stage methods per request, so Triton serves exactly what offline evaluation measured.
+Stages pass the users' feature rows to each other as one FP64 matrix (every feature is an id
+or a float32 statistic, both exact in float64), columns in the order of the version's
+user table, so the tensors stay the same whatever features a dataset has.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+# The stub runs CPython isolated from PYTHONPATH: a clone that is not pip-installed is found
+# through RECFUNNEL_SOURCE, which `recfunnel serve` sets (NVIDIA's container installs it).
+_SOURCE = os.environ.get("RECFUNNEL_SOURCE")
+if _SOURCE and _SOURCE not in sys.path:
+    sys.path.insert(0, _SOURCE)
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+ARTIFACTS = "artifacts"
+
+
+class RequestError(ValueError):
+    """The request itself is wrong; the message says what to send instead (INVALID_ARG)."""
+
+
+def error_response(message: str, code=None) -> "pb_utils.InferenceResponse":
+    code = pb_utils.TritonError.INTERNAL if code is None else code
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+
+
+def strings(values) -> np.ndarray:
+    """A BYTES tensor's array: UTF-8 bytes in an object array."""
+    return np.array([str(v).encode() for v in values], dtype=object)
+
+
+def encode_user_rows(funnel, rows: pd.DataFrame) -> np.ndarray:
+    """[n, features] float64: the users' feature rows, columns as in the version's user table."""
+    return rows[list(funnel.users.columns)].to_numpy(np.float64)
+
+
+def decode_user_rows(funnel, matrix: np.ndarray) -> pd.DataFrame:
+    """The inverse of encode_user_rows: the feature rows in their own dtypes."""
+    columns = funnel.users.columns
+    if matrix.ndim != 2 or matrix.shape[1] != len(columns):
+        raise ValueError(f"USER_FEATURES has shape {matrix.shape}; version {funnel.version} "
+                         f"has {len(columns)} user features ({', '.join(columns)})")
+    frame = pd.DataFrame(matrix, columns=columns)
+    return frame.astype(funnel.users.dtypes.to_dict())
+
+
+class StageModel:
+    """One funnel stage as a Triton python model: `run(inputs) -> outputs` per request.
+
+    Subclasses name the stage and implement `run` (numpy arrays by tensor name in and out) and
+    `warm_up` (one call through the stage at load, so TensorFlow traces its graphs before the
+    version is ready and the router sends it traffic). Every response carries VERSION, the
+    training version, which the router compares across stages.
+    """
+    name = "stage"
+
+    def initialize(self, args):
+        try:
+            from recfunnel.serving.export import open_served_version
+        except ImportError as e:
+            raise RuntimeError(
+                f"{self.name}: cannot import recfunnel ({e}); install the package into the "
+                "server's Python or set RECFUNNEL_SOURCE to the clone (recfunnel serve does)"
+            ) from None
+        folder = Path(args["model_repository"]) / args["model_version"] / ARTIFACTS
+        self.funnel = open_served_version(folder)
+        self.version_tensor = strings([self.funnel.version])
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        pass
+
+    def finalize(self):
+        # Measured: the stub's interpreter teardown with TensorFlow loaded took 10-15 s per
+        # stage, longer than Triton's own 30 s shutdown budget on a busy machine. Nothing of
+        # ours needs it (no files open for writing); Triton unloads the version cleanly.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                outputs = self.run({t.name(): t.as_numpy() for t in request.inputs()})
+            except RequestError as e:
+                responses.append(error_response(str(e), pb_utils.TritonError.INVALID_ARG))
+                continue
+            except Exception as e:  # noqa: BLE001 - answered, logged, and the stage serves on
+                traceback.print_exc()
+                responses.append(error_response(
+                    f"{self.name} (training version {self.funnel.version}) failed: "
+                    f"{type(e).__name__}: {e}"))
+                continue
+            outputs["VERSION"] = self.version_tensor
+            responses.append(pb_utils.InferenceResponse(
+                [pb_utils.Tensor(name, np.ascontiguousarray(value))
+                 for name, value in outputs.items()]))
+        return responses
+
+    # helpers for the stages' warm-up: a user the model knows and a few catalogue items
+    def known_user(self) -> np.ndarray:
+        from models.features import UNKNOWN_USER
+
+        users = self.funnel.users.index.to_numpy()
+        return users[users != UNKNOWN_USER][:1]
+
+    def some_items(self, n: int = 8) -> np.ndarray:
+        return self.funnel.items["item_id"].to_numpy(np.int64)[None, :n]
