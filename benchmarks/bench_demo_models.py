@@ -63,8 +63,9 @@ def markdown(s: dict, machine_text: str) -> str:
     window_rows = []
     if sweep:
         names = list(sweep["metrics"])
-        window_rows = [f"| days | training rows | {' | '.join(f'{n} best {sweep['metrics'][n]}' for n in names)} "
-                       f"| {' | '.join(f'{n} train s' for n in names)} |",
+        best = " | ".join(f"{n} best {sweep['metrics'][n]}" for n in names)
+        seconds = " | ".join(f"{n} train s" for n in names)
+        window_rows = [f"| days | training rows | {best} | {seconds} |",
                        "|---|---|" + "---|" * (2 * len(names))]
         for w in sweep["windows"]:
             window_rows.append(f"| {w['days']} | {w['train_rows']:,} | "
