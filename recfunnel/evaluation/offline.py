@@ -150,7 +150,7 @@ def ranker_section(rows: pd.DataFrame, objectives: list[str]) -> dict:
                 continue
             y, s = rows[objective].to_numpy(), rows[col].to_numpy()
             m = _rounded(ranker_metrics(y, s))
-            if m.get("undefined") is None and 0 < y.sum() < len(y):
+            if not m.get("undefined") and 0 < y.sum() < len(y):
                 m["roc_curve"] = roc_curve(y, s, max_points=100).round(4).to_dict("list")
                 m["pr_curve"] = pr_curve(y, s, max_points=100).round(4).to_dict("list")
             out.setdefault(ranker, {})[objective] = m
