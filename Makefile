@@ -41,6 +41,7 @@ bench: env  ## every benchmark; results go to benchmarks/results/ and BENCHMARKS
 	$(RUN) benchmarks/bench_retrieval_ml100k.py
 	$(RUN) benchmarks/bench_training.py
 	$(RUN) benchmarks/bench_demo_models.py
+	$(RUN) benchmarks/bench_serving.py
 
 lock:  ## re-resolve requirements.in into requirements.lock (needs the registry)
 	rm -rf "$(RECFUNNEL_HOME)/lock-venv" && $(PYTHON) -m venv "$(RECFUNNEL_HOME)/lock-venv"

@@ -25,7 +25,7 @@ from test_triton_server import live_processes_in_group, port_is_free, wait_for
 from recfunnel.serving import ServingError, TritonClient
 from models.artifacts import ArtifactError, VersionMismatchError
 from recfunnel.serving.export import MODELS, exclusions_from_dataset, export_version, versions_in
-from recfunnel.serving.funnel_client import FunnelClient
+from recfunnel.serving.funnel_client import FunnelClient, ask_funnel
 from recfunnel.serving.server import free_ports
 
 MAX_USERS = 64
@@ -179,6 +179,15 @@ def test_recommend_command_prints_the_list_with_objective_scores(server, run):
     done = recfunnel_cli("recommend", "--user", "1", "--k", "0", "--url", server["http"],
                          timeout=60)
     assert done.returncode == 2 and "K must be at least 1" in done.stderr
+
+
+def test_ask_funnel_gives_the_demo_its_serving_section(server, run, in_process):
+    known = in_process[0].users.index.to_numpy()
+    summary = ask_funnel(server["grpc"], [*known[known >= 0][:3], 10**9], k=3)
+    assert summary["requests"] == 4 and summary["errors"] == 0
+    assert summary["paths"] == {"model": 3, "fallback": 1}
+    assert summary["version"] == run["version"] and len(summary["example"]["items"]) == 3
+    assert 0 < summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"]
 
 
 def test_every_stage_reports_its_statistics(server):

@@ -128,11 +128,12 @@ def stage_environment() -> dict:
         return {SOURCE_ENV: str(Path(__file__).resolve().parents[2])}
 
 
-def versions_in(repo: Path) -> list[int]:
-    """The Triton versions present in every model of the repository, oldest first."""
+def versions_in(repo: Path, complete: bool = True) -> list[int]:
+    """The Triton versions in every model of the repository (complete) or in any, oldest
+    first. An interrupted export leaves an incomplete version, which the router never uses."""
     present = [{int(p.name) for p in (repo / m).iterdir() if p.name.isdigit()}
                if (repo / m).is_dir() else set() for m in MODELS]
-    return sorted(set.intersection(*present))
+    return sorted(set.intersection(*present) if complete else set.union(*present))
 
 
 def export_version(version_dir: str | Path, dataset_dir: str | Path, repo: str | Path,
@@ -151,7 +152,7 @@ def export_version(version_dir: str | Path, dataset_dir: str | Path, repo: str |
     sources = triton_sources()
     source = Funnel(version_dir, settings)        # checksums and one version, or refused
     record = _read_record(repo)
-    n = triton_version or max([0, *map(int, record), *versions_in(repo)]) + 1
+    n = triton_version or max([0, *map(int, record), *versions_in(repo, complete=False)]) + 1
     taken = [m for m in MODELS if (repo / m / str(n)).exists()]
     if taken or str(n) in record:
         raise FileExistsError(f"{repo}: Triton version {n} was exported before "
@@ -174,8 +175,10 @@ def export_version(version_dir: str | Path, dataset_dir: str | Path, repo: str |
                           "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                           "settings": asdict(settings)}
         _write_record(repo, record)
-        for old in versions_in(repo)[:-serving.keep_versions]:
-            _retire(repo, old, staging)
+        oldest_kept = versions_in(repo)[-serving.keep_versions:][0]
+        for old in versions_in(repo, complete=False):
+            if old < oldest_kept:                  # older complete and interrupted versions
+                _retire(repo, old, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(repo, n, served.version, versions_in(repo),
@@ -186,11 +189,11 @@ def retire_version(repo: str | Path, triton_version: int) -> list[int]:
     """Rolls back: version `triton_version` leaves every model of the repository (the router
     falls back to the newest version that every stage still has loaded); returns what is left."""
     repo = Path(repo).resolve()
-    present = versions_in(repo)
+    present = versions_in(repo, complete=False)
     if triton_version not in present:
         raise FileNotFoundError(f"{repo}: no Triton version {triton_version} to retire; "
                                 f"present: {present}")
-    if len(present) == 1:
+    if versions_in(repo) == [triton_version]:
         raise ValueError(f"{repo}: version {triton_version} is the only one; retiring it would "
                          "leave nothing to serve (export another version first)")
     staging = repo.parent / f".{repo.name}.retired-{os.getpid()}-{secrets.token_hex(3)}"
@@ -244,14 +247,10 @@ def _link(src, dst):
 
 def _copy_training_version(funnel: Funnel, out: Path) -> None:
     """The artifact folders the funnel opens (no other model of the training version)."""
-    for manifest_folder in (funnel.root / name for name in _artifact_folders(funnel.settings)):
-        shutil.copytree(manifest_folder, out / manifest_folder.name)
-
-
-def _artifact_folders(settings: FunnelSettings) -> tuple[str, ...]:
-    kind = settings.retrieval
-    return (f"{kind}_query", f"{kind}_items", "features", "popularity", "light_ranker",
-            "heavy_ranker")
+    kind = funnel.settings.retrieval
+    for name in (f"{kind}_query", f"{kind}_items", "features", "popularity", "light_ranker",
+                 "heavy_ranker"):
+        shutil.copytree(funnel.root / name, out / name)
 
 
 def _write_serving(folder: Path, version: str, settings: FunnelSettings, dataset_dir,

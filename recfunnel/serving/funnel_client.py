@@ -78,3 +78,51 @@ class FunnelClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def ask_funnel(address: str, users, k: int | None = None, protocol: str = "grpc") -> dict:
+    """One request per user, in turn: latency percentiles, failures, what served them.
+
+    For `make demo`'s serving section; the load benchmark is benchmarks/bench_serving.py.
+    """
+    import time
+
+    from recfunnel.serving.client import ServingError
+
+    latencies, failures, paths, served = [], [], {}, None
+    with FunnelClient(address, protocol) as client:
+        for user in users:
+            start = time.perf_counter()
+            try:
+                served = client.recommend([user], k)
+            except ServingError as e:
+                failures.append(f"user {user}: {e}")
+                continue
+            latencies.append((time.perf_counter() - start) * 1000)
+            paths[str(served.path[0])] = paths.get(str(served.path[0]), 0) + 1
+    ms = np.array(latencies) if latencies else np.full(1, np.nan)
+    return {"requests": len(latencies) + len(failures), "errors": len(failures),
+            "first_errors": failures[:3], "paths": paths,
+            "latency_ms": {f"p{q}": round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)},
+            "version": served.version if served else None,
+            "model_version": served.model_version if served else None,
+            "example": ({"user": int(served.users[0]), "items": served.items[0].tolist(),
+                         "score": np.round(served.score[0], 4).tolist()} if served else None)}
+
+
+def serving_summary(run_dir, users, k: int | None = None) -> dict:
+    """Exports a run's trained version, serves it, asks it for `users`, stops: the run's
+    `serving` section (`make demo` ends with it)."""
+    from pathlib import Path
+
+    from recfunnel.serving.export import export_run, stage_environment
+    from recfunnel.serving.server import TritonServer
+
+    exported = export_run(run_dir)
+    with TritonServer(exported.repo, model_control_mode="poll", env=stage_environment(),
+                      log_path=Path(run_dir) / "tritonserver.log") as server:
+        asked = ask_funnel(server.grpc_address, users, k)
+    return {"repo": str(exported.repo.relative_to(Path(run_dir).resolve())),
+            "triton_version": exported.triton_version, "export_seconds": exported.seconds,
+            "startup_seconds": round(server.startup_s, 1),
+            "shutdown_seconds": round(server.shutdown_s, 1), **asked}
