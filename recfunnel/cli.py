@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -56,13 +57,33 @@ def cmd_train(args) -> int:
     from recfunnel.pipeline import run_pipeline
 
     cfg = _config(args)
-    run_dir = run_pipeline(cfg, steps=("models",), progress=not args.quiet)
+    steps = ("models", "window_sweep") if args.window_sweep else ("models",)
+    run_dir = run_pipeline(cfg, steps=steps, progress=not args.quiet)
     models = json.loads((run_dir / "summary.json").read_text())["models"]
+    for w in models.get("window_sweep", {}).get("windows", []):
+        best = {name: m["best"] for name, m in w["models"].items()}
+        print(f"window {w['days']:>3} days: {w['train_rows']:>9,} training rows  {best}")
     for name, m in models["models"].items():
         last = m["history"][-1] if m["history"] else {}
         shown = {k: v for k, v in last.items() if k.startswith("val_") and "loss" not in k}
         print(f"{name:14s} {m['parameters']:>9,} params  {shown}")
     print(f"version {models['version']} in {run_dir / models['path']}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    """Scores a run's trained models offline: `recfunnel evaluate --run-name demo`."""
+    from recfunnel.pipeline import run_pipeline
+
+    cfg = _config(args)
+    run_dir = run_pipeline(cfg, steps=("evaluation",), progress=not args.quiet)
+    section = json.loads((run_dir / "summary.json").read_text())["evaluation"]
+    k = section["k"]
+    for name, m in section["models"].items():
+        truth = (section.get("truth") or {}).get(name, {})
+        extra = f"  truth: share of ideal {truth[f'share_of_ideal@{k}']}" if truth else ""
+        print(f"{name:12s} recall@{k} {m[f'recall@{k}']:.4f}  ndcg@{k} {m[f'ndcg@{k}']:.4f}{extra}")
+    print(f"metrics: {run_dir / section['metrics_path']}\nreport:  {run_dir / 'report.html'}")
     return 0
 
 
@@ -196,7 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = with_config(sub.add_parser("train", help="train every model on a run's dataset"))
     train.add_argument("--run-name", help="the run whose dataset to train on")
+    train.add_argument("--window-sweep", action="store_true",
+                       help="also train on growing windows (models.window_sweep_days) and record "
+                            "the metric against steps and window size (L1.2)")
     train.set_defaults(func=cmd_train)
+
+    evaluate = with_config(sub.add_parser("evaluate", help="score a run's trained models offline "
+                                          "(metrics.json and the report)"))
+    evaluate.add_argument("--run-name", help="the run whose models to evaluate")
+    evaluate.set_defaults(func=cmd_evaluate)
 
     data = sub.add_parser("data", help="data sources").add_subparsers(dest="action", required=True)
     gen = with_config(data.add_parser("generate", help="write the synthetic data set"))
@@ -247,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # TensorFlow's C++ start-up notes (CPU instructions, placeholder aborts) are not for users.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

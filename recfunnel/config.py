@@ -155,6 +155,12 @@ class EvaluationConfig:
 
 
 @dataclass
+class ServingConfig:
+    """The served funnel (recfunnel.serving, triton_repo/, L6)."""
+    demo_users: int = 20                  # known users the pipeline's serving step asks for
+
+
+@dataclass
 class RunConfig:
     name: str | None = None               # None: <source>-<UTC time>
     runs_dir: str = "runs"
@@ -170,6 +176,7 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

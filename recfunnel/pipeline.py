@@ -18,7 +18,7 @@ from recfunnel import __version__, report
 from recfunnel.config import Config
 from recfunnel.data import sources
 
-STEPS = ("data", "dataset", "models", "evaluation")
+STEPS = ("data", "dataset", "models", "evaluation", "serving")
 # Known steps that run only when asked for (`--steps window_sweep`, `recfunnel train --window-sweep`).
 OPTIONAL_STEPS = ("window_sweep",)
 
@@ -189,8 +189,26 @@ def dataset_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> d
     return section
 
 
+def serving_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> dict:
+    """Exports the trained version into `runs/<run>/triton_repo`, serves it with a real
+    tritonserver, asks it for a few known users and two unknown ones (the fallback path),
+    stops it: latency percentiles and the error count (recfunnel.serving)."""
+    from recfunnel.serving.funnel_client import serving_summary
+
+    models = summary.get("models")
+    if not models or "path" not in models:
+        raise FileNotFoundError(f"{run_dir}: no trained models in the summary; run the models "
+                                "step first (recfunnel pipeline run --steps models,serving)")
+    known = pd.read_parquet(run_dir / models["path"] / "features" / "user_features.parquet",
+                            columns=["user_id_raw"])["user_id_raw"].to_numpy()
+    known = known[known >= 0]
+    users = [*known[:cfg.serving.demo_users].tolist(), int(known.max()) + 1, int(known.max()) + 2]
+    return serving_summary(run_dir, users, cfg.models.eval_k)
+
+
 STEP_FUNCTIONS = {"data": data_step, "dataset": dataset_step, "models": models_step,
-                  "evaluation": evaluation_step, "window_sweep": window_sweep_step}
+                  "evaluation": evaluation_step, "serving": serving_step,
+                  "window_sweep": window_sweep_step}
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:

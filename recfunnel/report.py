@@ -353,8 +353,31 @@ def _bias_html(bias: dict, flags: dict, full: dict) -> str:
                                 "PRU", "PRI", "tail/head hit parity", "flagged by")))
 
 
+def render_serving(section: dict) -> str:
+    """The exported funnel served by a real tritonserver and asked for a few users (L6)."""
+    lat = section.get("latency_ms", {})
+    rows = [("Triton model version / training version",
+             f"{section.get('triton_version')} / {section.get('version')}"),
+            ("requests, errors", f"{section.get('requests')}, {section.get('errors')}"),
+            ("served by path", ", ".join(f"{k}: {v}" for k, v in section.get("paths", {}).items())),
+            ("latency p50 / p95 / p99 ms (one user per request, gRPC, loopback)",
+             f"{lat.get('p50')} / {lat.get('p95')} / {lat.get('p99')}"),
+            ("export s, server start s, stop s",
+             f"{section.get('export_seconds')}, {section.get('startup_seconds')}, "
+             f"{section.get('shutdown_seconds')}"),
+            ("repository", section.get("repo"))]
+    example = section.get("example") or {}
+    out = table_html(rows)
+    if example:
+        out += (f"<p>User {example['user']} was recommended items {example['items']} with "
+                f"blended scores {example['score']}.</p>")
+    if section.get("first_errors"):
+        out += "<p>First errors: " + html.escape("; ".join(section["first_errors"])) + "</p>"
+    return out
+
+
 RENDERERS = {"data": render_data, "dataset": render_dataset, "models": render_models,
-             "evaluation": render_evaluation}
+             "evaluation": render_evaluation, "serving": render_serving}
 
 
 def write_report(run_dir: Path, summary: dict) -> Path:

@@ -76,6 +76,12 @@ def test_pipeline_run_writes_summary_and_report(tmp_path):
     assert {r["slice"] for r in metrics["slices"]} >= {"overall", "age_band", "gender",
                                                        "location", "activity"}
     assert '<section id="evaluation">' in page and "Popularity bias" in page
+    # serving: the exported funnel in a real tritonserver answered every request
+    serving = summary["serving"]
+    assert serving["errors"] == 0 and serving["requests"] > 2
+    assert serving["paths"].get("fallback") == 2 and serving["paths"].get("model", 0) > 0
+    assert serving["version"] == models["version"]
+    assert '<section id="serving">' in page
 
 
 def test_bad_config_exits_2_with_a_message(tmp_path):
