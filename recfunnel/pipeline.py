@@ -50,6 +50,8 @@ def run_pipeline(cfg: Config, steps: tuple[str, ...] = STEPS, progress: bool = T
         else:
             summary[name] = section
         summary["run"]["timings_s"][name] = round(time.perf_counter() - t, 2)
+        write_summary(run_dir, summary)   # after every step: later steps (export) read it, and
+                                          # a failing step keeps the sections before it
     write_summary(run_dir, summary)
     report.write_report(run_dir, summary)
     return run_dir
