@@ -9,6 +9,7 @@ user table, so the tensors stay the same whatever features a dataset has.
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import traceback
@@ -52,8 +53,9 @@ def decode_user_rows(funnel, matrix: np.ndarray) -> pd.DataFrame:
     if matrix.ndim != 2 or matrix.shape[1] != len(columns):
         raise ValueError(f"USER_FEATURES has shape {matrix.shape}; version {funnel.version} "
                          f"has {len(columns)} user features ({', '.join(columns)})")
-    frame = pd.DataFrame(matrix, columns=columns)
-    return frame.astype(funnel.users.dtypes.to_dict())
+    dtypes = funnel.users.dtypes
+    # column by column: DataFrame.astype(dict) took 2.5 ms here, in each of three stages
+    return pd.DataFrame({c: matrix[:, i].astype(dtypes[c]) for i, c in enumerate(columns)})
 
 
 class StageModel:
@@ -78,6 +80,11 @@ class StageModel:
         self.funnel = open_served_version(folder)
         self.version_tensor = strings([self.funnel.version])
         self.warm_up()
+        # With TensorFlow and the version loaded a process holds ~700k objects, and one full
+        # collection of them took 650 ms (measured): a stalled request whenever it runs.
+        # What is loaded now lives as long as the process, so it leaves the collector's sight.
+        gc.collect()
+        gc.freeze()
 
     def warm_up(self) -> None:
         pass
