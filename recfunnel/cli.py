@@ -125,7 +125,7 @@ def _served_repo(args) -> Path:
 def cmd_export(args) -> int:
     """Adds a run's trained version to a Triton repository: `recfunnel export --run-name demo`,
     or rolls one back: `recfunnel export --repo DIR --retire 3`."""
-    from recfunnel.serving.export import ServingSettings, export_run, retire_version
+    from recfunnel.serving.export import export_run, retire_version
 
     repo = _served_repo(args)
     try:
@@ -135,7 +135,8 @@ def cmd_export(args) -> int:
             return 0
         if not args.run_name:
             raise ConfigError("export needs --run-name: the run whose trained version to export")
-        serving = ServingSettings(max_users=args.max_users, keep_versions=args.keep)
+        given = {"max_users": args.max_users, "keep_versions": args.keep}
+        serving = {name: value for name, value in given.items() if value is not None}
         result = export_run(Path(args.runs_dir) / args.run_name, repo, _overrides(args),
                             serving, args.version)
     except (FileExistsError, ValueError) as e:      # refused: mismatched or altered artifacts
@@ -243,8 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--version", type=int, help="Triton version number (default: next)")
     export.add_argument("--retire", type=int, metavar="N",
                         help="remove Triton version N from every model instead (rollback)")
-    export.add_argument("--max-users", type=int, default=64, help="users per request at most")
-    export.add_argument("--keep", type=int, default=2, help="versions kept in the repository")
+    export.add_argument("--max-users", type=int,
+                        help="users per request at most (default: serving config, else 64)")
+    export.add_argument("--keep", type=int,
+                        help="versions kept in the repository (default: serving config, else 2)")
     export.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a setting of the run's config, e.g. models.candidates_k=300")
     export.set_defaults(func=cmd_export)

@@ -24,7 +24,7 @@ import secrets
 import shutil
 import string
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -211,10 +211,14 @@ def retire_version(repo: str | Path, triton_version: int) -> list[int]:
 
 
 def export_run(run_dir: str | Path, repo: str | Path | None = None, overrides: dict | None = None,
-               serving: ServingSettings | None = None, triton_version: int | None = None
+               serving: dict | None = None, triton_version: int | None = None
                ) -> ExportResult:
     """Exports the trained version a run's summary names (`models.path`) with the run's own
-    config (`runs/<run>/config.yaml`, updated by `overrides`); default repo runs/<run>/triton_repo."""
+    config (`runs/<run>/config.yaml`, updated by `overrides`); default repo runs/<run>/triton_repo.
+
+    ServingSettings come from the config's `serving` section (the fields it has), then from
+    `serving` (e.g. {"max_users": 128}).
+    """
     from recfunnel.config import load_config
 
     run_dir = Path(run_dir)
@@ -231,8 +235,12 @@ def export_run(run_dir: str | Path, repo: str | Path | None = None, overrides: d
                                 "retrain with the pipeline's models step, which writes them")
     config = run_dir / "config.yaml"
     cfg = load_config(config if config.is_file() else None, overrides)
+    names = {f.name for f in fields(ServingSettings)}
+    section = vars(cfg.serving) if hasattr(cfg, "serving") else {}
+    configured = {k: v for k, v in section.items() if k in names}
     return export_version(version_dir, run_dir / "dataset", repo or run_dir / "triton_repo",
-                          FunnelSettings.from_models_config(cfg.models), serving,
+                          FunnelSettings.from_models_config(cfg.models),
+                          ServingSettings(**{**configured, **(serving or {})}),
                           triton_version, cfg.models.retrieval_positive,
                           origin=f"{run_dir.name}/{models['path']}")
 
