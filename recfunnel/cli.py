@@ -127,14 +127,14 @@ def cmd_export(args) -> int:
     or rolls one back: `recfunnel export --repo DIR --retire 3`."""
     from recfunnel.serving.export import export_run, retire_version
 
+    if args.retire is None and not args.run_name:
+        raise ConfigError("export needs --run-name: the run whose trained version to export")
     repo = _served_repo(args)
     try:
         if args.retire is not None:
             left = retire_version(repo, args.retire)
             print(f"retired Triton version {args.retire} from {repo}; versions left: {left}")
             return 0
-        if not args.run_name:
-            raise ConfigError("export needs --run-name: the run whose trained version to export")
         given = {"max_users": args.max_users, "keep_versions": args.keep}
         serving = {name: value for name, value in given.items() if value is not None}
         result = export_run(Path(args.runs_dir) / args.run_name, repo, _overrides(args),
@@ -193,7 +193,7 @@ def cmd_recommend(args) -> int:
         with FunnelClient(args.url, args.protocol, timeout_s=args.timeout) as client:
             print(client.recommend(args.user, args.k).table())
     except ServingError as e:
-        print(f"recfunnel: error: the server at {args.url} answered: {e}", file=sys.stderr)
+        print(f"recfunnel: error: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -28,17 +28,19 @@ class ServedRecommendations:
     def table(self) -> str:
         """One block per user: rank, item, blended score and every objective's score."""
         names = list(self.objectives)
-        width = max([8, *map(len, names)])
+        widths = [max(8, len(name)) for name in names]
         lines = []
         for n, user in enumerate(self.users):
             note = ("" if self.path[n] == "model" else
                     "  (unknown to the models: served by the popularity fallback)")
             lines.append(f"user {user}: path {self.path[n]}{note}")
-            lines.append("  rank     item    score  " + "  ".join(f"{o:>{width}}" for o in names))
+            lines.append("  rank     item    score  " + "  ".join(
+                f"{o:>{w}}" for o, w in zip(names, widths)))
             for rank, item in enumerate(self.items[n]):
                 if item < 0:
                     continue
-                per = "  ".join(f"{self.objectives[o][n, rank]:>{width}.4f}" for o in names)
+                per = "  ".join(f"{self.objectives[o][n, rank]:>{w}.4f}"
+                                for o, w in zip(names, widths))
                 lines.append(f"  {rank + 1:>4} {item:>8} {self.score[n, rank]:>8.4f}  {per}")
         lines.append(f"training version {self.version} (Triton version {self.model_version})")
         return "\n".join(lines)
