@@ -86,8 +86,6 @@ class Protocol:
     """The users, relevant items and exclusions of one evaluation split, in raw MovieLens ids."""
 
     def __init__(self, splits, split: str, label: str = "click"):
-        from models.retrieval import seen_items
-
         frame = getattr(splits, split)
         seen = (splits.train,) if split == "valid" else (splits.train, splits.valid)
         positives = splits.positives(frame, label)
@@ -95,7 +93,7 @@ class Protocol:
         self.users = self.user_rows["user_id"].to_numpy()
         relevant = positives.groupby("user_id")["item_id_raw"].apply(np.asarray)
         self.truth = [relevant[u] for u in self.users]
-        self.exclude = seen_items(splits, label, seen, self.users)
+        self.exclude = splits.seen_items(label, seen, self.users)
         train = splits.train.drop_duplicates("item_id")
         self.raw = np.full(int(train["item_id"].max()) + 1, -1, np.int64)
         self.raw[train["item_id"].to_numpy()] = train["item_id_raw"].to_numpy()

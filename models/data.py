@@ -60,6 +60,14 @@ class Splits:
         """Observed (not sampled) examples whose `label` is 1: what retrieval learns from."""
         return frame[(frame[label] == 1) & (frame["sampled_negative"] == 0)]
 
+    def seen_items(self, label: str, frames: tuple[pd.DataFrame, ...], users,
+                   user: str = "user_id", item: str = "item_id") -> list[np.ndarray]:
+        """Per user in `users`, the items that were `label` positives in `frames` (what full
+        ranking excludes); `user`/`item` name the id columns (raw ids: *_raw)."""
+        seen = pd.concat([self.positives(f, label) for f in frames])
+        by_user = seen.groupby(user)[item].apply(np.asarray)
+        return [by_user.get(u, np.empty(0, np.int64)) for u in users]
+
     def latest_rows(self, key: str, columns: list[str]) -> pd.DataFrame:
         """One feature row per id (its latest training example), sorted by id."""
         frame = pd.concat([self.train, self.valid, self.test]) if key == "item_id" else self.train

@@ -51,8 +51,8 @@ def write_predictions(dataset_dir: Path, version_dir: Path, out_dir: Path, cfg,
     repeats = int(test_pos["_seen"].notna().sum())
     test_pos = test_pos[test_pos["_seen"].isna()].drop(columns="_seen")
     users = np.unique(test_pos["user_id_raw"].to_numpy())
-    by_user = seen.groupby("user_id_raw")["item_id_raw"].apply(np.asarray)
-    exclude = [by_user.get(u, np.empty(0, np.int64)) for u in users]
+    exclude = splits.seen_items(label, (splits.train, splits.valid), users,
+                                "user_id_raw", "item_id_raw")
 
     settings = FunnelSettings.from_models_config(cfg)
     funnel = Funnel.load(version_dir, settings)

@@ -80,14 +80,6 @@ class _EpochRecall(tf.keras.callbacks.Callback):
             self.best_index = len(self.rows) - 1    # without patience the last epoch is kept
 
 
-def seen_items(splits: Splits, label: str, frames: tuple[pd.DataFrame, ...],
-               users: np.ndarray) -> list[np.ndarray]:
-    """Per user, the items that were positives in `frames` (what full ranking excludes)."""
-    seen = pd.concat([splits.positives(f, label) for f in frames])
-    by_user = seen.groupby("user_id")["item_id"].apply(np.asarray)
-    return [by_user.get(u, np.empty(0, np.int64)) for u in users]
-
-
 def tower_schemas(kind: str, splits: Splits, cfg: ModelsConfig) -> tuple[Schema, Schema]:
     """The (query, candidate) input schemas of a retrieval model: the ids for MF; for the
     two-tower the ids plus `two_tower_features`, by default every categorical user and item
@@ -118,7 +110,7 @@ def retrieval_eval(splits: Splits, frame: pd.DataFrame, label: str, k: int,
     positives = splits.positives(frame, label)
     users = positives.sort_values("timestamp").drop_duplicates("user_id")
     relevant = positives.groupby("user_id")["item_id"].apply(np.asarray)
-    exclude = seen_items(splits, label, seen or (splits.train,), users["user_id"].to_numpy())
+    exclude = splits.seen_items(label, seen or (splits.train,), users["user_id"].to_numpy())
     truth = [relevant[u] for u in users["user_id"]]
     items = splits.catalogue(item_schema.column_names)
 

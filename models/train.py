@@ -68,8 +68,7 @@ def train_popularity(splits: Splits, cfg: ModelsConfig, root: Path, version: str
     np.save(folder / "counts.npy", popularity.counts)
     valid = splits.positives(splits.valid, cfg.retrieval_positive)
     truth = valid.groupby("user_id")["item_id"].apply(np.asarray)
-    seen = positives.groupby("user_id")["item_id"].apply(np.asarray)
-    exclude = [seen.get(u, np.empty(0, np.int64)) for u in truth.index]
+    exclude = splits.seen_items(cfg.retrieval_positive, (splits.train,), truth.index)
     top, _ = popularity.search(len(truth), cfg.eval_k, exclude)
     m = topk_metrics(top, list(truth), cfg.eval_k)
     metrics = {f"val_recall@{cfg.eval_k}": round(m[f"recall@{cfg.eval_k}"], 4),
