@@ -161,6 +161,42 @@ class ServingConfig:
 
 
 @dataclass
+class ExperimentsConfig:
+    """Online experiments (recfunnel.experiments, L7, L8): arms, holdout, simulated users."""
+    name: str = "blend-vs-click"          # salts the assignment: a new name reshuffles users
+    # Arms besides the holdout. `blend`: the heavy ranker's objective weights for the arm
+    # (None: the served version's models.blend_weights). Shares and holdout_share sum to 1.
+    arms: list = field(default_factory=lambda: [
+        {"name": "control", "share": 0.49, "blend": {"click": 1.0}},
+        {"name": "treatment", "share": 0.49, "blend": None}])
+    holdout_share: float = 0.02           # stays on the model served when the experiment began
+    primary_metric: str = "watch_seconds_per_user"
+    alpha: float = 0.05
+    power: float = 0.8
+    srm_threshold: float = 0.001          # SRM p-value below this blocks the decision
+    sim_users: int = 0                    # simulated users (0: every known user)
+    sim_days: int = 3                     # sessions per user, one a day after the data ends
+    sim_k: int = 10                       # list length shown per session
+    aa_runs: int = 2000                   # simulated A/A tests for the false-positive rate
+    feedback_rounds: int = 3              # retrain-on-own-logs rounds (recfunnel experiment loop)
+    seed: int = 0
+
+
+@dataclass
+class RetrainConfig:
+    """The resilient retraining job (`recfunnel retrain`, L7.3)."""
+    retries: int = 2                      # extra attempts per step after a failure
+    backoff_s: float = 5.0                # wait before the first retry; doubles each time
+    backoff_max_s: float = 300.0
+    step_timeout_s: dict = field(default_factory=lambda: {
+        "data": 1800, "dataset": 3600, "models": 7200, "evaluation": 1800, "export": 900})
+    gate_metric: str = "funnel_recall_at_k"  # compared between the new and the serving version
+    gate_max_drop: float = 0.05           # relative drop that still promotes
+    repo: str | None = None               # the served repository (None: runs/<run>/triton_repo)
+    alert_webhook: str | None = None      # POSTed a JSON alert when the job fails for good
+
+
+@dataclass
 class RunConfig:
     name: str | None = None               # None: <source>-<UTC time>
     runs_dir: str = "runs"
@@ -177,6 +213,8 @@ class Config:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
+    experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
