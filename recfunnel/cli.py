@@ -285,6 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as err:  # noqa: BLE001 - sorted below into user errors and the rest
+        import yaml
+
+        if isinstance(err, yaml.YAMLError):     # a config file or --set value: where, one line
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            err = ConfigError(f"the config (file or --set value) is not valid YAML{where}: "
+                              f"{getattr(err, 'problem', None) or err}")
         if not isinstance(err, _user_errors()):
             raise
         print(f"recfunnel: error: {err}", file=sys.stderr)
