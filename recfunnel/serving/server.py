@@ -55,6 +55,9 @@ SYSTEM_TRITON = Path("/opt/tritonserver")
 # Flags every start gets: CPU only, fail fast, "ready" only when every model is ready.
 CPU_FLAGS = ("--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0",
              "--strict-readiness=true", "--exit-on-error=true")
+# p50/p95/p99 latency per model on /metrics (nv_inference_*_summary_us, over Triton's sliding
+# window of about a minute); without it Triton exposes only cumulative durations. monitoring/.
+METRICS_FLAGS = ("--metrics-config=summary_latencies=true",)
 # Triton's error lines (glog "E1128 ...", protobuf parse errors, the final "error: ...").
 ERROR_LINE = re.compile(r"^(E\d{4} |\[libprotobuf ERROR|error: )")
 HARMLESS_ERRORS = ("CudaDriverHelper has not been initialized",)   # every start on a CPU
@@ -252,7 +255,7 @@ class TritonServer:
                f"--model-control-mode={self.model_control_mode}",
                *(f"--{kind}-address={self.host}" for kind in ("http", "grpc", "metrics")),
                *(f"--{kind}-port={port}" for kind, port in self.ports.items()),
-               *CPU_FLAGS]
+               *CPU_FLAGS, *METRICS_FLAGS]
         if self.model_control_mode == "poll":
             cmd.append(f"--repository-poll-secs={self.repository_poll_secs}")
         cmd += [f"--load-model={name}" for name in self.load_models]
