@@ -140,12 +140,14 @@ def versions_in(repo: Path, complete: bool = True) -> list[int]:
 def export_version(version_dir: str | Path, dataset_dir: str | Path, repo: str | Path,
                    settings: FunnelSettings, serving: ServingSettings | None = None,
                    triton_version: int | None = None, label: str = "click",
-                   origin: str = "") -> ExportResult:
+                   origin: str = "", evaluation: dict | None = None) -> ExportResult:
     """Adds a training version (`runs/<run>/models/<version>/`) to the repository `repo` as
     Triton version `triton_version` (default: one above any version exported there before).
 
     `dataset_dir` gives the exclusions (items seen per user, unsafe items); `label` names the
     positives. Older versions beyond `serving.keep_versions` leave the repository.
+    `evaluation` (the run's offline metrics) is recorded with the version for the retraining
+    job's quality gate (recfunnel.retrain), which compares a new version with the served one.
     """
     started = time.perf_counter()
     serving = serving or ServingSettings()
@@ -174,7 +176,7 @@ def export_version(version_dir: str | Path, dataset_dir: str | Path, repo: str |
             _install(staging / model, repo / model, n)
         record[str(n)] = {"training_version": served.version, "origin": origin,
                           "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                          "settings": asdict(settings)}
+                          "settings": asdict(settings), "evaluation": evaluation}
         _write_record(repo, record)
         oldest_kept = versions_in(repo)[-serving.keep_versions:][0]
         for old in versions_in(repo, complete=False):
@@ -225,7 +227,8 @@ def export_run(run_dir: str | Path, repo: str | Path | None = None, overrides: d
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
         raise FileNotFoundError(f"{run_dir}: no summary.json; is this a run folder?")
-    models = json.loads(summary_path.read_text()).get("models", {})
+    summary = json.loads(summary_path.read_text())
+    models = summary.get("models", {})
     if "path" not in models:
         raise FileNotFoundError(f"{run_dir}: no trained models in the summary; train first "
                                 "(recfunnel train --run-name ...)")
@@ -242,7 +245,14 @@ def export_run(run_dir: str | Path, repo: str | Path | None = None, overrides: d
                           FunnelSettings.from_models_config(cfg.models),
                           ServingSettings(**{**configured, **(serving or {})}),
                           triton_version, cfg.models.retrieval_positive,
-                          origin=f"{run_dir.name}/{models['path']}")
+                          origin=f"{run_dir.name}/{models['path']}",
+                          evaluation=served_metrics(summary.get("evaluation")))
+
+
+def served_metrics(evaluation: dict | None) -> dict | None:
+    """What versions.json keeps of a run's evaluation section: the top-K cut and every list's
+    overall metrics (`models`), enough for a quality gate to name any of them."""
+    return {"k": evaluation["k"], "models": evaluation["models"]} if evaluation else None
 
 
 # ---- steps ---------------------------------------------------------------------------------
