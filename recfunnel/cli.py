@@ -1,7 +1,8 @@
 """The `recfunnel` command: every pipeline step as a batch job with a config file.
 
 Exit codes a scheduler understands: 0 done; 2 bad config or bad input (the message says what to
-fix); 1 anything else (a traceback follows).
+fix); 1 anything else (a traceback follows); `retrain` also 3 (a step failed for good) and 4
+(the quality gate refused the new version).
 """
 from __future__ import annotations
 
@@ -198,6 +199,29 @@ def cmd_recommend(args) -> int:
     return 0
 
 
+def cmd_retrain(args) -> int:
+    """Retrains into a new run, gates it against the served version and promotes it:
+    `recfunnel retrain -c configs/default.yaml` (exit codes in recfunnel.retrain.job)."""
+    import signal
+
+    from recfunnel.retrain import retrain_job
+
+    job = retrain_job(_config(args), args.config, args.set or [], args.repo, args.webhook,
+                      out=None if args.quiet else sys.stdout)
+
+    def interrupt(signum, frame):          # a scheduler's SIGTERM stops the step in progress
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        outcome = job.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if outcome.exit_code:
+        print(f"recfunnel retrain: {outcome.message} (job record {job.record_path})",
+              file=sys.stderr)
+    return outcome.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recfunnel", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -273,6 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--protocol", choices=("http", "grpc"), default="http")
     recommend.add_argument("--timeout", type=float, default=30.0, help="seconds")
     recommend.set_defaults(func=cmd_recommend)
+
+    retrain = with_config(sub.add_parser(
+        "retrain", help="retrain as a job: the pipeline's steps into a new run with retries and "
+                        "timeouts, a quality gate, promotion into the served repository, an alert "
+                        "when it fails (exit 0 promoted, 3 a step failed, 4 the gate refused)"))
+    retrain.add_argument("--run-name", help="the served run (default run.name): its triton_repo "
+                         "is served, its retrain/ folder gets the job's record")
+    retrain.add_argument("--repo", help="the served repository (default retrain.repo, else "
+                         "runs/<run>/triton_repo)")
+    retrain.add_argument("--webhook", help="URL to POST the alert to (default "
+                         "retrain.alert_webhook)")
+    retrain.set_defaults(func=cmd_retrain)
 
     sub.add_parser("schema", help="print the event schema").set_defaults(func=cmd_schema)
     return parser

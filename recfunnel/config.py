@@ -184,16 +184,22 @@ class ExperimentsConfig:
 
 @dataclass
 class RetrainConfig:
-    """The resilient retraining job (`recfunnel retrain`, L7.3)."""
+    """The resilient retraining job (`recfunnel retrain`, L7.3): the pipeline's steps into a new
+    run, each retried and timed out, a quality gate, then promotion into the served repository."""
     retries: int = 2                      # extra attempts per step after a failure
-    backoff_s: float = 5.0                # wait before the first retry; doubles each time
-    backoff_max_s: float = 300.0
-    step_timeout_s: dict = field(default_factory=lambda: {
-        "data": 1800, "dataset": 3600, "models": 7200, "evaluation": 1800, "export": 900})
-    gate_metric: str = "funnel_recall_at_k"  # compared between the new and the serving version
-    gate_max_drop: float = 0.05           # relative drop that still promotes
+    backoff_s: float = 60.0               # wait before the first retry; doubles each time ...
+    backoff_max_s: float = 900.0          # ... up to this
+    step_timeout_s: dict = field(default_factory=lambda: {   # a step still running is killed
+        "data": 1800, "dataset": 3600, "models": 7200, "evaluation": 1800})
+    kill_grace_s: float = 30.0            # SIGTERM to a timed-out step, SIGKILL this much later
+    # Higher is better: `<list>.<metric>` of the evaluation's overall metrics, {k}: models.eval_k
+    gate_metric: str = "funnel.ndcg@{k}"
+    gate_max_drop: float = 0.05           # relative drop below the served version that still
+                                          # promotes (0.05: at least 95 % of its value)
     repo: str | None = None               # the served repository (None: runs/<run>/triton_repo)
     alert_webhook: str | None = None      # POSTed a JSON alert when the job fails for good
+                                          # or the gate refuses (Slack-style {"text": ...})
+    alert_timeout_s: float = 10.0
 
 
 @dataclass
