@@ -185,7 +185,8 @@ class Funnel:
         return take(candidates), take(blended), {k: take(v) for k, v in scores.items()}
 
     def recommend(self, users_raw, k: int | None = None, exclude_raw=None,
-                  keep_stages: bool = False) -> Recommendations:
+                  keep_stages: bool = False, blend_weights: dict | None = None
+                  ) -> Recommendations:
         """The whole funnel for a batch of raw user ids.
 
         Args:
@@ -193,6 +194,8 @@ class Funnel:
           k: final list length (default settings.k), 1 <= k <= catalogue size.
           exclude_raw: per user, raw item ids not to recommend (default: what they have seen).
           keep_stages: also return the candidate and light-ranker lists (for evaluation).
+          blend_weights: the final order's objective weights (default settings.blend_weights;
+            an experiment arm's variant).
         """
         k = self.settings.k if k is None else int(k)
         if not 1 <= k <= self.catalogue_size:
@@ -209,7 +212,7 @@ class Funnel:
                                self.settings.blend_weights)
         timings["light_ranker"], t = _ms(t), time.perf_counter()
         final, score, objectives = self.rank(self.heavy, rows, kept, k,
-                                             self.settings.blend_weights)
+                                             blend_weights or self.settings.blend_weights)
         timings["heavy_ranker"] = _ms(t)
         raw = self.raw_ids
         return Recommendations(users_raw, raw(final), score, objectives, path, self.version,

@@ -129,6 +129,7 @@ class RankerScorer:
         self.manifest = read_manifest(model_dir, kind="ranker")
         self.version = self.manifest["version"]
         self.features = self.manifest["schema"]           # name -> numpy dtype
+        self.objectives = list(self.manifest["config"]["objectives"])
         self._signature = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
 
     def score(self, rows: pd.DataFrame, batch_size: int = 8192) -> dict[str, np.ndarray]:

@@ -199,6 +199,86 @@ def cmd_recommend(args) -> int:
     return 0
 
 
+def cmd_experiment_ab(args) -> int:
+    """The simulated A/B test through the served funnel: `recfunnel experiment ab --run-name demo`
+    (the pipeline's `experiments` step); prints the decision, writes the report."""
+    from recfunnel.pipeline import run_pipeline
+
+    cfg = _config(args)
+    run_dir = run_pipeline(cfg, steps=("experiments",), progress=not args.quiet)
+    section = json.loads((run_dir / "summary.json").read_text())["experiments"]
+    if "skipped" in section:
+        print(f"recfunnel: experiment skipped: {section['skipped']}", file=sys.stderr)
+        return 2
+    for row in section["online"]:
+        print(f"{row['arm']:>10s}: {row['users']:>6} users  "
+              + "  ".join(f"{k} {row[k]:.4g}" for k in row if k not in ("arm", "users")))
+    low, high = section["lift_ci"]
+    print(f"decision: {section['outcome']} ({section['reason']}); {section['primary_metric']} "
+          f"lift {section['lift']:+.2%} [{low:+.2%}, {high:+.2%}], p = {section['p_value']:.3g}")
+    print(f"analysis: {run_dir / section['analysis_path']}\nreport:   {run_dir / 'report.html'}")
+    return 0
+
+
+def cmd_experiment_loop(args) -> int:
+    """Retrains on the system's own logs for some rounds, with a holdout on round 0's version:
+    `recfunnel experiment loop --run-name demo --rounds 3` (minutes per round)."""
+    from recfunnel import report
+    from recfunnel.experiments.feedback_loop import run_feedback_loop
+    from recfunnel.pipeline import run_dir_for, write_summary
+
+    cfg = _config(args)
+    run_dir = run_dir_for(cfg)
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{summary_path} is missing: run the pipeline first "
+                                "(recfunnel pipeline run)")
+    section = run_feedback_loop(run_dir, cfg, args.rounds, progress=not args.quiet)
+    summary = json.loads(summary_path.read_text())
+    summary.setdefault("experiments", {})["feedback_loop"] = section
+    write_summary(run_dir, summary)
+    report.write_report(run_dir, summary)
+    for r in section["rounds"]:
+        t, h = r["treated"], r["holdout"]
+        print(f"round {r['round']}: treated watch s/user {t['watch_seconds_per_user']}, "
+              f"true relevance {t['true_relevance']}, Gini {t['gini']}, coverage "
+              f"{t['coverage']} | holdout watch s/user {h['watch_seconds_per_user']}, "
+              f"true relevance {h['true_relevance']}")
+    print(f"report: {run_dir / 'report.html'}")
+    return 0
+
+
+def cmd_experiment_start(args) -> int:
+    """Starts an experiment on a served repository: the funnel assigns arms from the next
+    request on; the holdout stays on the newest version of now."""
+    from datetime import datetime, timezone
+
+    from recfunnel.experiments.assignment import EXPERIMENT_FILE, Experiment
+    from recfunnel.serving.export import versions_in
+
+    repo = _served_repo(args)
+    versions = versions_in(repo) if repo.is_dir() else []
+    if not versions:
+        raise FileNotFoundError(f"{repo}: no exported funnel; run recfunnel export first")
+    experiment = Experiment.from_config(_config(args).experiments, holdout_version=versions[-1],
+                                        started=datetime.now(timezone.utc).isoformat())
+    experiment.save(repo / EXPERIMENT_FILE)
+    print(f"experiment {experiment.name!r} started on {repo}: {experiment.expected_shares()}; "
+          f"holdout on Triton version {versions[-1]}")
+    return 0
+
+
+def cmd_experiment_stop(args) -> int:
+    from recfunnel.experiments.assignment import EXPERIMENT_FILE
+
+    path = _served_repo(args) / EXPERIMENT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no experiment is running there")
+    path.unlink()
+    print(f"experiment stopped: every user is served the newest version ({path} removed)")
+    return 0
+
+
 def cmd_retrain(args) -> int:
     """Retrains into a new run, gates it against the served version and promotes it:
     `recfunnel retrain -c configs/default.yaml` (exit codes in recfunnel.retrain.job)."""
@@ -297,6 +377,27 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--protocol", choices=("http", "grpc"), default="http")
     recommend.add_argument("--timeout", type=float, default=30.0, help="seconds")
     recommend.set_defaults(func=cmd_recommend)
+
+    experiment = sub.add_parser("experiment", help="online experiments: A/B tests with a "
+                                "holdout").add_subparsers(dest="action", required=True)
+    ab = with_config(experiment.add_parser(
+        "ab", help="simulated A/B test through the served funnel; decision and report"))
+    ab.add_argument("--run-name", help="the run whose trained funnel to test")
+    ab.set_defaults(func=cmd_experiment_ab)
+    loop = with_config(experiment.add_parser(
+        "loop", help="retrain on the system's own logs for some rounds, holdout on round 0"))
+    loop.add_argument("--run-name", help="the run to start from (its trained funnel)")
+    loop.add_argument("--rounds", type=int, help="retrains (default experiments.feedback_rounds)")
+    loop.set_defaults(func=cmd_experiment_loop)
+    for action, func, text in (("start", cmd_experiment_start, "assign arms on a served "
+                                "repository (experiments section of the config)"),
+                               ("stop", cmd_experiment_stop, "end the experiment: everyone "
+                                "gets the newest version")):
+        p = with_config(experiment.add_parser(action, help=text))
+        p.add_argument("--run-name", help="the run whose repository (runs/<run>/triton_repo)")
+        p.add_argument("--runs-dir", default="runs", help="where the runs are (default runs)")
+        p.add_argument("--repo", help="the served repository (instead of --run-name)")
+        p.set_defaults(func=func)
 
     retrain = with_config(sub.add_parser(
         "retrain", help="retrain as a job: the pipeline's steps into a new run with retries and "

@@ -170,7 +170,8 @@ class ExperimentsConfig:
         {"name": "control", "share": 0.49, "blend": {"click": 1.0}},
         {"name": "treatment", "share": 0.49, "blend": None}])
     holdout_share: float = 0.02           # stays on the model served when the experiment began
-    primary_metric: str = "watch_seconds_per_user"
+    primary_metric: str = "watch_seconds"  # per user; or clicks, likes, shares, sessions
+    min_detectable_lift: float = 0.05     # the relative effect the test should be powered for
     alpha: float = 0.05
     power: float = 0.8
     srm_threshold: float = 0.001          # SRM p-value below this blocks the decision

@@ -2,7 +2,7 @@
 
 `runs/<run>/` holds `config.yaml` (the resolved settings), `summary.json` (one section per part
 of the pipeline: data, dataset, models, evaluation, serving, experiments) and `report.html`.
-Each part adds its section; the steps so far: data, dataset, models.
+Each step adds its section.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from recfunnel import __version__, report
 from recfunnel.config import Config
 from recfunnel.data import sources
 
-STEPS = ("data", "dataset", "models", "evaluation", "serving")
+STEPS = ("data", "dataset", "models", "evaluation", "serving", "experiments")
 # Known steps that run only when asked for (`--steps window_sweep`, `recfunnel train --window-sweep`).
 OPTIONAL_STEPS = ("window_sweep",)
 
@@ -208,9 +208,24 @@ def serving_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> d
     return serving_summary(run_dir, users, cfg.models.eval_k)
 
 
+def experiments_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> dict:
+    """A simulated online A/B test through the served funnel (arms and holdout assigned by the
+    server), its decision with intervals, and offline vs online metrics (recfunnel.experiments).
+    Needs the synthetic source's ground truth to simulate users; other sources skip it."""
+    from recfunnel.experiments.ab_test import run_ab_test
+
+    if summary.get("data", {}).get("source") != "synthetic":
+        return {"skipped": "simulated users need the synthetic source's ground truth "
+                           f"(data.source is {cfg.data.source!r})"}
+    if "path" not in summary.get("models", {}):
+        raise FileNotFoundError(f"{run_dir}: no trained models in the summary; run the models "
+                                "step first (recfunnel pipeline run --steps models,experiments)")
+    return run_ab_test(run_dir, cfg, progress=progress)
+
+
 STEP_FUNCTIONS = {"data": data_step, "dataset": dataset_step, "models": models_step,
                   "evaluation": evaluation_step, "serving": serving_step,
-                  "window_sweep": window_sweep_step}
+                  "experiments": experiments_step, "window_sweep": window_sweep_step}
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:

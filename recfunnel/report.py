@@ -376,8 +376,15 @@ def render_serving(section: dict) -> str:
     return out
 
 
+def render_experiments(section: dict) -> str:
+    from recfunnel.experiments.report import render_experiments as render
+
+    return render(section)
+
+
 RENDERERS = {"data": render_data, "dataset": render_dataset, "models": render_models,
-             "evaluation": render_evaluation, "serving": render_serving}
+             "evaluation": render_evaluation, "serving": render_serving,
+             "experiments": render_experiments}
 
 
 def write_report(run_dir: Path, summary: dict) -> Path:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import REPO
@@ -210,6 +211,63 @@ def relabelled_copy(version_dir: Path, out: Path, version: str) -> Path:
     return out
 
 
+def test_the_server_assigns_experiment_arms_and_serves_each_its_variant(server, run, repo,
+                                                                       in_process):
+    from recfunnel.experiments.assignment import EXPERIMENT_FILE, Experiment
+
+    funnel, _, _ = in_process
+    done = recfunnel_cli("experiment", "start", "--repo", str(repo))
+    assert done.returncode == 0 and "holdout on Triton version 1" in done.stdout, done.stderr
+    experiment = Experiment.load(repo / EXPERIMENT_FILE)
+    known = funnel.users.index.to_numpy()
+    users = known[known >= 0][:MAX_USERS]
+    try:
+        with FunnelClient(server["grpc"], "grpc") as client:
+            served = client.recommend(users, k=7)
+    finally:
+        stopped = recfunnel_cli("experiment", "stop", "--repo", str(repo))
+    assert stopped.returncode == 0, stopped.stderr
+    arms = experiment.assign(users)
+    assert served.arm.tolist() == arms.tolist()
+    assert {"control", "treatment"} <= set(arms)
+    for arm in set(arms):                       # each arm's list is its blend's, in process
+        rows = arms == arm
+        expected = funnel.recommend(users[rows], k=7,
+                                    blend_weights=experiment.arm(arm).blend)
+        np.testing.assert_array_equal(served.items[rows], expected.items)
+        np.testing.assert_allclose(served.score[rows], expected.score, rtol=1e-6, atol=1e-7)
+    control = arms == "control"
+    assert (served.items[control] != funnel.recommend(users[control], k=7).items).any()
+    assert (served.model_versions == 1).all()
+    with FunnelClient(server["http"]) as client:           # stopped: everyone is "default"
+        assert set(client.recommend(users[:5], k=3).arm) == {"default"}
+
+
+def test_simulated_ab_test_through_the_served_funnel(server, run, repo):
+    from recfunnel.config import load_config, merge
+    from recfunnel.data import schema
+    from recfunnel.experiments.ab_test import run_ab_test
+    from recfunnel.experiments.assignment import EXPERIMENT_FILE
+
+    cfg = run["cfg"]
+    small = merge(cfg.to_dict(), {"experiments": {"sim_users": 150, "sim_days": 2,
+                                                  "aa_runs": 200}})
+    section = run_ab_test(run["dir"], load_config(None, small), progress=False,
+                          address=server["grpc"])
+    assert section["outcome"] in ("ship treatment", "keep control",
+                                  "no decision: not significant")
+    assert sum(section["arms"].values()) == 150 and section["served"]["model_versions"] == [1]
+    assert section["decision"]["srm"]["blocked"] is False
+    assert {row["arm"] for row in section["online"]} <= {"control", "treatment", "holdout"}
+    assert 0 <= section["aa"]["false_positive_rate"] <= 1 and section["power"]["n_per_arm"] > 0
+    logged = pd.read_parquet(run["dir"] / "experiments" / "events.parquet")
+    assert set(schema.EVENTS.names) <= set(logged.columns)
+    assert set(logged["day"]) <= {cfg.data.synthetic.n_days, cfg.data.synthetic.n_days + 1}
+    assert json.loads((run["dir"] / "experiments" / "analysis.json").read_text())["arms"] == \
+        section["arms"]
+    assert not (repo / EXPERIMENT_FILE).exists()          # the repository is as it was
+
+
 def test_export_refuses_altered_and_mixed_artifacts(run, tmp_path):
     from models.funnel import FunnelSettings
 
@@ -274,6 +332,7 @@ def test_rollout_and_rollback_under_load_without_failed_requests(server, run, re
                                 FunnelSettings.from_models_config(run["cfg"].models))
         assert result.triton_version == 2 and versions_in(repo) == [1, 2]
         asking.wait_for_answers(2, 200)          # three TensorFlow stages load meanwhile
+        holdout_stays_on_version_1(server, repo)
         done = recfunnel_cli("export", "--repo", str(repo), "--retire", "2", timeout=60)
         assert done.returncode == 0 and "versions left: [1]" in done.stdout, done.stderr
         asking.wait_for_answers(1, 60)
@@ -284,6 +343,26 @@ def test_rollout_and_rollback_under_load_without_failed_requests(server, run, re
     assert [s[0] for s in switches] == [2, 1]
     record = json.loads((repo / "versions.json").read_text())
     assert "retired" in record["2"] and record["1"]["training_version"] == run["version"]
+
+
+def holdout_stays_on_version_1(server, repo):
+    """With an experiment pinning its holdout to version 1, one request serves a holdout user
+    at version 1 and a treated user at the new version 2."""
+    from recfunnel.config import load_config
+    from recfunnel.experiments.assignment import EXPERIMENT_FILE, HOLDOUT, Experiment
+
+    experiment = Experiment.from_config(load_config().experiments, holdout_version=1)
+    users = np.arange(1, 301)
+    arms = experiment.assign(users)
+    pair = [users[arms == HOLDOUT][0], users[arms == "treatment"][0]]
+    experiment.save(repo / EXPERIMENT_FILE)
+    try:
+        with FunnelClient(server["grpc"], "grpc") as client:
+            served = client.recommend(pair, k=5)
+    finally:
+        (repo / EXPERIMENT_FILE).unlink()
+    assert served.arm.tolist() == [HOLDOUT, "treatment"]
+    assert served.model_versions.tolist() == [1, 2]
 
 
 def test_sigterm_stops_the_server_cleanly(server):

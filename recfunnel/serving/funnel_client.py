@@ -22,8 +22,18 @@ class ServedRecommendations:
     score: np.ndarray                       # [n, k] blended score
     objectives: dict[str, np.ndarray]       # objective -> [n, k] heavy-ranker probability
     path: np.ndarray                        # [n] "model" | "fallback"
-    version: str                            # training version
-    model_version: int                      # Triton version of the repository
+    arm: np.ndarray                         # [n] experiment arm ("default" without one)
+    versions: np.ndarray                    # [n] training version that served each user
+    model_versions: np.ndarray              # [n] Triton version that served each user
+
+    @property
+    def version(self) -> str:
+        """The training version (of the first user: one per request unless an arm is pinned)."""
+        return str(self.versions[0])
+
+    @property
+    def model_version(self) -> int:
+        return int(self.model_versions[0])
 
     def table(self) -> str:
         """One block per user: rank, item, blended score and every objective's score."""
@@ -33,7 +43,8 @@ class ServedRecommendations:
         for n, user in enumerate(self.users):
             note = ("" if self.path[n] == "model" else
                     "  (unknown to the models: served by the popularity fallback)")
-            lines.append(f"user {user}: path {self.path[n]}{note}")
+            arm = "" if self.arm[n] == "default" else f", arm {self.arm[n]}"
+            lines.append(f"user {user}: path {self.path[n]}{arm}{note}")
             lines.append("  rank     item    score  " + "  ".join(
                 f"{o:>{w}}" for o, w in zip(names, widths)))
             for rank, item in enumerate(self.items[n]):
@@ -42,7 +53,8 @@ class ServedRecommendations:
                 per = "  ".join(f"{self.objectives[o][n, rank]:>{w}.4f}"
                                 for o, w in zip(names, widths))
                 lines.append(f"  {rank + 1:>4} {item:>8} {self.score[n, rank]:>8.4f}  {per}")
-        lines.append(f"training version {self.version} (Triton version {self.model_version})")
+        for version, model_version in sorted(set(zip(self.versions, self.model_versions))):
+            lines.append(f"training version {version} (Triton version {model_version})")
         return "\n".join(lines)
 
 
@@ -70,7 +82,8 @@ class FunnelClient:
         return ServedRecommendations(
             users, out["ITEMS"], out["SCORES"],
             {name: out["OBJECTIVE_SCORES"][:, i, :] for i, name in enumerate(names)},
-            out["PATH"].astype(str), out["VERSION"][0].decode(), int(out["MODEL_VERSION"][0]))
+            out["PATH"].astype(str), out["ARM"].astype(str), out["VERSION"].astype(str),
+            out["MODEL_VERSION"].astype(np.int64))
 
     def close(self) -> None:
         self.triton.close()

@@ -9,12 +9,20 @@ leaves) falls back to the one still loaded. A stage version that goes away under
 (unloading) is retried once at the next ready version, so no request fails or mixes versions;
 every stage also answers its training version, and the router refuses to mix them.
 
+Experiments (L8): when the repository holds `experiment.json` (`recfunnel experiment start`),
+each user is assigned an arm by recfunnel.experiments.assignment (a salted hash: the same arm
+in every request) and served that arm's variant: its own blend of the heavy ranker's
+objectives, or a pinned Triton version (the long-term holdout stays on the version served when
+the experiment began, for as long as that version is loaded). Without the file every user is
+in arm `default`. Users of one request in different arms are served in one group per arm.
+
 Request:  USER_ID INT64 [n] raw user ids (1 <= n <= max_users);
           K INT32 [1] optional, list length (default: the version's FunnelSettings.k).
 Response: ITEMS INT64 [n, K] raw item ids, best first, -1 pads a short list; SCORES FP64 [n, K]
           blended; OBJECTIVE_SCORES FP64 [n, objectives, K]; OBJECTIVES BYTES [objectives];
           PATH BYTES [n] "model" or "fallback" (a user the models do not know: popularity);
-          VERSION BYTES [1] training version; MODEL_VERSION INT64 [1] Triton version.
+          ARM BYTES [n] the user's experiment arm; VERSION BYTES [n] training version;
+          MODEL_VERSION INT64 [n] Triton version.
 """
 import json
 from pathlib import Path
@@ -23,6 +31,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from funnel_stage import RequestError, error_response, strings
 
+from recfunnel.experiments.assignment import EXPERIMENT_FILE, Experiment
+
+DEFAULT_ARM = "default"
 STAGES = ("user_features", "candidates", "light_ranker", "heavy_ranker")
 
 
@@ -40,9 +51,23 @@ class TritonPythonModel:
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.max_users = int(parameters["max_users"])
         self.repository = Path(args["model_repository"]).parent
+        self._experiment, self._experiment_stamp = None, None
+
+    def experiment(self) -> Experiment | None:
+        """The repository's experiment.json, re-read when it changes (written atomically)."""
+        path = self.repository / EXPERIMENT_FILE
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            self._experiment, self._experiment_stamp = None, None
+            return None
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp != self._experiment_stamp:
+            self._experiment, self._experiment_stamp = Experiment.load(path), stamp
+        return self._experiment
 
     # ---- which version serves ----------------------------------------------------------------
-    def ready_version(self, below: int | None = None) -> int:
+    def ready_version(self, below: int | None = None, pinned: int | None = None) -> int:
         """The newest Triton version (below `below`) that is in every stage's folder and ready
         in every stage. Asked on every request (4 readiness calls, about 1 ms), so all router
         instances switch together; a version whose folder left (rollback) is not used even
@@ -53,6 +78,9 @@ class TritonPythonModel:
             present = ({int(p.name) for p in folder.iterdir() if p.name.isdigit()}
                        if folder.is_dir() else set())
             on_disk = present if on_disk is None else on_disk & present
+        if pinned is not None and pinned in on_disk and all(
+                pb_utils.is_model_ready(stage, str(pinned)) for stage in STAGES):
+            return pinned
         for version in sorted(on_disk, reverse=True):
             if (below is None or version < below) and all(
                     pb_utils.is_model_ready(stage, str(version)) for stage in STAGES):
@@ -90,13 +118,52 @@ class TritonPythonModel:
         k = None if k_tensor is None else int(k_tensor.as_numpy().reshape(-1)[0])
         if k is not None and k < 1:
             raise RequestError(f"K must be at least 1, got {k}")
-        version = self.ready_version()
-        try:
-            return self.run_stages(version, users, k)
-        except StageUnavailable:
-            return self.run_stages(self.ready_version(below=version), users, k)
+        experiment = self.experiment()
+        arms = (experiment.assign(users) if experiment is not None
+                else np.full(users.size, DEFAULT_ARM, dtype=object))
+        parts = []
+        for arm in dict.fromkeys(arms):                     # one group per arm, in first-seen order
+            rows = np.flatnonzero(arms == arm)
+            variant = experiment.arm(arm) if experiment is not None else None
+            out = self.serve_group(users[rows], k, variant)
+            out["ARM"] = strings([arm] * rows.size)
+            parts.append((rows, arm, out))
+        return self.merge(users.size, parts)
 
-    def run_stages(self, version: int, users: np.ndarray, k: int | None):
+    def serve_group(self, users: np.ndarray, k: int | None, variant) -> dict:
+        """The stages for users of one arm: at its pinned Triton version when that is ready
+        (else the newest ready one), with its blend (None: the version's own)."""
+        pinned = getattr(variant, "model_version", None)
+        blend = getattr(variant, "blend", None)
+        version = self.ready_version(pinned=pinned)
+        try:
+            return self.run_stages(version, users, k, blend)
+        except StageUnavailable:
+            return self.run_stages(self.ready_version(below=version), users, k, blend)
+
+    @staticmethod
+    def merge(n: int, parts: list) -> "pb_utils.InferenceResponse":
+        """The groups' answers back in the request's user order."""
+        names = parts[0][2]["OBJECTIVES"]
+        for _, arm, out in parts[1:]:
+            if list(out["OBJECTIVES"]) != list(names):
+                raise RuntimeError(f"arm {arm} is served by a version with objectives "
+                                   f"{list(out['OBJECTIVES'])}, another arm by {list(names)}")
+        tensors = {}
+        for name in ("ITEMS", "SCORES", "OBJECTIVE_SCORES", "PATH", "ARM", "VERSION",
+                     "MODEL_VERSION"):
+            first = parts[0][2][name]
+            merged = np.empty((n, *first.shape[1:]), dtype=first.dtype)
+            for rows, _, out in parts:
+                merged[rows] = out[name]
+            tensors[name] = merged
+        tensors["OBJECTIVES"] = names
+        return pb_utils.InferenceResponse([pb_utils.Tensor(name, value)
+                                           for name, value in tensors.items()])
+
+    def run_stages(self, version: int, users: np.ndarray, k: int | None,
+                   blend: dict | None) -> dict:
+        """Every stage at one Triton version; the answer as numpy arrays by output name."""
         features = self.call("user_features", version, [pb_utils.Tensor("USER_ID", users)],
                              ["USER_FEATURES", "PATH", "DEFAULT_K", "CATALOGUE_SIZE", "VERSION"])
         catalogue = int(features["CATALOGUE_SIZE"].as_numpy()[0])
@@ -112,17 +179,22 @@ class TritonPythonModel:
         light = self.call("light_ranker", version,
                           [user_features, candidates["CANDIDATES"], k_tensor],
                           ["KEPT", "VERSION"])
-        final = self.call("heavy_ranker", version, [user_features, light["KEPT"], k_tensor],
+        heavy_inputs = [user_features, light["KEPT"], k_tensor]
+        if blend is not None:
+            heavy_inputs.append(pb_utils.Tensor("BLEND", strings([json.dumps(blend)])))
+        final = self.call("heavy_ranker", version, heavy_inputs,
                           ["ITEMS", "SCORES", "OBJECTIVE_SCORES", "OBJECTIVES", "VERSION"])
         trained = {stage: out["VERSION"].as_numpy()[0].decode() for stage, out in
                    zip(STAGES, (features, candidates, light, final))}
         if len(set(trained.values())) != 1:
             raise RuntimeError(f"Triton version {version} mixes training versions {trained}; "
                                "re-export the run (recfunnel export)")
-        return pb_utils.InferenceResponse([
-            final["ITEMS"], final["SCORES"], final["OBJECTIVE_SCORES"], final["OBJECTIVES"],
-            features["PATH"], pb_utils.Tensor("VERSION", strings([trained["heavy_ranker"]])),
-            pb_utils.Tensor("MODEL_VERSION", np.array([version], np.int64))])
+        n = users.size
+        return {"ITEMS": final["ITEMS"].as_numpy(), "SCORES": final["SCORES"].as_numpy(),
+                "OBJECTIVE_SCORES": final["OBJECTIVE_SCORES"].as_numpy(),
+                "OBJECTIVES": final["OBJECTIVES"].as_numpy(), "PATH": features["PATH"].as_numpy(),
+                "VERSION": strings([trained["heavy_ranker"]] * n),
+                "MODEL_VERSION": np.full(n, version, np.int64)}
 
     def call(self, stage: str, version: int, inputs: list, outputs: list[str]) -> dict:
         """One stage at one version (BLS); its named outputs as pb_utils tensors."""
