@@ -1,7 +1,7 @@
 """The small run the notebooks share: settings that finish in minutes on 2 cores, and its folder.
 
-01 builds the run from scratch; 02 and 03 reuse it, and build the steps they need when it is
-missing. The runs folder is $RECFUNNEL_NOTEBOOK_RUNS when set (the tests point it at a temp
+01 builds the run from scratch; 02, 03 and 04 reuse it, and build the steps they need when it
+is missing. The runs folder is $RECFUNNEL_NOTEBOOK_RUNS when set (the tests point it at a temp
 dir), else `runs/` in the clone; the run itself is `notebook-small` in it.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ SMALL = {
 }
 # What each step needs before it can run.
 NEEDS = {"data": (), "dataset": ("data",), "models": ("data", "dataset"),
-         "evaluation": ("data", "dataset", "models")}
+         "evaluation": ("data", "dataset", "models"), "serving": ("data", "dataset", "models")}
 
 
 def runs_dir() -> Path:

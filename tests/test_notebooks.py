@@ -1,14 +1,19 @@
 """The notebooks run top to bottom against the real code, and are stored without outputs.
 
 Each notebook runs (nbclient) in a fresh kernel of this environment's Python, with the clone on
-PYTHONPATH and its runs folder in a temp dir; they run in order, so 02 and 03 reuse the run 01
-built, as a reader going through them would.
+PYTHONPATH and its runs folder in a temp dir; they run in order, so 02, 03 and 04 reuse the run 01
+built, as a reader going through them would. 04 starts a real tritonserver and stops it in its
+last cell; one left running by a notebook that failed halfway is stopped here.
 """
+import contextlib
 import json
+import os
+import signal
 import sys
 import time
 
 import nbformat
+import psutil
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
@@ -21,6 +26,7 @@ PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
 KERNEL = "recfunnel-test"
 # The section of the run's summary each notebook writes.
 WRITES = {"01_dataset": "dataset", "02_models": "models", "03_evaluation": "evaluation"}
+SERVES = "04_serve"           # exports the run into notebook-small/triton_repo and serves it
 
 # requirements.lock has IPython 8.23, which imports typing_extensions.TypeAliasType, absent from
 # the typing_extensions < 4.6 that TensorFlow 2.12 needs: without this stand-in the kernel dies
@@ -55,6 +61,20 @@ def test_every_stage_has_its_notebook():
     assert [p.stem for p in PATHS][:len(WRITES)] == list(WRITES)
 
 
+def stop_servers_left_on(runs) -> list[int]:
+    """The pids of tritonservers still serving a repository under `runs`, stopped: SIGTERM, then
+    SIGKILL to the process group (the server's python-backend stubs) after 60 s."""
+    flag = f"--model-repository={runs.resolve()}"
+    left = [p for p in psutil.process_iter(["cmdline"])
+            if any(arg.startswith(flag) for arg in p.info["cmdline"] or [])]
+    for proc in left:
+        proc.terminate()
+    for proc in psutil.wait_procs(left, timeout=60)[1]:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return [p.pid for p in left]
+
+
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
 def test_notebook_runs_top_to_bottom(path, notebook_env):
     specs, runs = notebook_env
@@ -70,6 +90,7 @@ def test_notebook_runs_top_to_bottom(path, notebook_env):
             km.shutdown_kernel(now=True)
         # the executed copy, outputs and all, beside the runs: what a reader would have seen
         nbformat.write(nb, runs.parent / path.name)
+        left = stop_servers_left_on(runs)
     print(f"{path.name}: {time.perf_counter() - start:.0f} s")
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
@@ -78,6 +99,11 @@ def test_notebook_runs_top_to_bottom(path, notebook_env):
     if path.stem in WRITES:
         summary = json.loads((runs / "notebook-small" / "summary.json").read_text())
         assert WRITES[path.stem] in summary
+    if path.stem == SERVES:
+        exported = json.loads((runs / "notebook-small" / "triton_repo" / "versions.json")
+                              .read_text())
+        assert list(exported) == ["1", "2"] and "retired" in exported["2"]   # rolled out and back
+    assert not left, f"{path.name} left tritonserver {left} running"
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
