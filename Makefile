@@ -11,7 +11,7 @@ RUN := PYTHONPATH=$(CURDIR) PATH=$(VENV)/bin:$$PATH $(VENV)/bin/python
 CONFIG ?= configs/default.yaml
 PYTEST_ARGS ?=
 
-.PHONY: env demo run test bench lock shell clean-env
+.PHONY: env demo run test bench lock shell kernel clean-env
 env: $(VENV)/.complete
 
 ifeq ($(origin VENV),command line)
@@ -42,6 +42,7 @@ bench: env  ## every benchmark; results go to benchmarks/results/ and BENCHMARKS
 	$(RUN) benchmarks/bench_training.py
 	$(RUN) benchmarks/bench_demo_models.py
 	$(RUN) benchmarks/bench_serving.py
+	$(RUN) benchmarks/bench_experiments.py
 
 lock:  ## re-resolve requirements.in into requirements.lock (needs the registry)
 	rm -rf "$(RECFUNNEL_HOME)/lock-venv" && $(PYTHON) -m venv "$(RECFUNNEL_HOME)/lock-venv"
@@ -51,6 +52,10 @@ lock:  ## re-resolve requirements.in into requirements.lock (needs the registry)
 
 shell: env  ## print how to use the environment by hand
 	@echo "export PYTHONPATH=$(CURDIR) PATH=$(VENV)/bin:\$$PATH"
+
+kernel: env  ## register the environment as the Jupyter kernel "recfunnel" (for your Jupyter)
+	$(VENV)/bin/python -m ipykernel install --user --name recfunnel --display-name "recfunnel" \
+		--env PYTHONPATH $(CURDIR) --env TF_CPP_MIN_LOG_LEVEL 2
 
 clean-env:
 	rm -rf "$(VENV)" "$(VENV).lock"

@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 from recfunnel import __version__, report
-from recfunnel.config import Config
+from recfunnel.config import Config, ConfigError
 from recfunnel.data import sources
 
 STEPS = ("data", "dataset", "models", "evaluation", "serving", "experiments")
@@ -31,7 +31,7 @@ def run_dir_for(cfg: Config) -> Path:
 def run_pipeline(cfg: Config, steps: tuple[str, ...] = STEPS, progress: bool = True) -> Path:
     unknown = [s for s in steps if s not in STEPS + OPTIONAL_STEPS]
     if unknown:
-        raise ValueError(f"unknown pipeline step(s) {unknown}; known steps: "
+        raise ConfigError(f"unknown pipeline step(s) {unknown}; known steps: "
                          f"{', '.join(STEPS + OPTIONAL_STEPS)}")
     run_dir = run_dir_for(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ KERNEL = "recfunnel-test"
 # The section of the run's summary each notebook writes.
 WRITES = {"01_dataset": "dataset", "02_models": "models", "03_evaluation": "evaluation"}
 SERVES = "04_serve"           # exports the run into notebook-small/triton_repo and serves it
+AB_TEST = "05_ab_test"        # a simulated A/B test through a server it starts and stops
 
 # requirements.lock has IPython 8.23, which imports typing_extensions.TypeAliasType, absent from
 # the typing_extensions < 4.6 that TensorFlow 2.12 needs: without this stand-in the kernel dies
@@ -103,6 +104,10 @@ def test_notebook_runs_top_to_bottom(path, notebook_env):
         exported = json.loads((runs / "notebook-small" / "triton_repo" / "versions.json")
                               .read_text())
         assert list(exported) == ["1", "2"] and "retired" in exported["2"]   # rolled out and back
+    if path.stem == AB_TEST:
+        analysis = json.loads((runs / "notebook-small" / "experiments" / "analysis.json")
+                              .read_text())
+        assert analysis["decision"]["outcome"] and analysis["offline_vs_online"]["rows"]
     assert not left, f"{path.name} left tritonserver {left} running"
 
 

@@ -82,6 +82,18 @@ def test_pipeline_run_writes_summary_and_report(tmp_path):
     assert serving["paths"].get("fallback") == 2 and serving["paths"].get("model", 0) > 0
     assert serving["version"] == models["version"]
     assert '<section id="serving">' in page
+    # experiments: a simulated A/B test through a real server, decided with its interval
+    experiments = summary["experiments"]
+    assert experiments["outcome"] in ("ship treatment", "keep control",
+                                      "no decision: not significant")
+    low, high = experiments["lift_ci"]
+    assert low <= experiments["lift"] <= high
+    assert sum(experiments["arms"].values()) == 300           # every user of the ground truth
+    assert experiments["served"]["model_versions"] == [experiments["served"]["triton_version"]]
+    rows = {r["list"] for r in experiments["offline_vs_online"]["rows"]}
+    assert rows == {"popularity", "mf", "two_tower", "light ranker cut", "funnel"}
+    assert '<section id="experiments">' in page and "Offline vs online" in page
+    assert not (run / "triton_repo" / "experiment.json").exists()
 
 
 def test_bad_config_exits_2_with_a_message(tmp_path):

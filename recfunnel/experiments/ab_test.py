@@ -243,8 +243,9 @@ def run_ab_test(run_dir: str | Path, cfg, progress: bool = True, address: str | 
                     log_path=run_dir / "tritonserver-experiment.log",
                     startup_timeout_s=STARTUP_TIMEOUT_S))
                 address = server.grpc_address
-            client = stack.enter_context(FunnelClient(address, "grpc"))
-            log = simulate(world, served_recommender(client), users, world.config.n_days,
+            def make_client():                  # one per thread, all closed at the end
+                return stack.enter_context(FunnelClient(address, "grpc"))
+            log = simulate(world, served_recommender(make_client), users, world.config.n_days,
                            settings_from_config(cfg.experiments), progress=progress,
                            description="A/B test (served)")
     finally:

@@ -136,17 +136,26 @@ def online_metrics(outcomes: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---- recommenders ----------------------------------------------------------------------------
-def served_recommender(client, max_users: int = 64) -> Recommender:
-    """The funnel served by Triton (a recfunnel.serving.funnel_client.FunnelClient), asked in
-    batches of at most `max_users` users; the server assigns each user's arm."""
+def served_recommender(make_client, max_users: int = 64, concurrency: int = 2) -> Recommender:
+    """The funnel served by Triton, asked in batches of at most `max_users` users, `concurrency`
+    requests in flight (one client per thread: `make_client()` gives a FunnelClient); the
+    server assigns each user's arm."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    local = threading.local()
+
+    def ask(users, k_needed):
+        if not hasattr(local, "client"):
+            local.client = make_client()
+        served = local.client.recommend(users, k_needed)
+        return served.items, served.arm, served.model_versions
+
     def recommend(users, day, k_needed):
-        items, arms, versions = [], [], []
-        for s in range(0, len(users), max_users):
-            served = client.recommend(users[s:s + max_users], k_needed)
-            items.append(served.items)
-            arms.append(served.arm)
-            versions.append(served.model_versions)
-        return np.concatenate(items), np.concatenate(arms), np.concatenate(versions)
+        batches = [users[s:s + max_users] for s in range(0, len(users), max_users)]
+        with ThreadPoolExecutor(concurrency) as pool:
+            answers = list(pool.map(lambda batch: ask(batch, k_needed), batches))
+        return tuple(np.concatenate(part) for part in zip(*answers))
     return recommend
 
 
