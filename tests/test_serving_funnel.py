@@ -243,6 +243,34 @@ def test_the_server_assigns_experiment_arms_and_serves_each_its_variant(server, 
         assert set(client.recommend(users[:5], k=3).arm) == {"default"}
 
 
+def test_a_server_side_failure_is_counted_in_the_metrics_a_client_error_is_not(server, repo):
+    """A broken experiment (an arm blending an objective the version does not have) fails in
+    the heavy ranker: the funnel raises, so Triton counts it in nv_inference_request_failure
+    (an error *response* would count as a success); a bad K is the client's, not counted."""
+    from recfunnel.experiments.assignment import EXPERIMENT_FILE, Arm, Experiment
+    from recfunnel.monitoring import parse_exposition, serving_window
+
+    metrics = TritonClient(server["http"], metrics_url=f"http://127.0.0.1:{server['ports'][2]}"
+                                                       "/metrics")
+    before = parse_exposition(metrics.metrics_text())
+    Experiment("broken", [Arm("only", 1.0, {"no_such_objective": 1.0})]).save(
+        repo / EXPERIMENT_FILE)
+    try:
+        with FunnelClient(server["http"]) as client:
+            with pytest.raises(ServingError, match="no_such_objective"):
+                client.recommend([1], k=3)
+    finally:
+        (repo / EXPERIMENT_FILE).unlink()
+    with FunnelClient(server["http"]) as client:
+        with pytest.raises(ServingError, match="K must be at least 1"):
+            client.recommend([1], k=0)
+        assert client.recommend([1], k=3).arm.tolist() == ["default"]   # serves on
+    window = serving_window(before, parse_exposition(metrics.metrics_text()))
+    funnel = window.models["funnel"]
+    assert funnel.failures == 1 and funnel.successes == 2      # the bad K counts as answered
+    metrics.close()
+
+
 def test_simulated_ab_test_through_the_served_funnel(server, run, repo):
     from recfunnel.config import load_config, merge
     from recfunnel.data import schema
@@ -266,6 +294,32 @@ def test_simulated_ab_test_through_the_served_funnel(server, run, repo):
     assert json.loads((run["dir"] / "experiments" / "analysis.json").read_text())["arms"] == \
         section["arms"]
     assert not (repo / EXPERIMENT_FILE).exists()          # the repository is as it was
+
+
+def test_feedback_loop_retrains_on_the_logs_it_produced(run):
+    """One retrain on the system's own logs: the round-1 model is trained on the original
+    events plus round 0's simulated ones; the holdout stays on round 0's version."""
+    from recfunnel.config import load_config, merge
+    from recfunnel.experiments.feedback_loop import run_feedback_loop
+
+    cfg = load_config(None, merge(run["cfg"].to_dict(), {"experiments": {"sim_days": 2}}))
+    section = run_feedback_loop(run["dir"], cfg, rounds=1, progress=False)
+    first, second = section["rounds"]
+    assert first["version"] == run["version"] != second["version"]
+    loop = run["dir"] / "experiments" / "feedback_loop"
+    logged = pd.read_parquet(loop / "data" / "events" / "round-0.parquet")
+    original = json.loads((run["dir"] / "summary.json").read_text())["data"]["events"]
+    retrained = json.loads((loop / "runs" / "round-1" / "summary.json").read_text())
+    assert retrained["data"]["events"] + retrained["data"]["quarantined_rows"] == \
+        original + len(logged)
+    assert retrained["data"]["quarantined_rows"] == 0           # our own logs are valid events
+    for r in (first, second):
+        for group in ("treated", "holdout"):
+            curve = r[group]["concentration"]
+            assert curve[0] == 0 and curve[-1] == 100 and curve == sorted(curve)
+            assert 0 < r[group]["coverage"] <= 1
+    assert section["holdout_users"] > 0
+    assert json.loads((loop / "feedback_loop.json").read_text()) == section
 
 
 def test_export_refuses_altered_and_mixed_artifacts(run, tmp_path):

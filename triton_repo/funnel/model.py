@@ -95,11 +95,15 @@ class TritonPythonModel:
         for request in requests:
             try:
                 responses.append(self.recommend(request))
-            except RequestError as e:
+            except RequestError as e:      # the client's mistake (400), not a server failure
                 responses.append(error_response(str(e), pb_utils.TritonError.INVALID_ARG))
-            except NoVersionReady as e:
-                responses.append(error_response(str(e), pb_utils.TritonError.UNAVAILABLE))
-            except Exception as e:  # noqa: BLE001 - a failed stage; the server serves on
+            except Exception as e:  # noqa: BLE001 - a failed stage or no version ready
+                if len(requests) == 1:
+                    # Raised, not answered: Triton 2.51 counts an error *response* of a python
+                    # model as a success (server#7713), so only a raised error reaches
+                    # nv_inference_request_failure and the error-rate alert (monitoring/).
+                    # Without a batcher Triton hands this model one request per call.
+                    raise pb_utils.TritonModelException(f"funnel: {e}") from None
                 responses.append(error_response(f"funnel: {e}"))
         return responses
 
