@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_data import machine, publish  # noqa: E402
+from recfunnel.experiments.report import lift_text  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "experiments.json"
 RUN = REPO / "runs" / "demo"
@@ -108,12 +109,13 @@ def markdown(results: dict) -> str:
     loop = ex.get("feedback_loop")
     if loop:
         lines += ["", f"**Feedback loop** (`recfunnel experiment loop`): {loop['description']}",
-                  "", "| round | treated watch s/user | holdout watch s/user | treated true "
-                  "relevance | holdout true relevance | Gini of treated impressions | "
-                  "coverage | top-10 % items' share |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |",
+                  "", "| round | treated watch s/user | holdout watch s/user | treated vs holdout "
+                  "lift [95 % CI], p | treated true relevance | holdout true relevance | Gini of "
+                  "treated impressions | coverage | top-10 % items' share |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
                   *[f"| {r['round']} | {r['treated']['watch_seconds_per_user']} | "
                     f"{r['holdout']['watch_seconds_per_user']} | "
+                    f"{lift_text(r.get('treated_vs_holdout'))} | "
                     f"{r['treated']['true_relevance']} | {r['holdout']['true_relevance']} | "
                     f"{r['treated']['gini']} | {r['treated']['coverage']} | "
                     f"{r['treated']['top10pct_share']} |" for r in loop["rounds"]]]

@@ -180,6 +180,9 @@ class ExperimentsConfig:
     sim_k: int = 10                       # list length shown per session
     aa_runs: int = 2000                   # simulated A/A tests for the false-positive rate
     feedback_rounds: int = 3              # retrain-on-own-logs rounds (recfunnel experiment loop)
+    # The loop's holdout: large enough to compare with the treated users every round (the
+    # A/B test's 2 % of 3,000 users is 60, too few to see a drift of a few percent)
+    feedback_holdout_share: float = 0.2
     seed: int = 0
 
 

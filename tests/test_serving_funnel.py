@@ -319,6 +319,7 @@ def test_feedback_loop_retrains_on_the_logs_it_produced(run):
             assert curve[0] == 0 and curve[-1] == 100 and curve == sorted(curve)
             assert 0 < r[group]["coverage"] <= 1
     assert section["holdout_users"] > 0
+    assert {"lift", "p_value", "lift_ci"} <= set(second["treated_vs_holdout"])
     assert json.loads((loop / "feedback_loop.json").read_text()) == section
 
 

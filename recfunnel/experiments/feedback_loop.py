@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from recfunnel.data import schema
+from recfunnel.experiments import stats
 from recfunnel.experiments.assignment import HOLDOUT, Experiment
 from recfunnel.experiments.simulator import SimulationSettings, online_metrics, simulate
 
@@ -87,6 +88,7 @@ def run_feedback_loop(run_dir: str | Path, cfg, rounds: int | None = None,
     for part in sorted((run_dir / "data" / "events").glob("*.parquet")):
         shutil.copy2(part, logs / "events" / f"original-{part.name}")
     experiment = Experiment.from_config(cfg.experiments)
+    experiment.holdout_share = cfg.experiments.feedback_holdout_share
     users = world.users["user_id"].to_numpy(np.int64)
     held_out = experiment.assign(users) == HOLDOUT
     settings = SimulationSettings(days=cfg.experiments.sim_days, k=cfg.experiments.sim_k,
@@ -119,19 +121,21 @@ def run_feedback_loop(run_dir: str | Path, cfg, rounds: int | None = None,
                        description=f"feedback loop round {r}")
         log.events[schema.EVENTS.names].to_parquet(logs / "events" / f"round-{r}.parquet",
                                                     index=False)
-        results.append(_round_metrics(r, current.version, log, world))
+        results.append(_round_metrics(r, current.version, log, world, cfg.experiments.alpha))
     section = {"rounds": results, "holdout_users": int(held_out.sum()),
                "users": int(users.size), "days_per_round": settings.days,
                "description": (
                    f"{rounds} retrains on the system's own logs; round 0 is the run's funnel. "
-                   f"The holdout ({int(held_out.sum())} users) stays on round 0's version; "
+                   f"The holdout ({int(held_out.sum())} users, "
+                   f"{cfg.experiments.feedback_holdout_share:.0%}) stays on round 0's version; "
                    "every round's users start active.")}
     (out / "feedback_loop.json").write_text(json.dumps(section, indent=2))
     return section
 
 
-def _round_metrics(r: int, version: str, log, world) -> dict:
+def _round_metrics(r: int, version: str, log, world, alpha: float) -> dict:
     events = log.events
+    outcomes = log.outcomes
     relevance = world.true_relevance(events["user_id"].to_numpy() - 1,
                                      events["item_id"].to_numpy() - 1, events["day"].to_numpy())
     metrics = online_metrics(log.outcomes)
@@ -145,7 +149,19 @@ def _round_metrics(r: int, version: str, log, world) -> dict:
             "churn_rate": _metric(metrics, group, "churn_rate"),
             "true_relevance": round(float(relevance[mine].mean()), 4) if mine.any() else None,
             **concentration(events.loc[mine, "item_id"].to_numpy(), len(world.items))}
+    treated, held = (outcomes.loc[outcomes["arm"] == g, "watch_seconds"]
+                     for g in ("treated", HOLDOUT))
+    if len(treated) > 1 and len(held) > 1 and (treated.std() > 0 or held.std() > 0):
+        # the holdout as control: the lift the loop's model has over round 0's
+        test = stats.welch_ttest(held, treated, alpha, metric="watch_seconds_per_user")
+        row["treated_vs_holdout"] = {"lift": _round(test.lift), "p_value": _round(test.p_value),
+                                     "lift_ci": [_round(test.lift_ci_low),
+                                                 _round(test.lift_ci_high)]}
     return row
+
+
+def _round(value) -> float | None:
+    return None if value is None or not np.isfinite(value) else round(float(value), 4)
 
 
 def _metric(metrics: pd.DataFrame, group: str, name: str) -> float | None:

@@ -129,7 +129,8 @@ def _offline_online_html(result: dict) -> str:
 def render_feedback_loop(loop: dict) -> str:
     rounds = loop["rounds"]
     rows = [(r["round"], r["treated"]["watch_seconds_per_user"],
-             r["holdout"]["watch_seconds_per_user"], r["treated"]["true_relevance"],
+             r["holdout"]["watch_seconds_per_user"], lift_text(r.get("treated_vs_holdout")),
+             r["treated"]["true_relevance"],
              r["holdout"]["true_relevance"], r["treated"]["gini"], r["treated"]["coverage"],
              r["treated"]["top10pct_share"]) for r in rounds]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
@@ -154,9 +155,18 @@ def render_feedback_loop(loop: dict) -> str:
     fig.tight_layout()
     return ("<h3>Feedback loop</h3><p>" + html.escape(loop.get("description", "")) + "</p>"
             + table_html(rows, ("round", "treated watch s", "holdout watch s",
+                                "treated vs holdout (Welch)",
                                 "treated true relevance", "holdout true relevance",
                                 "Gini of impressions", "coverage", "top-10 % items' share"))
             + figure_html(fig, "feedback loop rounds"))
+
+
+def lift_text(test: dict | None) -> str:
+    """'+10.0% [+1.0%, +20.0%] p=0.03' for a test's to_dict-like lift, p and interval."""
+    if not test or test["lift"] is None:
+        return "n/a"
+    low, high = test["lift_ci"]
+    return f"{test['lift']:+.1%} [{low:+.1%}, {high:+.1%}] p={test['p_value']:.2g}"
 
 
 def _short(column: str) -> str:
