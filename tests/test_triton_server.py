@@ -206,6 +206,10 @@ def test_statistics_give_requests_and_mean_time_per_model(server):
         before = client.model_statistics("add_one")["add_one"].requests
         for _ in range(20):
             client.infer("add_one", {"X": np.ones((2, 4), np.float32)})
+        # Triton records a request's statistics after it has sent the response (seen: the
+        # last one missing from an immediate read, once in a CI run): wait for all 20
+        wait_for(lambda: client.model_statistics("add_one")["add_one"].requests == before + 20,
+                 10, "Triton's statistics of the 20 requests")
         stats = client.model_statistics()
     with TritonClient.for_server(server, "grpc") as client:
         assert client.model_statistics("add_one")["add_one"].requests \
