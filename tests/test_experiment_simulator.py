@@ -126,4 +126,6 @@ def test_concentration_of_impressions():
     assert even["top10pct_share"] == pytest.approx(0.1)
     one = concentration(np.full(100, 7), 100)
     assert one["gini"] == pytest.approx(0.99) and one["coverage"] == 0.01
-    assert one["concentration"][1] == 100.0        # the top 5 % of items hold everything
+    at_5_percent = one["concentration_at_percent"].index(5)
+    assert one["concentration"][at_5_percent] == 100.0       # the top 5 % hold everything
+    assert even["concentration"][at_5_percent] == pytest.approx(5.0)

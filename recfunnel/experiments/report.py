@@ -136,8 +136,10 @@ def render_feedback_loop(loop: dict) -> str:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     for r in rounds:
         curve = r["treated"]["concentration"]
-        axes[0].plot(np.linspace(0, 100, len(curve)), curve, label=f"round {r['round']}")
-    axes[0].set_xlabel("% of items (most shown first)")
+        at = r["treated"].get("concentration_at_percent", np.linspace(0, 100, len(curve)))
+        axes[0].plot(at[1:], curve[1:], "o-", markersize=3, label=f"round {r['round']}")
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("% of items, most shown first (log scale)")
     axes[0].set_ylabel("% of impressions")
     axes[0].legend(fontsize=8)
     axes[0].set_title("popularity bias of what the loop shows", fontsize=9)
@@ -151,6 +153,7 @@ def render_feedback_loop(loop: dict) -> str:
     axes[2].set_title("true relevance of shown items", fontsize=9)
     for ax in axes[1:]:
         ax.set_xlabel("round")
+        ax.set_xticks(x)
         ax.legend(fontsize=8)
     fig.tight_layout()
     return ("<h3>Feedback loop</h3><p>" + html.escape(loop.get("description", "")) + "</p>"
