@@ -24,7 +24,8 @@ from scipy import stats as scipy_stats
 from recfunnel.experiments import stats
 from recfunnel.experiments.assignment import EXPERIMENT_FILE, HOLDOUT, Experiment
 from recfunnel.experiments.simulator import (SimulationSettings, list_recommender,
-                                             online_metrics, served_recommender, simulate)
+                                             online_metrics, served_recommender,
+                                             shown_relevance, simulate)
 
 # per-user outcome -> (test, direction); the primary metric is chosen in the config
 GUARDRAILS = {"churned": False, "likes": True}
@@ -75,9 +76,8 @@ def analyze(outcomes: pd.DataFrame, experiment: Experiment, cfg, control: str = 
                                    len(b), cfg.alpha, metric="churn_rate",
                                    higher_is_better=False),
         stats.welch_ttest(a["likes"], b["likes"], cfg.alpha, metric="likes_per_user"),
-        stats.bootstrap_ratio(a["clicks"], a["impressions"].clip(lower=0),
-                              b["clicks"], b["impressions"], seed=cfg.seed, alpha=cfg.alpha,
-                              metric="ctr"),
+        stats.bootstrap_ratio(a["clicks"], a["impressions"], b["clicks"], b["impressions"],
+                              seed=cfg.seed, alpha=cfg.alpha, metric="ctr"),
     ]
     # a secondary metric every user has alike (sessions in a one-day test) has nothing to test
     secondary = [stats.welch_ttest(a[m], b[m], cfg.alpha, metric=f"{m}_per_user")
@@ -139,12 +139,10 @@ def exposure_mix(events: pd.DataFrame, world) -> pd.DataFrame:
     """Per arm, what was shown: click-bait share, mean length, and its mean true relevance
     (the ground truth's, which no real platform observes; it explains the online numbers)."""
     bait = world.item_truth["is_clickbait"].to_numpy()
-    item = events["item_id"].to_numpy() - 1
-    relevance = world.true_relevance(events["user_id"].to_numpy() - 1, item,
-                                     events["day"].to_numpy())
-    frame = pd.DataFrame({"arm": events["arm"], "clickbait": bait[item],
+    frame = pd.DataFrame({"arm": events["arm"],
+                          "clickbait": bait[events["item_id"].to_numpy() - 1],
                           "duration_seconds": events["duration_seconds"],
-                          "true_relevance": relevance})
+                          "true_relevance": shown_relevance(events, world)})
     return frame.groupby("arm").mean().round(4)
 
 

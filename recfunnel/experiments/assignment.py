@@ -46,6 +46,12 @@ def unit_hash(salt: str, user_ids) -> np.ndarray:
     return (_splitmix64(ids ^ _salt(salt)) >> np.uint64(32)).astype(np.float64) / _BUCKETS
 
 
+def in_holdout(user_ids, share: float, salt: str = HOLDOUT_SALT) -> np.ndarray:
+    """[n] bool: the users in a long-term holdout of `share`; a larger share holds the smaller
+    one's users too (the same hash, a longer range)."""
+    return unit_hash(salt, user_ids) < share
+
+
 @dataclass
 class Arm:
     """One variant of the served funnel: its share of users and what it changes.
@@ -91,7 +97,7 @@ class Experiment:
     def assign(self, user_ids) -> np.ndarray:
         """[n] arm name of each raw user id (object array; `holdout` for the holdout)."""
         ids = np.asarray(user_ids).reshape(-1)
-        held_out = unit_hash(self.holdout_salt, ids) < self.holdout_share
+        held_out = in_holdout(ids, self.holdout_share, self.holdout_salt)
         position = unit_hash(self.name, ids)
         bounds = np.cumsum([a.share for a in self.arms]) / sum(a.share for a in self.arms)
         arm = np.minimum(np.searchsorted(bounds, position, side="right"), len(self.arms) - 1)

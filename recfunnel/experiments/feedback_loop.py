@@ -20,8 +20,9 @@ import pandas as pd
 
 from recfunnel.data import schema
 from recfunnel.experiments import stats
-from recfunnel.experiments.assignment import HOLDOUT, Experiment
-from recfunnel.experiments.simulator import SimulationSettings, online_metrics, simulate
+from recfunnel.experiments.assignment import HOLDOUT, in_holdout
+from recfunnel.experiments.simulator import (SimulationSettings, online_metrics,
+                                             shown_relevance, simulate)
 
 # % of the catalogue (most shown first) at which the concentration curve is read: dense at the
 # head, where a funnel's impressions are (on the demo all of them fall in the top 10 %)
@@ -90,10 +91,8 @@ def run_feedback_loop(run_dir: str | Path, cfg, rounds: int | None = None,
         shutil.copy2(run_dir / "data" / f"{name}.parquet", logs / f"{name}.parquet")
     for part in sorted((run_dir / "data" / "events").glob("*.parquet")):
         shutil.copy2(part, logs / "events" / f"original-{part.name}")
-    experiment = Experiment.from_config(cfg.experiments)
-    experiment.holdout_share = cfg.experiments.feedback_holdout_share
     users = world.users["user_id"].to_numpy(np.int64)
-    held_out = experiment.assign(users) == HOLDOUT
+    held_out = in_holdout(users, cfg.experiments.feedback_holdout_share)
     settings = SimulationSettings(days=cfg.experiments.sim_days, k=cfg.experiments.sim_k,
                                   seed=cfg.experiments.seed)
     first = current = InProcessFunnel(run_dir, cfg.models)
@@ -139,8 +138,7 @@ def run_feedback_loop(run_dir: str | Path, cfg, rounds: int | None = None,
 def _round_metrics(r: int, version: str, log, world, alpha: float) -> dict:
     events = log.events
     outcomes = log.outcomes
-    relevance = world.true_relevance(events["user_id"].to_numpy() - 1,
-                                     events["item_id"].to_numpy() - 1, events["day"].to_numpy())
+    relevance = shown_relevance(events, world)
     metrics = online_metrics(log.outcomes)
     row = {"round": r, "version": version}
     for group in ("treated", HOLDOUT):

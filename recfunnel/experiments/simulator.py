@@ -135,6 +135,12 @@ def online_metrics(outcomes: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def shown_relevance(events: pd.DataFrame, world: World) -> np.ndarray:
+    """[n] the ground truth's relevance of each logged (user, item) on its day."""
+    return world.true_relevance(events["user_id"].to_numpy() - 1,
+                                events["item_id"].to_numpy() - 1, events["day"].to_numpy())
+
+
 # ---- recommenders ----------------------------------------------------------------------------
 def served_recommender(make_client, max_users: int = 64, concurrency: int = 2) -> Recommender:
     """The funnel served by Triton, asked in batches of at most `max_users` users, `concurrency`
