@@ -5,7 +5,8 @@ The saved NVTabular workflow, the one the training data went through, turns raw 
 point-in-time statistics as of that time. Running it once per user and per item at export gives
 two tables keyed by the raw ids, which the funnel (offline and in Triton) looks rows up in, so a
 served request sees exactly the transformation training saw, without NVTabular in the request
-path. Users the workflow does not know (not in training) have no row: the funnel serves them the
+path; recency (days since the last event) is recomputed per request from the request's time.
+`recfunnel features refresh` rebuilds the tables from the newest events without retraining. Users the workflow does not know (not in training) have no row: the funnel serves them the
 popularity fallback.
 """
 from __future__ import annotations
@@ -18,26 +19,40 @@ import pandas as pd
 USER_FEATURES, ITEM_FEATURES = "user_features.parquet", "item_features.parquet"
 USER_KEY, ITEM_KEY = "user_id_raw", "item_id_raw"
 UNKNOWN_USER = -1    # the row the workflow gives an id it has never seen (out-of-vocabulary)
+NEVER_DAYS = 999.0   # workflows.point_in_time.NEVER: days_since_last with no earlier event
+REQUEST_DAY = "request_day"   # the day a user row's recency is computed for (not a model input)
 
 
-def build_feature_tables(dataset_dir: Path, out_dir: Path, as_of: pd.Timestamp) -> dict:
+def build_feature_tables(dataset_dir: Path, out_dir: Path, as_of: pd.Timestamp,
+                         events: pd.DataFrame | None = None) -> dict:
     """Writes `user_features.parquet` and `item_features.parquet` (raw id -> model inputs) for
-    the users and items of the training split, as of `as_of`; returns their sizes."""
+    the users and items of the training split, as of `as_of`; returns their sizes.
+
+    `events` (HISTORY_COLUMNS; default the dataset's whole history) are what the point-in-time
+    statistics count: newer events refresh the tables without retraining, fewer (the offline
+    evaluation's, without the test period) keep the future out. Beside the model inputs, each
+    table keeps every key's last active day (`user_last_day`, `item_last_day`) and the user
+    table the day it was computed for (`request_day`), so recency is recomputed per request."""
     import nvtabular as nvt
     from merlin.io import Dataset
     from merlin.schema import Tags
 
     import workflows  # noqa: F401  (Merlin's CPU fixes)
-    from workflows.dataset import read_split
+    from workflows.dataset import fit_point_in_time, point_in_time_nodes, read_split
+    from workflows.point_in_time import event_day
 
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     workflow = nvt.Workflow.load(str(dataset_dir / "workflow"))
+    if events is not None:
+        fit_point_in_time(workflow, events)
     train = read_split(dataset_dir / "train", [USER_KEY, ITEM_KEY, "timestamp"])
     users = np.unique(np.append(train[USER_KEY].to_numpy(), UNKNOWN_USER))
     items = np.unique(train[ITEM_KEY].to_numpy())
     stamp = pd.Timestamp(as_of)
     stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
     when = stamp if getattr(train["timestamp"].dtype, "tz", None) else stamp.tz_convert(None)
+    day = int(event_day(np.array([stamp.tz_convert(None).to_datetime64()]))[0])
+    last_day = {node.op.key: node.op for node in point_in_time_nodes(workflow)}
     out_dir.mkdir(parents=True, exist_ok=True)
     schema = workflow.output_schema
     sizes = {}
@@ -50,25 +65,83 @@ def build_feature_tables(dataset_dir: Path, out_dir: Path, as_of: pd.Timestamp) 
         out = workflow.transform(Dataset(rows, cpu=True)).to_ddf().compute()
         columns = [f"{key}_raw", *schema.select_by_tag(tag).column_names]
         table = out[columns].sort_values(f"{key}_raw").reset_index(drop=True)
+        prefix = key.removesuffix("_id")
+        table[f"{prefix}_last_day"] = last_day[key].last_day(table[f"{key}_raw"], day) \
+            if key in last_day else -1
+        if key == "user_id":
+            table[REQUEST_DAY] = np.int64(day)
         table.to_parquet(out_dir / path, index=False)
         sizes[name] = int(len(table))
-    return {"as_of": stamp.isoformat(), **sizes,
+    return {"as_of": stamp.isoformat(), "as_of_day": day, **sizes,
+            "events": None if events is None else int(len(events)),
             "files": [USER_FEATURES, ITEM_FEATURES]}
+
+
+def recency_feature(request_day, last_day) -> np.ndarray:
+    """[n] float32 model input `<prefix>_days_since_last` for a request on `request_day`:
+    log(1 + days since the last active day before it), capped at NEVER days; last_day -1 means
+    no earlier event. The workflow's arithmetic (PointInTimeStats -> float32 -> nvtabular's
+    LogOp), repeated here so serving needs no NVTabular; a test holds the two equal."""
+    request_day = np.asarray(request_day, np.float64)
+    last_day = np.asarray(last_day, np.float64)
+    days = np.where((last_day >= 0) & (last_day < request_day),
+                    np.minimum(request_day - last_day, NEVER_DAYS), NEVER_DAYS).astype(np.float32)
+    return np.log(days + 1)
+
+
+def history_events(dataset_dir: Path, before=None, without_split: str | None = None
+                   ) -> pd.DataFrame:
+    """The dataset's safe event history (HISTORY_COLUMNS), optionally only events before
+    `before` and without the (user, item) pairs of one split (e.g. "test"): the state an
+    offline evaluation may know when it ranks for that split."""
+    from workflows.dataset import HISTORY, read_split
+
+    events = read_split(Path(dataset_dir) / HISTORY)
+    if before is not None:
+        cut = pd.Timestamp(before)
+        ts = events["timestamp"]
+        if getattr(ts.dtype, "tz", None) is None and cut.tzinfo is not None:
+            cut = cut.tz_convert("UTC").tz_localize(None)
+        events = events[ts < cut]
+    if without_split is not None:
+        held = read_split(Path(dataset_dir) / without_split, [USER_KEY, ITEM_KEY])
+        held = held.drop_duplicates().rename(columns={USER_KEY: "user_id", ITEM_KEY: "item_id"})
+        marked = events.merge(held.assign(_held=True), on=["user_id", "item_id"], how="left")
+        events = events[marked["_held"].isna().to_numpy()]
+    return events.reset_index(drop=True)
 
 
 def _request_rows(input_schema, key: str, ids: np.ndarray, other: str, other_id,
                   when) -> pd.DataFrame:
     """One raw request row per id: the id, a placeholder partner id, the request time, and
     zeros for the event columns (labels are not inputs of any model)."""
-    frame = {}
-    for col in input_schema:
-        dtype = col.dtype.to_numpy
-        frame[col.name] = np.zeros(len(ids), dtype=dtype)
-    frame[key] = ids.astype(input_schema[key].dtype.to_numpy)
-    frame[other] = np.full(len(ids), other_id, dtype=input_schema[other].dtype.to_numpy)
+    return raw_rows(input_schema, {key: ids, other: np.full(len(ids), other_id)}, when)
+
+
+def raw_rows(input_schema, columns: dict, timestamp) -> pd.DataFrame:
+    """Raw workflow input rows: the given columns, `timestamp`, zeros for every other input."""
+    n = len(next(iter(columns.values())))
+    frame = {col.name: np.zeros(n, dtype=col.dtype.to_numpy) for col in input_schema}
+    for name, values in columns.items():
+        frame[name] = np.asarray(values).astype(input_schema[name].dtype.to_numpy)
     frame = pd.DataFrame(frame)
-    frame["timestamp"] = when
+    frame["timestamp"] = timestamp
     return frame
+
+
+def example_rows(dataset_dir: Path, user_raw, item_raw, timestamp) -> pd.DataFrame:
+    """Model-ready rows for raw (user, item, time) triples through the saved workflow: every
+    feature as the dataset build computes it for an example at that time (point-in-time
+    statistics of the days before it); labels and event columns are 0."""
+    import nvtabular as nvt
+    from merlin.io import Dataset
+
+    import workflows  # noqa: F401  (Merlin's CPU fixes)
+
+    workflow = nvt.Workflow.load(str(Path(dataset_dir) / "workflow"))
+    rows = raw_rows(workflow.input_schema, {"user_id": user_raw, "item_id": item_raw},
+                    np.asarray(timestamp))
+    return workflow.transform(Dataset(rows, cpu=True)).to_ddf().compute().reset_index(drop=True)
 
 
 def load_feature_tables(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

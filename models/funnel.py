@@ -21,9 +21,12 @@ import pandas as pd
 from models.artifacts import read_manifest, require_same_version
 from models.blend import blend
 from models.candidates import EmbeddingIndex, PopularityCandidates
-from models.features import UNKNOWN_USER, load_feature_tables
+from models.features import REQUEST_DAY, UNKNOWN_USER, load_feature_tables, recency_feature
 
 MODEL, FALLBACK = "model", "fallback"
+# The version's feature tables: `features` as served (every event, refreshed by export), and
+# `features_offline`, what the offline evaluation may know when it ranks for the test split.
+FEATURES, OFFLINE_FEATURES = "features", "features_offline"
 
 
 @dataclass
@@ -64,18 +67,19 @@ class Funnel:
     """
 
     def __init__(self, version_dir: str | Path, settings: FunnelSettings,
-                 unsafe_raw: Sequence[int] = (), seen: dict | None = None):
+                 unsafe_raw: Sequence[int] = (), seen: dict | None = None,
+                 features: str = FEATURES):
         self.root, self.settings = Path(version_dir), settings
         kind = settings.retrieval
         self.manifests = {
             "query_tower": read_manifest(self.root / f"{kind}_query", kind="query_tower"),
             "item_embeddings": read_manifest(self.root / f"{kind}_items", kind="item_embeddings"),
-            "features": read_manifest(self.root / "features", kind="features"),
+            "features": read_manifest(self.root / features, kind="features"),
             "popularity": read_manifest(self.root / "popularity", kind="popularity"),
             "light_ranker": read_manifest(self.root / "light_ranker", kind="ranker"),
             "heavy_ranker": read_manifest(self.root / "heavy_ranker", kind="ranker")}
         self.version = require_same_version(**self.manifests)
-        self.users, self.items = load_feature_tables(self.root / "features")  # by raw id
+        self.users, self.items = load_feature_tables(self.root / features)  # by raw id
         self.query_inputs = {n: c["dtype"]
                              for n, c in self.manifests["query_tower"]["schema"].items()}
         self.popularity = PopularityCandidates(np.load(self.root / "popularity" / "item_ids.npy"),
@@ -91,8 +95,9 @@ class Funnel:
 
     @classmethod
     def load(cls, version_dir: str | Path, settings: FunnelSettings,
-             unsafe_raw: Sequence[int] = (), seen: dict | None = None) -> "Funnel":
-        return cls(version_dir, settings, unsafe_raw, seen)
+             unsafe_raw: Sequence[int] = (), seen: dict | None = None,
+             features: str = FEATURES) -> "Funnel":
+        return cls(version_dir, settings, unsafe_raw, seen, features)
 
     def _lazy(self, name: str, make):
         if name not in self._loaded:
@@ -126,11 +131,29 @@ class Funnel:
         return self._lazy("heavy", lambda: RankerScorer(self.root / "heavy_ranker"))
 
     # ---- the stages ---------------------------------------------------------------------------
-    def user_rows(self, users_raw: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
-        """Feature rows of the users (unknown ones get the unseen-id row) and their path."""
+    @property
+    def as_of_day(self) -> int:
+        """The day the feature tables count events up to (requests may not ask earlier)."""
+        return int(self.users[REQUEST_DAY].iloc[0]) if REQUEST_DAY in self.users else 0
+
+    def user_rows(self, users_raw: np.ndarray, day: int | None = None
+                  ) -> tuple[pd.DataFrame, np.ndarray]:
+        """Feature rows of the users (unknown ones get the unseen-id row) and their path, with
+        recency as of `day` (days since the epoch; default: the tables' own day)."""
         known = np.isin(users_raw, self.users.index.to_numpy()) & (users_raw != UNKNOWN_USER)
         keys = np.where(known, users_raw, UNKNOWN_USER)
-        return self.users.loc[keys].reset_index(drop=True), np.where(known, MODEL, FALLBACK)
+        rows = self.users.loc[keys].reset_index(drop=True)
+        if day is not None and REQUEST_DAY in rows:
+            day = int(day)
+            if day < self.as_of_day:
+                raise ValueError(f"request day {day} is before day {self.as_of_day}, up to which "
+                                 f"version {self.version}'s feature tables count events; ask "
+                                 "at or after it (or refresh the tables: recfunnel features "
+                                 "refresh)")
+            rows[REQUEST_DAY] = np.int64(day)
+            if "user_days_since_last" in rows:
+                rows["user_days_since_last"] = recency_feature(day, rows["user_last_day"])
+        return rows, np.where(known, MODEL, FALLBACK)
 
     def exclusions(self, users_raw: np.ndarray, exclude_raw) -> list[np.ndarray]:
         out = []
@@ -158,35 +181,15 @@ class Funnel:
                                                    [exclude[i] for i in fallback])[0]
         return out
 
-    def _pairs(self, rows: pd.DataFrame, candidates: np.ndarray) -> pd.DataFrame:
-        """One ranker input row per (user, candidate): the user's features and the item's."""
-        n, width = candidates.shape
-        flat = candidates.reshape(-1)
-        # padding (-1) gets any real item's features; its score is masked by the caller
-        safe = np.where(flat >= 0, flat, self.items["item_id"].iloc[0])
-        item_rows = self.items.set_index("item_id").loc[safe]
-        pairs = pd.concat([rows.loc[np.repeat(np.arange(n), width)].reset_index(drop=True),
-                           item_rows.reset_index()], axis=1)
-        pairs["item_id"] = safe
-        return pairs
-
     def rank(self, scorer, rows: pd.DataFrame, candidates: np.ndarray, keep: int,
              weights: dict) -> tuple[np.ndarray, np.ndarray, dict]:
         """Scores the candidates, orders each user's by the blend, keeps the top `keep`."""
-        n, width = candidates.shape
-        if width == 0:
-            return candidates, np.zeros((n, 0)), {}
-        scores = scorer.score(self._pairs(rows, candidates))
-        blended = blend(scores, weights).reshape(n, width)
-        blended = np.where(candidates >= 0, blended, -np.inf)
-        keep = min(keep, width)
-        order = np.argsort(-blended, axis=1, kind="stable")[:, :keep]
-        take = lambda a: np.take_along_axis(a.reshape(n, width), order, axis=1)  # noqa: E731
-        return take(candidates), take(blended), {k: take(v) for k, v in scores.items()}
+        return rank_candidates(scorer, rows, self.items, candidates, keep, weights)
+
 
     def recommend(self, users_raw, k: int | None = None, exclude_raw=None,
-                  keep_stages: bool = False, blend_weights: dict | None = None
-                  ) -> Recommendations:
+                  keep_stages: bool = False, blend_weights: dict | None = None,
+                  day: int | None = None) -> Recommendations:
         """The whole funnel for a batch of raw user ids.
 
         Args:
@@ -196,6 +199,8 @@ class Funnel:
           keep_stages: also return the candidate and light-ranker lists (for evaluation).
           blend_weights: the final order's objective weights (default settings.blend_weights;
             an experiment arm's variant).
+          day: the request's day (days since the epoch) for time-relative features (default:
+            the day the feature tables were computed for).
         """
         k = self.settings.k if k is None else int(k)
         if not 1 <= k <= self.catalogue_size:
@@ -203,7 +208,7 @@ class Funnel:
                              f"{self.catalogue_size}, got {k}")
         users_raw = np.asarray(users_raw, np.int64).reshape(-1)
         timings, t = {}, time.perf_counter()
-        rows, path = self.user_rows(users_raw)
+        rows, path = self.user_rows(users_raw, day)
         exclude = self.exclusions(users_raw, exclude_raw)
         timings["features"], t = _ms(t), time.perf_counter()
         candidates = self.retrieve(rows, path, exclude)
@@ -225,6 +230,44 @@ class Funnel:
         raw = self._raw_of.reindex(ids.reshape(-1)).fillna(-1).to_numpy(np.int64)
         return np.where(ids >= 0, raw.reshape(ids.shape), -1)
 
+
+def pair_rows(rows: pd.DataFrame, items: pd.DataFrame, candidates: np.ndarray) -> pd.DataFrame:
+    """One ranker input row per (user, candidate): the user's features and the item's.
+
+    Args:
+      rows: [n] user feature rows (a version's user table rows, `request_day` included).
+      items: the version's item table (raw id index, categorified `item_id` column).
+      candidates: [n, width] categorified item ids, -1 pads.
+    """
+    n, width = candidates.shape
+    flat = candidates.reshape(-1)
+    # padding (-1) gets any real item's features; its score is masked by the caller
+    safe = np.where(flat >= 0, flat, items["item_id"].iloc[0])
+    item_rows = items.set_index("item_id").loc[safe]
+    pairs = pd.concat([rows.loc[np.repeat(np.arange(n), width)].reset_index(drop=True),
+                       item_rows.reset_index()], axis=1)
+    pairs["item_id"] = safe
+    if REQUEST_DAY in pairs and "item_days_since_last" in pairs:   # recency at request time
+        pairs["item_days_since_last"] = recency_feature(pairs[REQUEST_DAY],
+                                                        pairs["item_last_day"])
+    return pairs
+
+
+def rank_candidates(scorer, rows: pd.DataFrame, items: pd.DataFrame, candidates: np.ndarray,
+                    keep: int, weights: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+    """A ranking stage: scores [n, width] candidates with `scorer` (a RankerScorer), orders
+    each user's by the blend of `weights`, keeps the top `keep`; returns kept ids, blended
+    scores and per-objective scores, each [n, keep]."""
+    n, width = candidates.shape
+    if width == 0:
+        return candidates, np.zeros((n, 0)), {}
+    scores = scorer.score(pair_rows(rows, items, candidates))
+    blended = blend(scores, weights).reshape(n, width)
+    blended = np.where(candidates >= 0, blended, -np.inf)
+    keep = min(keep, width)
+    order = np.argsort(-blended, axis=1, kind="stable")[:, :keep]
+    take = lambda a: np.take_along_axis(a.reshape(n, width), order, axis=1)  # noqa: E731
+    return take(candidates), take(blended), {k: take(v) for k, v in scores.items()}
 
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 3)

@@ -14,7 +14,9 @@ including peers, without TensorFlow:
   positive_ranks.parquet  per candidate generator, the rank of every test positive in its full
                       ranking of the catalogue (for popularity-opportunity bias; 1 = first)
 
-Items a user had in training or validation are excluded from every list (full ranking).
+Items a user had in training or validation are excluded from every list (full ranking). The
+lists come from the version's offline feature tables (`features_offline/`): the state before
+the test period, no test event counted, as a server would have known it then.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from models.data import Splits
-from models.funnel import MODEL, Funnel, FunnelSettings
+from models.funnel import MODEL, OFFLINE_FEATURES, Funnel, FunnelSettings
 
 RETRIEVAL_LISTS = ("two_tower", "mf", "popularity")
 
@@ -55,7 +57,9 @@ def write_predictions(dataset_dir: Path, version_dir: Path, out_dir: Path, cfg,
                                 "user_id_raw", "item_id_raw")
 
     settings = FunnelSettings.from_models_config(cfg)
-    funnel = Funnel.load(version_dir, settings)
+    # the offline tables: what the funnel knew before the test period, no test event counted
+    features = OFFLINE_FEATURES if (Path(version_dir) / OFFLINE_FEATURES).is_dir() else "features"
+    funnel = Funnel.load(version_dir, settings, features=features)
     steps = tqdm(total=len(RETRIEVAL_LISTS) + 2, desc="predictions", unit="model",
                  disable=not progress)
     lists = {}

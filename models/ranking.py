@@ -36,21 +36,26 @@ class RankerResult:
     features: list[str] = field(default_factory=list)
     embedding_tables: list[dict] = field(default_factory=list)
     model_dir: Path | None = None
+    best_epoch: int = 0
+    rows: dict = field(default_factory=dict)      # the mix of its training rows
 
 
-def ranker_schema(splits: Splits, cfg: ModelsConfig, kind: str) -> Schema:
-    """The features (all, or the light ranker's few) plus one target per objective."""
+def ranker_schema(splits: Splits, cfg: ModelsConfig, kind: str,
+                  names: list[str] | None = None) -> Schema:
+    """The features (all, the light ranker's few, or `names`) plus one target per objective."""
     missing = [o for o in cfg.objectives if o not in splits.schema.column_names]
     if missing:
         raise ValueError(f"objectives {missing} are not labels of the dataset; it has "
                          f"{splits.schema.select_by_tag(Tags.TARGET).column_names}")
     features = splits.schema.select_by_tag([Tags.USER, Tags.ITEM])
-    if kind == "light":
-        unknown = [f for f in cfg.light_ranker_features if f not in features.column_names]
+    if names is None and kind == "light":
+        names = cfg.light_ranker_features
+    if names is not None:
+        unknown = [f for f in names if f not in features.column_names]
         if unknown:
-            raise ValueError(f"light_ranker_features {unknown} are not features of the dataset; "
+            raise ValueError(f"ranker features {unknown} are not features of the dataset; "
                              f"choose from {features.column_names}")
-        features = features.select_by_name(cfg.light_ranker_features)
+        features = features.select_by_name(list(names))
     return features + splits.schema.select_by_name(cfg.objectives)
 
 
@@ -65,9 +70,15 @@ def build_ranker(schema: Schema, cfg: ModelsConfig, kind: str) -> mm.Model:
 
 
 class _EpochLog(tf.keras.callbacks.Callback):
-    def __init__(self):
+    """Per epoch: seconds, losses and AUC per objective; with `patience` > 0, early stopping on
+    the mean validation AUC of `monitor` objectives, the best epoch's weights kept."""
+
+    def __init__(self, monitor: list[str] | None = None, patience: int = 0):
         super().__init__()
         self.rows: list[dict] = []
+        self.monitor, self.patience = monitor or [], patience
+        self.best_index = -1
+        self._best_weights = None
         self._start = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -84,23 +95,47 @@ class _EpochLog(tf.keras.callbacks.Callback):
                 prefix, objective = ("val_", parts[0][4:]) if parts[0].startswith("val_") \
                     else ("", parts[0])
                 row[f"{prefix}auc_{objective}"] = round(float(value), 4)
+        aucs = [row[f"val_auc_{o}"] for o in self.monitor if f"val_auc_{o}" in row]
+        row["val_auc_mean"] = round(float(np.mean(aucs)), 4) if aucs else None
         self.rows.append(row)
+        score = row["val_auc_mean"]
+        best = self.rows[self.best_index]["val_auc_mean"] if self.best_index >= 0 else None
+        if self.best_index < 0 or (score is not None and (best is None or score > best)):
+            self.best_index = len(self.rows) - 1
+            if self.patience > 0:
+                self._best_weights = self.model.get_weights()
+        elif self.patience > 0 and len(self.rows) - 1 - self.best_index >= self.patience:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.patience > 0 and self._best_weights is not None:
+            self.model.set_weights(self._best_weights)
+        else:
+            self.best_index = len(self.rows) - 1    # without patience the last epoch is kept
 
 
 def train_ranker(kind: str, splits: Splits, cfg: ModelsConfig, out_dir: Path, version: str,
-                 verbose: int = 0) -> RankerResult:
-    """Trains the `light` or `heavy` ranker on every training row, sampled negatives included."""
+                 verbose: int = 0, train_rows: pd.DataFrame | None = None,
+                 valid_rows: pd.DataFrame | None = None,
+                 features: list[str] | None = None) -> RankerResult:
+    """Trains the `light` or `heavy` ranker on `train_rows` (default every training row,
+    sampled negatives included), early-stopped on `valid_rows` (default the validation split)
+    by the mean AUC of the blended objectives, keeping the best epoch. `features` overrides
+    the ranker's inputs (ablations)."""
     if kind not in ("light", "heavy"):
         raise ValueError(f"ranker kind must be 'light' or 'heavy', got {kind!r}")
     tf.keras.utils.set_random_seed(cfg.seed)
-    schema = ranker_schema(splits, cfg, kind)
+    schema = ranker_schema(splits, cfg, kind, features)
     model = build_ranker(schema, cfg, kind)
     model.compile(optimizer=tf.keras.optimizers.Adam(cfg.ranker_learning_rate),
                   metrics=[tf.keras.metrics.AUC(name="auc")])
-    log = _EpochLog()
+    monitor = [o for o in cfg.objectives if cfg.blend_weights.get(o, 0) > 0] or cfg.objectives
+    log = _EpochLog(monitor, cfg.ranker_patience)
+    train = splits.train if train_rows is None else train_rows
+    valid = splits.valid if valid_rows is None else valid_rows
     start = time.perf_counter()
-    model.fit(to_dataset(splits.train, schema), batch_size=cfg.ranker_batch_size,
-              epochs=cfg.ranker_epochs, validation_data=to_dataset(splits.valid, schema),
+    model.fit(to_dataset(train, schema), batch_size=cfg.ranker_batch_size,
+              epochs=cfg.ranker_epochs, validation_data=to_dataset(valid, schema),
               callbacks=[log], verbose=verbose, shuffle=True)
     seconds = round(time.perf_counter() - start, 2)
     model_dir = out_dir / f"{kind}_ranker"
@@ -110,10 +145,12 @@ def train_ranker(kind: str, splits: Splits, cfg: ModelsConfig, out_dir: Path, ve
     write_manifest(model_dir, version, "ranker",
                    schema={c.name: str(c.dtype.to_numpy) for c in features},
                    config={"kind": kind, "objectives": cfg.objectives},
-                   metrics=log.rows[-1] if log.rows else {})
-    return RankerResult(f"{kind}_ranker", log.rows, seconds,
-                        int(len(splits.train) * cfg.ranker_epochs), int(model.count_params()),
-                        features.column_names, embedding_tables(model), model_dir)
+                   metrics=log.rows[log.best_index] if log.rows else {})
+    result = RankerResult(f"{kind}_ranker", log.rows, seconds, int(len(train) * len(log.rows)),
+                          int(model.count_params()), features.column_names,
+                          embedding_tables(model), model_dir)
+    result.best_epoch = log.best_index + 1
+    return result
 
 
 class RankerScorer:

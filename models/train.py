@@ -23,9 +23,14 @@ RANKERS = ("light", "heavy")
 
 
 def train_all(dataset_dir: Path, out_dir: Path, cfg: ModelsConfig, progress: bool = True,
-              only: tuple[str, ...] | None = None, as_of=None) -> dict:
+              only: tuple[str, ...] | None = None, as_of=None, offline_as_of=None) -> dict:
     """Trains the models named in `only` (default: all) under one new version; with `as_of`
-    (the serving time, e.g. the data's end) it also writes the serving feature tables."""
+    (the serving time, e.g. the data's end) it also writes the serving feature tables, and the
+    offline evaluation's as of `offline_as_of` (the test period's start; default `as_of`),
+    counting only events before it and none of the test split's pairs.
+
+    The rankers train after retrieval and the tables: each also learns from negatives drawn
+    from what the stage before it returns (models.cascade), when that stage is in the version."""
     from tqdm.auto import tqdm
 
     from models.ranking import train_ranker
@@ -38,6 +43,7 @@ def train_all(dataset_dir: Path, out_dir: Path, cfg: ModelsConfig, progress: boo
     wanted = only or ("popularity", *RETRIEVAL, *(f"{k}_ranker" for k in RANKERS))
     section = {"version": version, "path": str(root), "models": {}}
     bar = tqdm(wanted, desc="training", unit="model", disable=not progress)
+    tables = False
     for name in bar:
         bar.set_postfix_str(name)
         if name == "popularity":
@@ -46,16 +52,71 @@ def train_all(dataset_dir: Path, out_dir: Path, cfg: ModelsConfig, progress: boo
             result = train_retrieval(name, splits, cfg, root, version)
             section["models"][name] = _describe(result, root)
         else:
-            result = train_ranker(name.removesuffix("_ranker"), splits, cfg, root, version)
-            section["models"][name] = _describe(result, root)
-    if as_of is not None:
-        from models.features import build_feature_tables
-
-        info = build_feature_tables(dataset_dir, root / "features", as_of)
-        write_manifest(root / "features", version, "features", config=info)
-        section["features"] = {**info, "path": str((root / "features").relative_to(root.parent))}
+            if as_of is not None and not tables:
+                section.update(write_feature_tables(dataset_dir, root, version, as_of,
+                                                    offline_as_of))
+                tables = True
+            kind = name.removesuffix("_ranker")
+            train_rows, valid_rows, mix = cascade_rows(kind, splits, dataset_dir, root, cfg)
+            result = train_ranker(kind, splits, cfg, root, version, train_rows=train_rows,
+                                  valid_rows=valid_rows)
+            section["models"][name] = {**_describe(result, root), "training_rows": mix}
+    if as_of is not None and not tables:
+        section.update(write_feature_tables(dataset_dir, root, version, as_of, offline_as_of))
     (root / "models.json").write_text(json.dumps(section, indent=2, default=str))
     return section
+
+
+def write_feature_tables(dataset_dir: Path, root: Path, version: str, as_of,
+                         offline_as_of=None) -> dict:
+    """The version's served tables (every event, as of `as_of`) and the offline evaluation's
+    (no test pair's event, none after `offline_as_of`); their part of the models section."""
+    from models.features import build_feature_tables, history_events
+    from models.funnel import FEATURES, OFFLINE_FEATURES
+
+    info = build_feature_tables(dataset_dir, root / FEATURES, as_of)
+    write_manifest(root / FEATURES, version, "features", config=info)
+    out = {"features": {**info, "path": str((root / FEATURES).relative_to(root.parent))}}
+    cut = offline_as_of if offline_as_of is not None else as_of
+    known = history_events(dataset_dir, before=offline_as_of, without_split="test")
+    info = build_feature_tables(dataset_dir, root / OFFLINE_FEATURES, cut, events=known)
+    write_manifest(root / OFFLINE_FEATURES, version, "features", config=info)
+    out["features_offline"] = info
+    return out
+
+
+def cascade_rows(kind: str, splits: Splits, dataset_dir: Path, root: Path, cfg: ModelsConfig):
+    """(train rows, validation rows, their mix) for the `kind` ranker: the splits' rows plus
+    negatives from the stage before it (the candidates for the light ranker, the light
+    ranker's kept set for the heavy one), when that stage and the offline tables exist."""
+    import pandas as pd
+
+    from models.cascade import StageView, cascade_mix, stage_negatives
+    from models.funnel import OFFLINE_FEATURES, FunnelSettings
+    from models.ranking import RankerScorer
+
+    per_row = cfg.light_cascade_negatives if kind == "light" else cfg.heavy_cascade_negatives
+    stage = "candidates" if kind == "light" else "light_ranker"
+    settings = FunnelSettings.from_models_config(cfg)
+    needed = [root / OFFLINE_FEATURES, root / f"{settings.retrieval}_query"]
+    if kind == "heavy":
+        needed.append(root / "light_ranker")
+    missing = [p.name for p in needed if not p.is_dir()]
+    if per_row <= 0 or missing:
+        reason = "off" if per_row <= 0 else f"needs {missing} in the version"
+        return None, None, {**cascade_mix(splits.train, splits.train.iloc[:0]),
+                            "cascade": reason}
+    view = StageView(root, OFFLINE_FEATURES, settings.retrieval, settings.index,
+                     settings.candidates_k, settings.light_keep, settings.blend_weights)
+    scorer = RankerScorer(root / "light_ranker") if kind == "heavy" else None
+    train_neg = stage_negatives(splits.train, view, stage, per_row, dataset_dir, cfg.seed,
+                                scorer)
+    valid_neg = stage_negatives(splits.valid, view, stage, per_row, dataset_dir, cfg.seed + 1,
+                                scorer, exclude_frames=(splits.train,))
+    mix = {**cascade_mix(splits.train, train_neg), "cascade": f"from the {stage}",
+           "per_observed_row": per_row}
+    return (pd.concat([splits.train, train_neg], ignore_index=True),
+            pd.concat([splits.valid, valid_neg], ignore_index=True), mix)
 
 
 def train_popularity(splits: Splits, cfg: ModelsConfig, root: Path, version: str) -> dict:

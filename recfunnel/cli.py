@@ -149,6 +149,36 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_features_refresh(args) -> int:
+    """Rebuilds a run's served feature tables from the newest events, without retraining:
+    `recfunnel features refresh --run-name demo [--events new_events.parquet]`."""
+    import pandas as pd
+
+    from models.features import refresh_feature_tables
+
+    run_dir = Path(args.runs_dir) / args.run_name
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise ConfigError(f"{run_dir}: no summary.json; is --run-name a run?")
+    models = json.loads(summary_path.read_text()).get("models", {})
+    if "path" not in models:
+        raise ConfigError(f"{run_dir}: no trained version in the summary; train first")
+    new = None
+    if args.events:
+        path = Path(args.events)
+        if not path.exists():
+            raise ConfigError(f"--events {path}: no such file or folder")
+        new = pd.read_parquet(path)
+    try:
+        info = refresh_feature_tables(run_dir / "dataset", run_dir / models["path"], new)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    print(f"refreshed {info['users']:,} users and {info['items']:,} items as of {info['as_of']} "
+          f"from {info['events']:,} events ({info['new_events']:,} new) in "
+          f"{run_dir / models['path'] / 'features'}")
+    return 0
+
+
 def cmd_serve(args) -> int:
     """Serves an exported repository until SIGINT or SIGTERM: `recfunnel serve --run-name demo`."""
     import signal
@@ -355,6 +385,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a setting of the run's config, e.g. models.candidates_k=300")
     export.set_defaults(func=cmd_export)
+
+    features = sub.add_parser("features", help="the served feature tables").add_subparsers(
+        dest="action", required=True)
+    refresh = features.add_parser("refresh", help="rebuild a run's served user and item tables "
+                                  "from the newest events, without retraining (export runs it)")
+    refresh.add_argument("--run-name", required=True, help="the run whose tables to refresh")
+    refresh.add_argument("--runs-dir", default="runs", help="where the runs are (default runs)")
+    refresh.add_argument("--events", help="new events (parquet file or folder, the event "
+                         "schema) to count beside the run's history")
+    refresh.set_defaults(func=cmd_features_refresh)
 
     serve = sub.add_parser("serve", help="serve an exported repository with tritonserver")
     serve.add_argument("--run-name", help="serve runs/<run>/triton_repo")

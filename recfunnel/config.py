@@ -130,9 +130,16 @@ class ModelsConfig:
                                                        "watch_duration_aware"])
     blend_weights: dict = field(default_factory=lambda: {
         "click": 0.1, "like": 0.3, "share": 0.2, "watch_duration_aware": 0.4})
-    ranker_epochs: int = 2
+    ranker_epochs: int = 8                # at most; early stopping keeps the best epoch
+    ranker_patience: int = 2              # > 0: stop after this many epochs without a better
+                                          # mean validation AUC of the blended objectives
     ranker_batch_size: int = 1024
     ranker_learning_rate: float = 0.003
+    # Cascade-consistent negatives (L6): per observed row, items drawn from what the stage
+    # before returns for the user (the candidates for the light ranker, the light ranker's
+    # kept set for the heavy ranker), labelled 0, beside the logged and sampled rows.
+    light_cascade_negatives: float = 1.0
+    heavy_cascade_negatives: float = 1.0
     light_ranker_features: list = field(default_factory=lambda: [
         "user_id", "item_id", "item_click_rate", "item_events", "user_click_rate"])
     light_ranker_layers: list = field(default_factory=lambda: [32])

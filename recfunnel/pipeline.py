@@ -76,8 +76,12 @@ def models_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> di
                                 "step first (recfunnel pipeline run --steps dataset,models)")
     cutoffs = summary.get("dataset", {}).get("cutoffs", {})
     as_of = pd.Timestamp(cutoffs["data_end"]) if "data_end" in cutoffs else None
+    # the offline evaluation ranks for the test period as of its start (a time split), knowing
+    # no test event; a random split has no such moment: as of the end, test pairs left out
+    offline_as_of = pd.Timestamp(cutoffs["valid_end"]) if cutoffs.get("split") == "time" \
+        else None
     section = train_all(run_dir / "dataset", run_dir / "models", cfg.models, progress=progress,
-                        as_of=as_of)
+                        as_of=as_of, offline_as_of=offline_as_of)
     section["path"] = str(Path("models") / section["version"])
     truth = run_dir / "data" / "truth"
     heavy = run_dir / section["path"] / "heavy_ranker"
@@ -110,29 +114,36 @@ def evaluation_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -
     catalogue = pd.read_parquet(version_dir / "features" / "item_features.parquet",
                                 columns=["item_id_raw"]).rename(columns={"item_id_raw": "item_id"})
     predictions = Predictions.load(out / "predictions")
-    truth = None
+    truth = relevance_rows = None
     if (run_dir / "data" / "truth").is_dir():      # synthetic: judge the lists by the truth too
         from recfunnel.data.synthetic import World
         from recfunnel.evaluation.truth import lists_vs_truth
 
         world = World.load(run_dir / "data" / "truth")
         day = float(world.config.n_days)             # the test period's end: serving time
+
+        def relevance_rows(idx):
+            return world.relevance_matrix(idx, day)
+
         lists = {n: predictions.lists[n] for n in ("two_tower", "mf", "popularity", "funnel")
                  if n in predictions.lists}
         truth = lists_vs_truth(lists, predictions.users["user_id_raw"].to_numpy(),
-                               lambda idx: world.relevance_matrix(idx, day),
-                               world.item_truth["is_clickbait"].to_numpy(), cfg.models.eval_k)
+                               relevance_rows, world.item_truth["is_clickbait"].to_numpy(),
+                               cfg.models.eval_k)
     metrics = evaluate(predictions, pd.read_parquet(run_dir / "data" / "users.parquet"),
                        catalogue["item_id"].to_numpy(), cfg.models.eval_k, cfg.models.objectives,
-                       cfg.evaluation.min_group_users, cfg.evaluation.head_share, truth)
+                       cfg.evaluation.min_group_users, cfg.evaluation.head_share, truth,
+                       relevance_rows)
     metrics["predictions"] = info
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return evaluation_section(metrics)
 
 
 def evaluation_section(metrics: dict) -> dict:
-    """The summary's `evaluation`: overall metrics per model, the funnel's cuts, ranker AUCs,
-    bias curve points and flags, the worst slices; every other number is in metrics.json."""
+    """The summary's `evaluation`: overall metrics per model, the funnel's cuts, each ranking
+    stage against its input (`stages`, `worse` flagged), how much of each list the logging
+    policy showed (`exposure`), ranker AUCs, bias curve points and flags, the worst slices;
+    every other number is in metrics.json."""
     rankers = {name: {obj: {k: m.get(k) for k in ("roc_auc", "pr_auc", "logloss")}
                       for obj, m in by_obj.items()} for name, by_obj in metrics["rankers"].items()}
     bias = {name: {"concentration_curve": b["concentration_curve"],
@@ -141,7 +152,8 @@ def evaluation_section(metrics: dict) -> dict:
             for name, b in metrics["bias"].items()}
     return {"k": metrics["k"], "users": metrics["users"], "users_known": metrics["users_known"],
             "users_fallback": metrics["users_fallback"], "models": metrics["models"],
-            "funnel": metrics["funnel"], "rankers": rankers, "bias": bias,
+            "funnel": metrics["funnel"], "stages": metrics.get("stages", []),
+            "exposure": metrics.get("exposure"), "rankers": rankers, "bias": bias,
             "bias_flags": metrics["bias_flags"], "truth": metrics.get("truth"),
             "worst_groups": [g for g in metrics["worst_groups"] if not g.get("too_small")],
             "metrics_path": "evaluation/metrics.json"}

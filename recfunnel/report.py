@@ -27,9 +27,16 @@ def figure_html(fig, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def table_html(rows: list[tuple], header: tuple | None = None) -> str:
+WORSE_STYLE = "color:#c00;font-weight:bold"     # a stage that makes its input worse
+
+
+def table_html(rows: list[tuple], header: tuple | None = None,
+               highlight: set[int] = frozenset()) -> str:
+    """`highlight`: indices of rows shown in red."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header) if header else ""
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join((f'<tr style="{WORSE_STYLE}">' if i in highlight else "<tr>")
+                   + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>"
+                   for i, row in enumerate(rows))
     return f"<table>{'<tr>' + head + '</tr>' if head else ''}{body}</table>"
 
 
@@ -268,11 +275,111 @@ def render_evaluation(section: dict, run_dir: Path | None = None) -> str:
     if funnel:
         parts.append("<h3>Where the funnel loses relevant items (L6)</h3>" + table_html(
             funnel, ("stage", "items kept", "recall at the cut", f"NDCG@{k}")))
+    if section.get("stages"):
+        parts.append(_stages_html(section["stages"], k))
+    if section.get("exposure"):
+        parts.append(_exposure_html(section["exposure"], section["models"], k))
     parts.append(_ranker_curves(metrics.get("rankers", {}), section["rankers"]))
     if metrics.get("slices"):
         parts.append(_slices_html(metrics["slices"], k))
     parts.append(_bias_html(section["bias"], section.get("bias_flags", {}), metrics.get("bias", {})))
     return "".join(parts)
+
+
+def _stages_html(stages: list[dict], k: int) -> str:
+    """Each ranking stage's output order against its input's own order over the same items."""
+    confidence = f"{100 * stages[0].get('interval_confidence', 0.95):g} %"
+    parts = ["<h3>Does each stage improve on its input? (L6)</h3>"
+             f"<p>Each stage's order against the order it received, over the same items: the "
+             f"input's top {k} (and top kept) against the output's, positives counted only "
+             f'among the items the input held. A stage is <span style="{WORSE_STYLE}">'
+             f"worse</span> when the {confidence} paired bootstrap interval (over users) of "
+             "its NDCG difference lies below 0, by logged positives or, on synthetic data, by "
+             "the truth.</p>"]
+    for stage in stages:
+        rows, red = [], set()
+        for judge in ("logged", "truth"):
+            m = stage.get(judge)
+            if not m:
+                continue
+            metrics = [key[len("input_"):] for key in m if key.startswith("input_")]
+            for metric in metrics:
+                interval = m.get(f"{metric}_difference_interval")
+                if metric.startswith("ndcg") and stage.get(f"worse_{judge}"):
+                    red.add(len(rows))
+                values = (m[f"input_{metric}"], m[f"output_{metric}"],
+                          m[f"{metric}_difference"])
+                rows.append((judge, metric, *("-" if v is None else v for v in values),
+                             "[" + ", ".join("-" if v is None else _fmt(v) for v in interval)
+                             + "]" if interval else ""))
+        judges = [j for j in ("logged", "truth") if stage.get(f"worse_{j}")]
+        verdict = f"worse than its input by {' and '.join(judges)}" if judges else \
+            "not worse than its input"
+        style = f' style="{WORSE_STYLE}"' if stage.get("worse") else ""
+        scored = f"logged: {stage['logged']['users_scored']:,} users with a held-out positive " \
+            "among the input's items"
+        if stage.get("truth"):
+            scored += f"; truth: {stage['truth']['users_scored']:,} users"
+        parts.append(f"<h4{style}>{html.escape(stage['stage'])}: {html.escape(stage['input'])} "
+                     f"({stage['input_width']:,}) to {html.escape(stage['output'])} "
+                     f"({stage['kept']:,}): {verdict}</h4>"
+                     f"<p>Scored, {scored}.</p>"
+                     + table_html(rows, ("judge", "metric", "input order", "output order",
+                                         "difference", f"{confidence} interval"), red))
+    return "".join(parts)
+
+
+def _exposure_html(exposure: dict, models: dict, k: int) -> str:
+    """How much of each list the logging policy showed: all that logged recall can count."""
+    policy, lists = exposure["logging_policy"], exposure["lists"]
+    truth = any(f"true_relevance_shown@{k}" in m for m in lists.values())
+    text = ("<h3>Exposure: logged recall only counts what the old system showed</h3>"
+            "<p>A held-out click exists only where the logging policy made an impression "
+            f"({_pct(policy.get('positives_shown_share'))} of the held-out positives were "
+            f"impressions). It showed each test user {_fmt(policy.get('shown_per_user'))} items "
+            "in the test period on average")
+    if policy.get("random_list_shown_share") is not None:
+        text += (f", so a uniformly random top {k} would hold "
+                 f"{_pct(policy['random_list_shown_share'])} shown items")
+    text += (f"; {_pct(policy.get('positive_rate_of_shown'))} of what it showed was clicked. "
+             f"For each list: the share of its top {k} the user was shown, the click rate "
+             "(held-out positives) among those, and precision, their product")
+    text += (", and by the truth the mean true relevance of the shown and of the never-shown "
+             "items, which logged recall cannot credit.</p>" if truth else ".</p>")
+    recall = {n: (models.get(n) or {}).get(f"recall@{k}") for n in ("two_tower", "funnel")}
+    if None not in recall.values() and recall["funnel"] < recall["two_tower"] \
+            and {"two_tower", "funnel"} <= set(lists):
+        tt, fu = lists["two_tower"], lists["funnel"]
+        text += (f"<p>The funnel's logged recall@{k} ({_fmt(recall['funnel'])}) is below "
+                 f"two-tower's ({_fmt(recall['two_tower'])}): {_pct(fu[f'shown_share@{k}'])} "
+                 f"of the funnel's top {k} was ever shown to its user, against "
+                 f"{_pct(tt[f'shown_share@{k}'])} of two-tower's, and among the shown its click "
+                 f"rate is {_pct(fu[f'positive_rate_of_shown@{k}'])} against "
+                 f"{_pct(tt[f'positive_rate_of_shown@{k}'])}")
+        if truth:
+            text += (f"; the funnel's never-shown items have a mean true relevance of "
+                     f"{_fmt(fu.get(f'true_relevance_not_shown@{k}'))} (two-tower's "
+                     f"{_fmt(tt.get(f'true_relevance_not_shown@{k}'))})")
+        text += ".</p>"
+    header = ("list", "users", f"shown share@{k}", "click rate of shown", f"precision@{k}",
+              "positives not shown")
+    labels = {"funnel_light": f"funnel_light (the light ranker's top {k})",
+              "funnel": "funnel (heavy ranker + blend)"}
+    rows = [(labels.get(name, name), m["users"], m[f"shown_share@{k}"],
+             m[f"positive_rate_of_shown@{k}"], m[f"precision@{k}"], m["positives_not_shown"],
+             *((m.get(f"true_relevance_shown@{k}"), m.get(f"true_relevance_not_shown@{k}"))
+               if truth else ())) for name, m in lists.items()]
+    if truth:
+        header += ("truth: relevance of shown", "truth: relevance of not shown")
+    policy_row = ("logging policy (all it showed)", policy["users"], "",
+                  policy.get("positive_rate_of_shown"), "", "")
+    if truth:
+        policy_row += (policy.get("true_relevance_shown"), "")
+    return text + table_html([*rows, policy_row], header)
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
 
 
 def _ranker_curves(full: dict, summary: dict) -> str:

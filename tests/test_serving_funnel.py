@@ -131,6 +131,44 @@ def test_served_funnel_equals_the_in_process_funnel(server, run, in_process, pro
         assert not set(items) & set(unsafe)
 
 
+def test_served_feature_row_equals_the_offline_build_at_that_time(server, run, in_process):
+    """One feature definition (L5.3): the row the served user_features stage answers for a user
+    at a time is the row the dataset build's workflow computes for an example then."""
+    from models.features import example_rows
+
+    funnel = in_process[0]
+    known = funnel.users.index.to_numpy()
+    user = int(known[known >= 0][3])
+    at_day = funnel.as_of_day + 4                     # four days after the newest event
+    at = at_day * 86_400 + 3_600
+    with TritonClient(server["http"]) as client:
+        out = client.infer("user_features", {"USER_ID": np.array([user], np.int64),
+                                             "TIME": np.array([at], np.int64)})
+    served = pd.Series(out["USER_FEATURES"][0], index=funnel.users.columns)
+    offline = example_rows(run["dir"] / "dataset", [user], [int(funnel.items.index[0])],
+                           [pd.Timestamp(at, unit="s")]).iloc[0]
+    model_inputs = [c for c in funnel.users.columns if c in offline.index]
+    assert "user_days_since_last" in model_inputs and "user_events" in model_inputs
+    np.testing.assert_array_equal(served[model_inputs].to_numpy(np.float32),
+                                  offline[model_inputs].to_numpy(np.float32))
+    assert served["request_day"] == at_day
+    # and the whole funnel at that time equals the in-process funnel at that day
+    with FunnelClient(server["http"]) as client:
+        answer = client.recommend([user], k=5, at=at)
+    expected = funnel.recommend([user], k=5, day=at_day)
+    np.testing.assert_array_equal(answer.items, expected.items)
+    np.testing.assert_allclose(answer.score, expected.score, rtol=1e-6, atol=1e-7)
+
+
+def test_a_time_before_the_served_tables_is_refused(server, in_process):
+    funnel = in_process[0]
+    with TritonClient(server["http"]) as client:
+        with pytest.raises(ServingError, match="TIME is before day"):
+            client.infer("user_features", {"USER_ID": np.array([1], np.int64),
+                                           "TIME": np.array([0], np.int64)})
+    assert funnel.as_of_day > 0
+
+
 def test_default_k_comes_from_the_exported_config(server, run):
     with FunnelClient(server["http"]) as client:
         served = client.recommend([1])

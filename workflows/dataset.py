@@ -42,6 +42,9 @@ from workflows.unsafe import build_filters, unsafe_item_table
 
 EVENT_COLUMNS = ["user_id", "item_id", "timestamp", "click", "like", "share", "watch_seconds",
                  "duration_seconds"]
+HISTORY = "history"              # the safe, canonical events: what point-in-time features read
+HISTORY_COLUMNS = ["user_id", "item_id", "timestamp", "click", "watch_seconds",
+                   "duration_seconds"]
 LABELS = ["click", "like", "share", "watch_75", "watch_duration_aware"]
 DAY = pd.Timedelta(days=1)
 AGE_BOUNDARIES = [18, 25, 35, 45, 55]
@@ -290,17 +293,18 @@ class DatasetBuilder:
         ddf = examples.to_ddf()
         train = Dataset(ddf[ddf["split"] == TRAIN], cpu=self.cpu)
         hist = history.to_ddf()
-        before_cut = Dataset(hist[hist["timestamp"] < cut.train_end], cpu=self.cpu)
         graph = self.feature_graph()
         workflow = nvt.Workflow(graph)
-        # Point-in-time statistics learn from the event history before the cut-off; everything
-        # else (Categorify, thresholds) from the training examples.
-        pit_nodes = [n for n in _nodes(workflow.output_node) if isinstance(n.op, PointInTimeStats)]
+        # Point-in-time statistics learn from the whole safe event history (each example reads
+        # only the days before its own, so valid and test examples see what serving would have
+        # known then, not a state frozen at the cut-off); everything else (Categorify,
+        # thresholds) learns from the training examples only.
         workflow.fit(train)
-        for node in pit_nodes:
-            stats = node.op.fit(node.input_columns, before_cut.to_ddf()[node.input_columns.names])
-            node.op.fit_finalize(stats.compute())
+        fit_point_in_time(workflow, hist)
         workflow.save(str(self.out / "workflow"))
+        # the history, for refreshing the served tables and the offline evaluation's tables
+        hist[HISTORY_COLUMNS].to_parquet(str(self.out / HISTORY), write_index=False)
+        pit_nodes = point_in_time_nodes(workflow)
         for node in pit_nodes:
             node.op.latest().to_parquet(self.out / "artifacts" / f"{node.op.prefix}_features.parquet",
                                         index=False)
@@ -408,6 +412,23 @@ def read_split(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
     """A written split as one pandas frame (its parquet parts, without Merlin's schema files)."""
     parts = sorted(Path(path).glob("*.parquet"))
     return pd.concat([pd.read_parquet(p, columns=columns) for p in parts], ignore_index=True)
+
+
+def point_in_time_nodes(workflow) -> list:
+    """The workflow's PointInTimeStats nodes (user and item)."""
+    return [n for n in _nodes(workflow.output_node) if isinstance(n.op, PointInTimeStats)]
+
+
+def fit_point_in_time(workflow, events) -> None:
+    """(Re)fits the workflow's point-in-time statistics on `events` (a dask or pandas frame
+    with HISTORY_COLUMNS); nothing else of the workflow changes."""
+    import dask.dataframe as dd
+
+    if not isinstance(events, dd.DataFrame):
+        events = dd.from_pandas(events, npartitions=1)
+    for node in point_in_time_nodes(workflow):
+        stats = node.op.fit(node.input_columns, events[node.input_columns.names])
+        node.op.fit_finalize(stats.compute())
 
 
 def _nodes(node):

@@ -2,7 +2,10 @@
 
 An example on day t sees only events of days strictly before t (so strictly before its own
 timestamp; same-day history is left out rather than risk a leak). The statistics are fitted on
-training events, so validation and test examples see the state as of the training cut-off.
+the whole event history, so a training, validation or test example and a served request all see
+the same definition: every event known strictly before their own day. Recency is relative to
+the asking time, so serving recomputes it per request from each key's last active day
+(`models.features.recency_feature`, tested equal to this workflow's output).
 Fitting keeps one row per (key, active day), not per event, so it scales with activity days.
 
 Features per key (prefix `user_` or `item_`): `events`, `clicks`, `click_rate`,
@@ -78,6 +81,18 @@ def lookup(table: pd.DataFrame, key, day) -> dict[str, np.ndarray]:
                 "days_since_last": np.where(valid, np.minimum(day - last, NEVER), NEVER)}
 
 
+def last_day_before(table: pd.DataFrame, key, day) -> np.ndarray:
+    """[n] each key's last active day strictly before `day` (-1: no earlier event)."""
+    key, day = np.asarray(key, np.int64), np.asarray(day, np.int64)
+    if not len(table):
+        return np.full(len(key), -1, np.int64)
+    t_key, t_day = table["key"].to_numpy(np.int64), table["day"].to_numpy(np.int64)
+    order_key = t_key.astype(np.float64) * 1e6 + t_day
+    pos = np.searchsorted(order_key, key.astype(np.float64) * 1e6 + day, side="left") - 1
+    valid = (pos >= 0) & (t_key[np.clip(pos, 0, None)] == key)
+    return np.where(valid, t_day[np.clip(pos, 0, None)], -1)
+
+
 def latest_stats(table: pd.DataFrame, key: str, prefix: str) -> pd.DataFrame:
     """Every key's statistics as of the day after its last fitted activity (for serving)."""
     last = table.groupby("key").tail(1)
@@ -138,6 +153,10 @@ class PointInTimeStats(StatOperator):
     @property
     def output_tags(self):
         return [Tags.CONTINUOUS]
+
+    def last_day(self, key, day) -> np.ndarray:
+        """Each key's last active day strictly before `day`, from the fitted history."""
+        return last_day_before(self.table, key, day)
 
     def latest(self) -> pd.DataFrame:
         """The statistics of every key as of the end of the fitted data (for serving)."""

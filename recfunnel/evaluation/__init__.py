@@ -3,7 +3,8 @@ same way, and nothing here imports TensorFlow or Merlin.
 
 ranker: ROC-AUC, PR-AUC, logloss and curves of scores; topk: metrics of top-K lists (full
 ranking; sampled only on request); slices: any per-user metric per user group; bias: popularity
-bias of top-K lists against training popularity.
+bias of top-K lists against training popularity; stages: each ranking stage's order against its
+input's, and how much of each list the logging policy showed (exposure).
 """
 from recfunnel.evaluation.bias import (ItemPopularity, concentration_curve, gini_index,
                                        popularity_bias_report, popularity_bias_summary,
@@ -13,6 +14,9 @@ from recfunnel.evaluation.ranker import (logloss, pr_auc, pr_curve, ranker_metri
                                          roc_curve)
 from recfunnel.evaluation.slices import (activity_levels, slice_metrics, user_groups,
                                          worst_groups)
+from recfunnel.evaluation.stages import (STAGES, Stage, exposure_report, logged_order_change,
+                                         paired_difference_interval, shown_items, stage_report,
+                                         true_order_change)
 from recfunnel.evaluation.topk import sampled_topk_metrics, topk_metrics, topk_per_user
 
 __all__ = [
@@ -21,5 +25,7 @@ __all__ = [
     "positive_ranks", "user_popularity_rank_correlation",
     "logloss", "pr_auc", "pr_curve", "ranker_metrics", "roc_auc", "roc_curve",
     "activity_levels", "slice_metrics", "user_groups", "worst_groups",
+    "STAGES", "Stage", "exposure_report", "logged_order_change", "paired_difference_interval",
+    "shown_items", "stage_report", "true_order_change",
     "sampled_topk_metrics", "topk_metrics", "topk_per_user",
 ]

@@ -2,9 +2,11 @@
 
 Reads what `models.predict` wrote (plain parquet/npz, raw ids) and computes, with numpy/pandas
 only: top-K metrics of every candidate generator and of the whole funnel (full ranking, the
-user's training and validation items excluded), the funnel's recall at each cut, the rankers'
-AUC / PR-AUC / logloss per objective with their curves, every metric per user group, and the
-popularity-bias measures of every model against the training data's own concentration.
+user's training and validation items excluded), the funnel's recall at each cut, each ranking
+stage's order against its input's (stages), how much of each list the logging policy showed
+(exposure), the rankers' AUC / PR-AUC / logloss per objective with their curves, every metric
+per user group, and the popularity-bias measures of every model against the training data's own
+concentration.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from recfunnel.evaluation.bias import (ItemPopularity, concentration_curve,
                                        popularity_bias_report, popularity_opportunity_bias)
 from recfunnel.evaluation.ranker import pr_curve, ranker_metrics, roc_curve
 from recfunnel.evaluation.slices import slice_metrics, user_groups, worst_groups
+from recfunnel.evaluation.stages import EXPOSURE_LISTS, exposure_report, shown_items, stage_report
 from recfunnel.evaluation.topk import topk_metrics, topk_per_user
 
 CANDIDATE_MODELS = ("two_tower", "mf", "popularity")
@@ -59,11 +62,13 @@ class Predictions:
 
 def evaluate(pred: Predictions, users_table: pd.DataFrame, catalogue: np.ndarray, k: int,
              objectives: list[str], min_users: int = 30, head_share: float = 0.8,
-             truth=None) -> dict:
+             truth=None, relevance_rows=None) -> dict:
     """Every number of the evaluation as JSON-ready values (the `metrics.json` of a run).
 
-    `truth`, on synthetic data, is `truth.lists_vs_truth`'s (summary, per-user frame): each
-    list judged by the true relevance, added to the models and to the slices."""
+    On synthetic data, `truth` is `truth.lists_vs_truth`'s (summary, per-user frame): each
+    list judged by the true relevance, added to the models and to the slices; and
+    `relevance_rows` its lookup (0-based user indices -> [len, n_items] true relevance), with
+    which the stages and the exposure are judged by the truth too."""
     known = (pred.users["path"] == "model").to_numpy()
     ids = pred.users["user_id_raw"].to_numpy()
     out = {"k": k, "users": int(len(ids)), "users_known": int(known.sum()),
@@ -97,6 +102,9 @@ def evaluate(pred: Predictions, users_table: pd.DataFrame, catalogue: np.ndarray
             if len(rows):
                 m = topk_metrics(pred.lists["funnel"][rows], [pred.relevant[i] for i in rows], k)
                 out["funnel"][f"path={path}"] = _rounded(m)
+    # does each ranking stage improve on its input's order (L6)?
+    out["stages"] = _json(stage_report(pred.lists, pred.relevant, k, users=ids,
+                                       relevance_rows=relevance_rows))
     out["rankers"] = ranker_section(pred.rankers, objectives)
     # slices of the funnel's final lists (L4.2)
     activity = pred.train_items.groupby("user_id_raw").size()
@@ -136,6 +144,13 @@ def evaluate(pred: Predictions, users_table: pd.DataFrame, catalogue: np.ndarray
                 "ranked_positions": "full catalogue"}
         out["bias"][name] = _json(report)
     out["bias_flags"] = bias_flags(out["bias"])
+    # logged recall only counts what the logging policy showed: how much of each list it did
+    shown = {name: pred.lists[name] for name in EXPOSURE_LISTS if name in pred.lists}
+    rows = {name: np.flatnonzero(known) if name in CANDIDATE_MODELS else np.arange(len(ids))
+            for name in shown}
+    out["exposure"] = _json(exposure_report(
+        shown, pred.relevant, shown_items(ids, pred.rankers), k, rows, users=ids,
+        relevance_rows=relevance_rows, catalogue_items=len(catalogue)))
     return out
 
 

@@ -101,6 +101,31 @@ def rankings_vs_truth(users: np.ndarray, rankings: Mapping[str, np.ndarray],
     return out
 
 
+def relevance_chunks(users: np.ndarray, relevance_rows, chunk: int = 2048):
+    """Yields (row slice, [len, n_items] true relevance) over `users` (raw ids, starting at 1)
+    in chunks, so that a whole catalogue's relevance is never held for every user at once.
+
+    `relevance_rows`: function (0-based user indices) -> [len, n_items] true relevance."""
+    if chunk <= 0:
+        raise ValueError(f"chunk must be positive, got {chunk}")
+    users = np.asarray(users)
+    for start in range(0, len(users), chunk):
+        rows = slice(start, start + chunk)
+        yield rows, relevance_rows(users[rows] - 1)
+
+
+def list_relevance(rel: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """[n, width] true relevance of each listed item, NaN where the list is padded.
+
+    Args:
+      rel: [n, n_items] true relevance by 0-based item index (a `relevance_chunks` chunk).
+      top: [n, width] raw item ids (ids start at 1; -1 pads), rows aligned with `rel`.
+    """
+    top = np.asarray(top)
+    idx = np.clip(top - 1, 0, None)
+    return np.where(top >= 0, np.take_along_axis(rel, idx, axis=1), np.nan)
+
+
 def lists_vs_truth(lists: Mapping[str, np.ndarray], users: np.ndarray, relevance_rows,
                    is_clickbait: np.ndarray, k: int, chunk: int = 2048) -> tuple[dict, pd.DataFrame]:
     """Top-k lists judged by the truth instead of by logged clicks.
@@ -121,15 +146,13 @@ def lists_vs_truth(lists: Mapping[str, np.ndarray], users: np.ndarray, relevance
     sums = {name: np.zeros(3) for name in lists}
     per_user = {name: np.zeros(len(users)) for name in lists}
     counts = {name: 0 for name in lists}
-    for start in range(0, len(users), chunk):
-        rows = slice(start, start + chunk)
-        rel = relevance_rows(users[rows] - 1)
+    for rows, rel in relevance_chunks(users, relevance_rows, chunk):
         ideal = -np.sort(-rel, axis=1)[:, :k].mean(axis=1)
         for name, top in lists.items():
             top = np.asarray(top)[rows, :k]
             filled = top >= 0
             idx = np.clip(top - 1, 0, None)
-            r = np.where(filled, np.take_along_axis(rel, idx, axis=1), np.nan)
+            r = list_relevance(rel, top)
             mean_r = np.nanmean(r, axis=1)
             per_user[name][rows] = mean_r / ideal
             sums[name] += [np.nansum(r), np.nansum(mean_r / ideal),

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from models.artifacts import read_manifest, require_same_version, write_manifest
+from models.features import refresh_feature_tables
 from models.funnel import Funnel, FunnelSettings
 
 STAGES = ("user_features", "candidates", "light_ranker", "heavy_ranker")   # request order
@@ -236,6 +237,8 @@ def export_run(run_dir: str | Path, repo: str | Path | None = None, overrides: d
     if not (version_dir / "features").is_dir():
         raise FileNotFoundError(f"{version_dir}: no features/ (serving feature tables); "
                                 "retrain with the pipeline's models step, which writes them")
+    # served tables count every event the run knows, recency recomputed per request
+    refresh_feature_tables(run_dir / "dataset", version_dir)
     config = run_dir / "config.yaml"
     cfg = load_config(config if config.is_file() else None, overrides)
     names = {f.name for f in fields(ServingSettings)}

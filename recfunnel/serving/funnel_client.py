@@ -71,12 +71,16 @@ class FunnelClient:
         address = server.http_address if protocol == "http" else server.grpc_address
         return cls(address, protocol, **kwargs)
 
-    def recommend(self, users, k: int | None = None) -> ServedRecommendations:
-        """Top-k for each raw user id in `users` (k None: the served version's default)."""
+    def recommend(self, users, k: int | None = None, at: int | None = None
+                  ) -> ServedRecommendations:
+        """Top-k for each raw user id in `users` (k None: the served version's default), with
+        time-relative features as of `at` (epoch seconds; None: the served tables' own day)."""
         users = np.asarray(users, dtype=np.int64).reshape(-1)
         inputs = {"USER_ID": users}
         if k is not None:
             inputs["K"] = np.array([k], np.int32)
+        if at is not None:
+            inputs["TIME"] = np.array([int(at)], np.int64)
         out = self.triton.infer(self.model, inputs)
         names = [o.decode() for o in out["OBJECTIVES"]]
         return ServedRecommendations(

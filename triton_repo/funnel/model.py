@@ -17,7 +17,10 @@ the experiment began, for as long as that version is loaded). Without the file e
 in arm `default`. Users of one request in different arms are served in one group per arm.
 
 Request:  USER_ID INT64 [n] raw user ids (1 <= n <= max_users);
-          K INT32 [1] optional, list length (default: the version's FunnelSettings.k).
+          K INT32 [1] optional, list length (default: the version's FunnelSettings.k);
+          TIME INT64 [1] optional, the request's time in epoch seconds, for time-relative
+          features such as days since the user's last event (default: the day the version's
+          feature tables count events up to).
 Response: ITEMS INT64 [n, K] raw item ids, best first, -1 pads a short list; SCORES FP64 [n, K]
           blended; OBJECTIVE_SCORES FP64 [n, objectives, K]; OBJECTIVES BYTES [objectives];
           PATH BYTES [n] "model" or "fallback" (a user the models do not know: popularity);
@@ -122,6 +125,8 @@ class TritonPythonModel:
         k = None if k_tensor is None else int(k_tensor.as_numpy().reshape(-1)[0])
         if k is not None and k < 1:
             raise RequestError(f"K must be at least 1, got {k}")
+        time_tensor = pb_utils.get_input_tensor_by_name(request, "TIME")
+        when = None if time_tensor is None else time_tensor.as_numpy().reshape(-1)[:1]
         experiment = self.experiment()
         arms = (experiment.assign(users) if experiment is not None
                 else np.full(users.size, DEFAULT_ARM, dtype=object))
@@ -129,21 +134,21 @@ class TritonPythonModel:
         for arm in dict.fromkeys(arms):                     # one group per arm, in first-seen order
             rows = np.flatnonzero(arms == arm)
             variant = experiment.arm(arm) if experiment is not None else None
-            out = self.serve_group(users[rows], k, variant)
+            out = self.serve_group(users[rows], k, variant, when)
             out["ARM"] = strings([arm] * rows.size)
             parts.append((rows, arm, out))
         return self.merge(users.size, parts)
 
-    def serve_group(self, users: np.ndarray, k: int | None, variant) -> dict:
+    def serve_group(self, users: np.ndarray, k: int | None, variant, when=None) -> dict:
         """The stages for users of one arm: at its pinned Triton version when that is ready
         (else the newest ready one), with its blend (None: the version's own)."""
         pinned = getattr(variant, "model_version", None)
         blend = getattr(variant, "blend", None)
         version = self.ready_version(pinned=pinned)
         try:
-            return self.run_stages(version, users, k, blend)
+            return self.run_stages(version, users, k, blend, when)
         except StageUnavailable:
-            return self.run_stages(self.ready_version(below=version), users, k, blend)
+            return self.run_stages(self.ready_version(below=version), users, k, blend, when)
 
     @staticmethod
     def merge(n: int, parts: list) -> "pb_utils.InferenceResponse":
@@ -166,9 +171,12 @@ class TritonPythonModel:
                                            for name, value in tensors.items()])
 
     def run_stages(self, version: int, users: np.ndarray, k: int | None,
-                   blend: dict | None) -> dict:
+                   blend: dict | None, when=None) -> dict:
         """Every stage at one Triton version; the answer as numpy arrays by output name."""
-        features = self.call("user_features", version, [pb_utils.Tensor("USER_ID", users)],
+        feature_inputs = [pb_utils.Tensor("USER_ID", users)]
+        if when is not None:
+            feature_inputs.append(pb_utils.Tensor("TIME", when.astype(np.int64)))
+        features = self.call("user_features", version, feature_inputs,
                              ["USER_FEATURES", "PATH", "DEFAULT_K", "CATALOGUE_SIZE", "VERSION"])
         catalogue = int(features["CATALOGUE_SIZE"].as_numpy()[0])
         k = int(features["DEFAULT_K"].as_numpy()[0]) if k is None else k
@@ -208,6 +216,9 @@ class TritonPythonModel:
         if response.has_error():
             if not pb_utils.is_model_ready(stage, str(version)):
                 raise StageUnavailable(f"{stage} version {version}")
+            code = getattr(response.error(), "code", lambda: None)()
+            if code == pb_utils.TritonError.INVALID_ARG:
+                raise RequestError(f"{stage}: {response.error().message()}")  # the client's
             raise RuntimeError(f"stage {stage} (Triton version {version}): "
                                f"{response.error().message()}")
         return {name: pb_utils.get_output_tensor_by_name(response, name) for name in outputs}
