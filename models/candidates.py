@@ -147,3 +147,30 @@ def load_retrieval(query_dir: str | Path, items_dir: str | Path, kind: str = "ex
     version = require_same_version(query_tower=query_manifest, item_embeddings=items_manifest)
     signature = tf.saved_model.load(str(query_dir)).signatures["serving_default"]
     return signature, EmbeddingIndex.load(items_dir, kind), version
+
+
+RETRIEVAL_SCORE = "retrieval_score"   # the candidate generator's score, a ranker feature
+
+
+def retrieval_scores(query, index: EmbeddingIndex, rows) -> np.ndarray:
+    """[n] the candidate generator's score (query vector . item vector) of each (user, item)
+    row: the previous stage's opinion, which a ranker can take as a feature (L6). `query` is
+    the query tower's serving signature, `rows` hold its inputs and the categorified
+    `item_id`; an item without a vector (unseen in training) scores 0."""
+    import tensorflow as tf
+
+    if len(rows) == 0:
+        return np.zeros(0, np.float32)
+    names = query.structured_input_signature[1]
+    inputs = {n: tf.constant(rows[n].to_numpy().astype(spec.dtype.as_numpy_dtype).reshape(-1, 1))
+              for n, spec in names.items()}
+    vectors = next(iter(query(**inputs).values())).numpy()
+    position = np.full(int(index.item_ids.max()) + 1, -1, np.int64)
+    position[index.item_ids] = np.arange(len(index.item_ids))
+    ids = rows["item_id"].to_numpy(np.int64)
+    pos = np.where((ids >= 0) & (ids < len(position)), position[np.clip(ids, 0, len(position) - 1)],
+                   -1)
+    out = np.zeros(len(rows), np.float32)
+    ok = pos >= 0
+    out[ok] = np.einsum("nd,nd->n", vectors[ok], index.vectors[pos[ok]])
+    return out

@@ -22,6 +22,7 @@ import merlin.models.tf as mm
 from merlin.schema import Schema, Tags
 
 from models.artifacts import write_manifest
+from models.candidates import RETRIEVAL_SCORE, load_retrieval, retrieval_scores
 from models.data import Splits, embedding_tables, to_dataset
 from recfunnel.config import ModelsConfig
 
@@ -117,11 +118,13 @@ class _EpochLog(tf.keras.callbacks.Callback):
 def train_ranker(kind: str, splits: Splits, cfg: ModelsConfig, out_dir: Path, version: str,
                  verbose: int = 0, train_rows: pd.DataFrame | None = None,
                  valid_rows: pd.DataFrame | None = None,
-                 features: list[str] | None = None) -> RankerResult:
+                 features: list[str] | None = None, retrieval: str = "two_tower"
+                 ) -> RankerResult:
     """Trains the `light` or `heavy` ranker on `train_rows` (default every training row,
     sampled negatives included), early-stopped on `valid_rows` (default the validation split)
     by the mean AUC of the blended objectives, keeping the best epoch. `features` overrides
-    the ranker's inputs (ablations)."""
+    the ranker's inputs (ablations); a `retrieval_score` input is the `retrieval` model's score,
+    which the saved ranker recomputes from its version's retrieval model when scoring."""
     if kind not in ("light", "heavy"):
         raise ValueError(f"ranker kind must be 'light' or 'heavy', got {kind!r}")
     tf.keras.utils.set_random_seed(cfg.seed)
@@ -144,7 +147,9 @@ def train_ranker(kind: str, splits: Splits, cfg: ModelsConfig, out_dir: Path, ve
     features = schema.excluding_by_tag(Tags.TARGET)
     write_manifest(model_dir, version, "ranker",
                    schema={c.name: str(c.dtype.to_numpy) for c in features},
-                   config={"kind": kind, "objectives": cfg.objectives},
+                   config={"kind": kind, "objectives": cfg.objectives,
+                           RETRIEVAL_SCORE: retrieval if RETRIEVAL_SCORE in features.column_names
+                           else None},
                    metrics=log.rows[log.best_index] if log.rows else {})
     result = RankerResult(f"{kind}_ranker", log.rows, seconds, int(len(train) * len(log.rows)),
                           int(model.count_params()), features.column_names,
@@ -168,9 +173,19 @@ class RankerScorer:
         self.features = self.manifest["schema"]           # name -> numpy dtype
         self.objectives = list(self.manifest["config"]["objectives"])
         self._signature = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+        self._retrieval = None
+        kind = self.manifest["config"].get(RETRIEVAL_SCORE)
+        if RETRIEVAL_SCORE in self.features:             # the previous stage's score, computed
+            query, index, version = load_retrieval(      # by the version's own retrieval model
+                Path(model_dir).parent / f"{kind}_query", Path(model_dir).parent / f"{kind}_items")
+            if version != self.version:
+                raise ValueError(f"ranker {self.version} scores with retrieval {version}")
+            self._retrieval = (query, index)
 
     def score(self, rows: pd.DataFrame, batch_size: int = 8192) -> dict[str, np.ndarray]:
         """objective -> [n] probabilities for the feature rows in `rows`."""
+        if self._retrieval is not None and RETRIEVAL_SCORE not in rows.columns:
+            rows = rows.assign(**{RETRIEVAL_SCORE: retrieval_scores(*self._retrieval, rows)})
         missing = [f for f in self.features if f not in rows.columns]
         if missing:
             raise ValueError(f"ranker {self.version} needs features {missing}")

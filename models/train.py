@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from models.artifacts import new_version, write_manifest
-from models.candidates import PopularityCandidates
+from models.candidates import RETRIEVAL_SCORE, PopularityCandidates
 from models.data import Splits
+from models.funnel import FunnelSettings
 from recfunnel.config import ModelsConfig
 from recfunnel.evaluation.topk import topk_metrics
 
@@ -57,14 +58,53 @@ def train_all(dataset_dir: Path, out_dir: Path, cfg: ModelsConfig, progress: boo
                                                     offline_as_of))
                 tables = True
             kind = name.removesuffix("_ranker")
+            score = previous_stage_score(splits, root, cfg)
             train_rows, valid_rows, mix = cascade_rows(kind, splits, dataset_dir, root, cfg)
+            features = cfg.heavy_ranker_features if kind == "heavy" else None
+            if score is not None:
+                train_rows, valid_rows = (score(f) for f in (
+                    splits.train if train_rows is None else train_rows,
+                    splits.valid if valid_rows is None else valid_rows))
+                base = cfg.light_ranker_features if kind == "light" else features
+                features = None if base is None else [*base, RETRIEVAL_SCORE]
             result = train_ranker(kind, splits, cfg, root, version, train_rows=train_rows,
-                                  valid_rows=valid_rows)
+                                  valid_rows=valid_rows, features=features,
+                                  retrieval=FunnelSettings.from_models_config(cfg).retrieval)
             section["models"][name] = {**_describe(result, root), "training_rows": mix}
     if as_of is not None and not tables:
         section.update(write_feature_tables(dataset_dir, root, version, as_of, offline_as_of))
     (root / "models.json").write_text(json.dumps(section, indent=2, default=str))
     return section
+
+
+def previous_stage_score(splits: Splits, root: Path, cfg: ModelsConfig):
+    """With `models.ranker_retrieval_score`, the function that fills a frame's
+    `retrieval_score` (the candidate generator's score of each row, a ranker feature) and the
+    column in the splits' schema; None when it is off or the version has no such model."""
+    from merlin.schema import ColumnSchema, Schema, Tags
+
+    from models.candidates import load_retrieval, retrieval_scores
+    from models.funnel import FunnelSettings
+
+    kind = FunnelSettings.from_models_config(cfg).retrieval
+    if not cfg.ranker_retrieval_score or not (root / f"{kind}_query").is_dir():
+        return None
+    query, index, _ = load_retrieval(root / f"{kind}_query", root / f"{kind}_items")
+    if RETRIEVAL_SCORE not in splits.schema.column_names:
+        splits.schema = splits.schema + Schema([ColumnSchema(
+            RETRIEVAL_SCORE, dtype=np.float32, tags=[Tags.CONTINUOUS, Tags.ITEM])])
+
+    def fill(frame):
+        frame = frame.copy()
+        missing = frame[RETRIEVAL_SCORE].isna().to_numpy() if RETRIEVAL_SCORE in frame else \
+            np.ones(len(frame), bool)
+        values = frame[RETRIEVAL_SCORE].to_numpy(np.float32) if RETRIEVAL_SCORE in frame else \
+            np.zeros(len(frame), np.float32)
+        values[missing] = retrieval_scores(query, index, frame[missing])
+        frame[RETRIEVAL_SCORE] = values
+        return frame
+
+    return fill
 
 
 def write_feature_tables(dataset_dir: Path, root: Path, version: str, as_of,

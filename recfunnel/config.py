@@ -140,9 +140,11 @@ class ModelsConfig:
     # kept set for the heavy ranker), labelled 0, beside the logged and sampled rows.
     light_cascade_negatives: float = 1.0
     heavy_cascade_negatives: float = 1.0
+    ranker_retrieval_score: bool = True   # both rankers see the candidate generator's score
     light_ranker_features: list = field(default_factory=lambda: [
         "user_id", "item_id", "item_click_rate", "item_events", "user_click_rate"])
     light_ranker_layers: list = field(default_factory=lambda: [32])
+    heavy_ranker_features: list | None = None   # None: every user and item feature
     heavy_ranker_layers: list = field(default_factory=lambda: [128, 64])
     heavy_ranker_cross_depth: int = 2
     eval_k: int = 10

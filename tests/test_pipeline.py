@@ -72,6 +72,15 @@ def test_pipeline_run_writes_summary_and_report(tmp_path):
     assert set(evaluation["bias"]) == {"training_data", "two_tower", "mf", "popularity", "funnel"}
     assert evaluation["bias_flags"]["popularity"]["gini"]
     assert set(evaluation["truth"]) == {"two_tower", "mf", "popularity", "funnel"}
+    # each ranking stage against its input's own order, by the logs and by the truth
+    assert [s["stage"] for s in evaluation["stages"]] == ["light ranker", "heavy ranker"]
+    assert all(isinstance(s["worse"], bool) and s["truth"] is not None
+               for s in evaluation["stages"])
+    assert set(evaluation["exposure"]["lists"]) >= {"two_tower", "funnel"}
+    assert "Does each stage improve on its input?" in page
+    assert models["features_offline"]["as_of"] == dataset["cutoffs"]["valid_end"] + "+00:00" \
+        or models["features_offline"]["as_of"].startswith(dataset["cutoffs"]["valid_end"][:10])
+    assert models["models"]["heavy_ranker"]["training_rows"]["cascade_negatives"] > 0
     metrics = json.loads((run / evaluation["metrics_path"]).read_text())
     assert {r["slice"] for r in metrics["slices"]} >= {"overall", "age_band", "gender",
                                                        "location", "activity"}
