@@ -132,7 +132,7 @@ def test_monitoring_is_mounted_where_prometheus_and_grafana_read_it():
     assert mounts["grafana"]["../monitoring/grafana/dashboards"] == "/var/lib/grafana/dashboards"
     # prometheus.yml scrapes the service `triton` on Triton's metrics port
     assert "triton:8002" in (REPO / "monitoring" / "prometheus.yml").read_text()
-    assert "8002:8002" in spec["triton"]["ports"]
+    assert any(port.endswith(":8002:8002") for port in spec["triton"]["ports"])
 
 
 def test_every_published_port_is_bound_to_loopback_by_default():
