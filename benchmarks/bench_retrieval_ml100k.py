@@ -9,15 +9,22 @@ test interaction. Items never seen in training cannot be recommended by any mode
 count as misses.
 
 Every model picks its hyper-parameters on the validation split from a small grid of equal size,
-and its test figures are those of the chosen setting:
+and its test figures are those of the chosen setting. Every model is fitted on the training
+split only, for validation and for test alike (the test figures do not refit on train+valid),
+so all rows see the same data:
   popularity     most-interacted training items
   implicit ALS   `implicit` 0.7.2 (installed only for this benchmark, outside the environment)
   implicit BPR   the same package
+  EASE           closed-form linear item-item model (models.peers, Steck 2019), lambda on the grid
+  item-kNN       cosine item-item neighbours (models.peers), number of neighbours on the grid
   ours: MF       Merlin Models MatrixFactorizationModelV2, in-batch negatives + logQ
   ours: 2-tower  Merlin Models TwoTowerModelV2 with the user and item features of the workflow
 
     make bench                                         # all benchmarks
     python benchmarks/bench_retrieval_ml100k.py        # this one (about 10 minutes on 2 cores)
+    python benchmarks/bench_retrieval_ml100k.py --only ease,item_knn   # a subset, seconds
+A subset run merges its rows into the existing results; the bias plot is redrawn when the test
+lists of every model in the results are at hand (kept in the run folder from earlier runs).
 Results: benchmarks/results/retrieval_ml100k.json and the `bench_retrieval_ml100k` section of
 BENCHMARKS.md.
 """
@@ -45,6 +52,7 @@ BIAS_PLOT = REPO / "benchmarks" / "results" / "retrieval_ml100k_bias.png"
 PEER_PACKAGE = "implicit==0.7.2"
 PEERS_DIR = Path.home() / ".cache" / "recfunnel" / "bench-peers" / "implicit-0.7.2"
 RUN_NAME = "bench-ml100k"
+TOP_LISTS = "bench_top10_lists.npz"     # in the run folder: each model's last test top-10 lists
 K = 10
 RECBOLE_BPR = {"recall@10": 0.2368, "ndcg@10": 0.2768,
                "source": "RecBole ml-100k results, BPR, RS 8:1:1 by user, full ranking"}
@@ -55,6 +63,10 @@ GRIDS = {
                      for f, r, a in itertools.product([32, 64], [0.05], [1.0, 10.0])],
     "implicit_bpr": [{"factors": f, "learning_rate": 0.01, "regularization": 0.01,
                       "iterations": i} for f, i in itertools.product([64, 128], [30, 60])],
+    # EASE and item-kNN: the validation optimum of a wider sweep (lambda 10 to 2000, 5 to 500
+    # neighbours) lies inside these grids, not at an edge.
+    "ease": [{"regularization": r} for r in [50.0, 100.0, 250.0, 500.0]],
+    "item_knn": [{"neighbours": n} for n in [50, 100, 200, 500]],
     "mf": [{"embedding_dim": d, "mf_learning_rate": lr}
            for d, lr in itertools.product([64, 128], [0.002, 0.005])],
     "two_tower": [{"retrieval_temperature": t, "embedding_dim": d, "retrieval_learning_rate": 0.005}
@@ -76,6 +88,7 @@ def ensure_peers() -> None:
 def build_dataset(rebuild: bool) -> Path:
     run_dir = REPO / "runs" / RUN_NAME
     if rebuild or not (run_dir / "dataset" / "test").exists():
+        (run_dir / TOP_LISTS).unlink(missing_ok=True)       # lists of the old split
         subprocess.run([sys.executable, "-m", "recfunnel", "pipeline", "run", "--config",
                         "configs/movielens100k.yaml", "--steps", "data,dataset",
                         "--run-name", RUN_NAME], cwd=REPO, check=True)
@@ -157,6 +170,27 @@ def implicit_model(kind: str, splits, protocols) -> dict:
     return _choose(tried)
 
 
+def item_item(kind: str, splits, protocols) -> dict:
+    from threadpoolctl import threadpool_limits
+
+    from models.peers import EASE, ItemKNN
+
+    train = splits.positives(splits.train, "click")
+    shape = (int(splits.train["user_id"].max()) + 1, int(splits.train["item_id"].max()) + 1)
+    tried = []
+    for params in GRIDS[kind]:
+        start = time.perf_counter()
+        with threadpool_limits(1, "blas"):     # one core: the machine is shared
+            model = (EASE if kind == "ease" else ItemKNN)(**params).fit(
+                train["user_id"].to_numpy(), train["item_id"].to_numpy(), *shape)
+        seconds = time.perf_counter() - start
+        scores = {name: p.score(model.search(p.users, K, p.exclude)[0])
+                  for name, p in protocols.items()}
+        tried.append({"params": params, "train_seconds": round(seconds, 2), **scores})
+        print(f"  {model}: valid {_shown(scores['valid'])}, {seconds:.1f} s", flush=True)
+    return _choose(tried)
+
+
 def ours(kind: str, splits, protocols, base_cfg) -> dict:
     from models.data import to_tensors
     from models.retrieval import tower_schemas, train_retrieval
@@ -197,25 +231,30 @@ def _choose(tried: list[dict]) -> dict:
 
 
 def popularity_bias(lists: dict, splits) -> dict:
-    """Every model's test top-10 lists against the training popularity (L4.3), on one plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from recfunnel.evaluation.bias import (ItemPopularity, concentration_curve,
-                                           popularity_bias_summary)
+    """Each model's test top-10 lists against the training popularity (L4.3)."""
+    from recfunnel.evaluation.bias import ItemPopularity, popularity_bias_summary
 
     train = splits.positives(splits.train, "click")["item_id_raw"].to_numpy()
     catalogue = np.unique(np.concatenate([splits.train["item_id_raw"], splits.valid["item_id_raw"],
                                           splits.test["item_id_raw"]]))
     popularity = ItemPopularity.from_interactions(train, catalogue=catalogue)
+    return {name: {k: round(v, 4) if isinstance(v, float) else v
+                   for k, v in popularity_bias_summary(top, popularity).items()}
+            for name, top in lists.items()}
+
+
+def bias_plot(lists: dict, splits) -> None:
+    """Every model's concentration curve of its test top-10 lists beside the training data's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from recfunnel.evaluation.bias import concentration_curve
+
+    train = splits.positives(splits.train, "click")["item_id_raw"].to_numpy()
     curves = {"training data": concentration_curve(train)}
-    out = {}
-    for name, top in lists.items():
-        curves[NAMES[name]] = concentration_curve(top)
-        out[name] = {k: round(v, 4) if isinstance(v, float) else v
-                     for k, v in popularity_bias_summary(top, popularity).items()}
+    curves.update({NAMES[name]: concentration_curve(top) for name, top in lists.items()})
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, curve in curves.items():
         ax.plot(curve["share"] * 100, curve["items"], "o-", label=name,
@@ -227,11 +266,12 @@ def popularity_bias(lists: dict, splits) -> dict:
     ax.legend(fontsize=8)
     fig.savefig(BIAS_PLOT, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return out
 
 
 def run(rebuild: bool, only: list[str] | None) -> dict:
-    ensure_peers()
+    """Runs the models in `only` (all when None) and merges their rows into the last results."""
+    if not only or {"implicit_als", "implicit_bpr"} & set(only):
+        ensure_peers()
     dataset = build_dataset(rebuild)
     from models.data import Splits
     from recfunnel.config import load_config
@@ -249,23 +289,50 @@ def run(rebuild: bool, only: list[str] | None) -> dict:
     runners = {"popularity": lambda: popularity(splits, protocols),
                "implicit_als": lambda: implicit_model("als", splits, protocols),
                "implicit_bpr": lambda: implicit_model("bpr", splits, protocols),
+               "ease": lambda: item_item("ease", splits, protocols),
+               "item_knn": lambda: item_item("item_knn", splits, protocols),
                "mf": lambda: ours("mf", splits, protocols, base),
                "two_tower": lambda: ours("two_tower", splits, protocols, base)}
     for name, runner in runners.items():
         if only and name not in only:
             continue
         print(f"{name} ...", flush=True)
-        results["models"][name] = runner()
+        results["models"][name] = {**runner(), "date": results["date"]}
         lists[name] = results["models"][name].pop("_top")
         print(f"{name}: test {results['models'][name]['test']}", flush=True)
-    bias = popularity_bias(lists, splits)
-    for name, b in bias.items():
+    for name, b in popularity_bias(lists, splits).items():
         results["models"][name]["popularity_bias"] = b
+    drawn = list(results["models"])
+    if only and RESULTS.is_file():
+        results, drawn = merge_previous(results, only)
+    saved = dataset.parent / TOP_LISTS
+    lists = {**(dict(np.load(saved)) if saved.is_file() else {}), **lists}
+    np.savez_compressed(saved, **lists)
+    missing = [n for n in results["models"] if n not in lists]
+    if missing:
+        print(f"bias plot kept as it was: no test lists of {missing} in {saved} (a full run "
+              "redraws it)", flush=True)
+    else:
+        drawn = list(results["models"])
+        bias_plot({n: lists[n] for n in drawn}, splits)
+    results["bias_plot"] = drawn
     return results
 
 
+def merge_previous(results: dict, only: list[str]) -> tuple[dict, list[str]]:
+    """A subset run's rows merged into the last results (the others kept with their date), and
+    the models the bias plot showed then."""
+    previous = json.loads(RESULTS.read_text())
+    kept = {n: {"date": previous["date"], **m} for n, m in previous["models"].items()}
+    kept.update(results["models"])
+    merged = {**results, "models": {n: kept[n] for n in NAMES if n in kept},
+              "command": results["command"] + "  (partly rerun: --only " + ",".join(only) + ")"}
+    return merged, previous.get("bias_plot", list(previous["models"]))
+
+
 NAMES = {"popularity": "popularity", "implicit_als": "implicit ALS (peer)",
-         "implicit_bpr": "implicit BPR (peer)", "mf": "ours: matrix factorisation",
+         "implicit_bpr": "implicit BPR (peer)", "ease": "EASE (peer)",
+         "item_knn": "item-kNN (peer)", "mf": "ours: matrix factorisation",
          "two_tower": "ours: two-tower"}
 
 
@@ -280,21 +347,28 @@ def markdown(r: dict) -> str:
     pub = r["published"]["recbole_bpr"]
     rows.append(f"| RecBole BPR (published, not run here) | {pub['recall@10']} | "
                 f"{pub['ndcg@10']} | | | |")
-    peers = [n for n in ("implicit_als", "implicit_bpr") if n in r["models"]]
+    peers = [n for n in ("implicit_als", "implicit_bpr", "ease", "item_knn") if n in r["models"]]
     verdict = ""
     if "two_tower" in r["models"] and peers:
         best = max(peers, key=lambda n: r["models"][n]["test"]["recall@10"])
-        ratio = r["models"]["two_tower"]["test"]["recall@10"] / \
-            r["models"][best]["test"]["recall@10"]
-        verdict = (f"Two-tower / best peer ({NAMES[best]}) recall@10 ratio: **{ratio:.2f}** "
-                   "(same run, same split).")
+        ratio = {n: r["models"]["two_tower"]["test"]["recall@10"] /
+                 r["models"][n]["test"]["recall@10"] for n in peers}
+        verdict = (f"Two-tower / best peer ({NAMES[best]}) recall@10 ratio: "
+                   f"**{ratio[best]:.2f}**"
+                   + (f"; / implicit ALS: {ratio['implicit_als']:.2f}"
+                      if best != "implicit_als" and "implicit_als" in ratio else "")
+                   + " (same split).")
     bias = ["| model | coverage | Gini | popularity lift | long-tail share |", "|---|---|---|---|---|"]
     bias += [f"| {NAMES[n]} | {m['popularity_bias']['coverage']} | {m['popularity_bias']['gini']} | "
              f"{m['popularity_bias']['popularity_lift']} | {m['popularity_bias']['long_tail_share']} |"
              for n, m in r["models"].items() if "popularity_bias" in m]
+    undrawn = [NAMES[n] for n in r["models"] if n not in r.get("bias_plot", r["models"])]
     d = r["data"]
+    dates = sorted({m.get("date", r["date"]) for m in r["models"].values()})
     return "\n".join([
-        f"Command: `{r['command']}`. Machine: {r['machine']}. Date: {r['date']}.",
+        f"Command: `{r['command']}`. Machine: {r['machine']}. Date: {r['date']}"
+        + (f" (rows measured on {', '.join(dates)}: see `date` per model in the JSON)"
+           if len(dates) > 1 else "") + ".",
         f"MovieLens-100K, every rating an interaction, random 80/10/10 per user; "
         f"{d['train_interactions']:,} training interactions; test: {d['test_users']} users, "
         f"{d['test_interactions']:,} interactions; full ranking over all training items, the "
@@ -303,22 +377,22 @@ def markdown(r: dict) -> str:
         "", *rows, "", verdict, "",
         "Popularity bias of the same test top-10 lists (recfunnel.evaluation.bias; the plot with "
         "every model's concentration curve beside the training data's is "
-        "`benchmarks/results/retrieval_ml100k_bias.png`):", "", *bias])
+        "`benchmarks/results/retrieval_ml100k_bias.png`"
+        + (f", not yet redrawn with {', '.join(undrawn)}: a full run redraws it" if undrawn
+           else "") + "):", "", *bias])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rebuild", action="store_true", help="rebuild the ML-100K dataset")
-    parser.add_argument("--only", nargs="*", help=f"rerun a subset of {list(NAMES)}; the "
-                        "others keep their last results")
+    parser.add_argument("--only", nargs="*", help=f"rerun a subset of {list(NAMES)} (names "
+                        "separated by commas or spaces); the others keep their last results")
     args = parser.parse_args()
-    results = run(args.rebuild, args.only)
-    if args.only and RESULTS.is_file():     # rerun a few models: keep the others' results
-        previous = json.loads(RESULTS.read_text())
-        previous["models"].update(results["models"])
-        results = {**results, "models": {n: previous["models"][n] for n in NAMES
-                                         if n in previous["models"]}}
-        results["command"] += "  (partly rerun: --only " + " ".join(args.only) + ")"
+    only = [n for arg in args.only for n in arg.split(",") if n] if args.only else None
+    unknown = sorted(set(only or []) - set(NAMES))
+    if unknown:
+        parser.error(f"--only takes model names from {list(NAMES)}, got {unknown}")
+    results = run(args.rebuild, only)
     publish(results, markdown(results), RESULTS, "bench_retrieval_ml100k", write=True)
 
 

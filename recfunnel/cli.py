@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from recfunnel.config import ConfigError, load_config, merge, parse_override
@@ -49,6 +51,11 @@ def cmd_pipeline_run(args) -> int:
     print(f"run {run_dir}: {data.get('events', 0):,} events, {data.get('users', 0):,} users, "
           f"{data.get('items', 0):,} items; {data.get('quarantined_rows', 0):,} rows quarantined "
           f"{data.get('quarantined_by_reason', {})}")
+    for name, section in ((s, summary.get(s)) for s in steps):    # what this run's steps said
+        for note in (section.get("derived") or []) if isinstance(section, dict) else []:
+            print(f"{name}: derived: {note}")
+        for warning in (section.get("warnings") or []) if isinstance(section, dict) else []:
+            print(f"recfunnel: warning: {name}: {warning}", file=sys.stderr)
     print(f"summary: {run_dir / 'summary.json'}\nreport:  {run_dir / 'report.html'}")
     return 0
 
@@ -183,7 +190,7 @@ def cmd_serve(args) -> int:
     """Serves an exported repository until SIGINT or SIGTERM: `recfunnel serve --run-name demo`."""
     import signal
 
-    from recfunnel.serving import TritonServer
+    from recfunnel.serving import TritonServer, TritonServerError
     from recfunnel.serving.export import stage_environment, versions_in
 
     repo = _served_repo(args)
@@ -204,6 +211,9 @@ def cmd_serve(args) -> int:
     except KeyboardInterrupt:
         server.stop()
         return 0
+    except TritonServerError as err:     # a model that refuses to load says why in the log
+        print(f"recfunnel: error: {repo} cannot be served: {err}", file=sys.stderr)
+        return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(f"ready in {server.startup_s:.1f} s (tritonserver pid {server.process.pid}): "
@@ -455,9 +465,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+# Notes TensorFlow, absl and Merlin print at start-up and on every save, which say nothing a
+# user of this pipeline can act on (RECFUNNEL_LIBRARY_WARNINGS=1 shows them again).
+LIBRARY_NOISE = ("PyTorch dtype mappings did not load", ".*NVTabular Dataset (in|to) CPU mode")
+NOISY_LOGGERS = ("tensorflow", "absl")
+
+
+def quiet_libraries() -> None:
     # TensorFlow's C++ start-up notes (CPU instructions, placeholder aborts) are not for users.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if os.environ.get("RECFUNNEL_LIBRARY_WARNINGS") == "1":
+        return
+    for message in LIBRARY_NOISE:
+        warnings.filterwarnings("ignore", message=message)
+    for name in NOISY_LOGGERS:         # "Please fix your imports", "Found untraced functions"
+        # a filter, not a level: absl resets its logger's level from its flags when it loads
+        logging.getLogger(name).addFilter(lambda record: record.levelno >= logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_libraries()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

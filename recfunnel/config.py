@@ -41,12 +41,55 @@ class SyntheticConfig:
     max_events_per_chunk: int = 1_000_000
 
 
+TIMESTAMP_FORMATS = ("auto", "iso8601", "epoch_s", "epoch_ms")
+SIGNAL_NAMES = ("click", "like", "share")
+
+
 @dataclass
 class DataConfig:
-    """Where the events come from: `synthetic`, `movielens100k`, or `parquet` (your own files)."""
+    """Where the events come from: `synthetic`, `movielens100k`, or `parquet` (your own files).
+
+    Your own files (docs/own_data.md) are read with the settings below them: which file is which
+    table, which of their columns is which schema column, how timestamps are written, and which
+    signals a rating stands for.
+    """
     source: str = "synthetic"
     path: str | None = None               # the ML-100K folder or your parquet/CSV files
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    # table -> file or folder (relative to path), e.g. {events: ratings.csv, items: movies.csv};
+    # a table not named here is found as path/<table>, <table>.parquet, .csv or .tsv
+    files: dict = field(default_factory=dict)
+    columns: dict = field(default_factory=dict)   # your column -> schema column, every table
+    # auto: ISO-8601 text (2026-01-31, 2026-01-31T08:00:00Z) and epoch seconds (numbers);
+    # iso8601 | epoch_s | epoch_ms, or a strftime pattern such as "%d/%m/%Y %H:%M"
+    timestamp_format: str = "auto"
+    rating_column: str = "rating"         # explicit ratings, read by rating_signals
+    # signal -> the lowest rating that sets it, e.g. {like: 4}: like = rating >= 4; events
+    # without a click column are then all clicks (a rating is an interaction)
+    rating_signals: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        fmt = self.timestamp_format
+        if fmt not in TIMESTAMP_FORMATS and "%" not in fmt:
+            raise ConfigError(f"setting data.timestamp_format: {fmt!r} is neither one of "
+                              f"{', '.join(TIMESTAMP_FORMATS)} nor a strftime pattern "
+                              "(e.g. '%d/%m/%Y')")
+        for signal, threshold in self.rating_signals.items():
+            if signal not in SIGNAL_NAMES:
+                raise ConfigError(f"setting data.rating_signals: {signal!r} is not a signal; "
+                                  f"expected some of {', '.join(SIGNAL_NAMES)}")
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+                raise ConfigError(f"setting data.rating_signals.{signal}: expected the lowest "
+                                  f"rating that sets it (a number), got {threshold!r}")
+        for what, mapping in (("files", self.files), ("columns", self.columns)):
+            bad = [k for k, v in mapping.items() if not isinstance(k, str) or not isinstance(v, str)]
+            if bad:
+                raise ConfigError(f"setting data.{what}: expected names to names, got "
+                                  f"{bad[0]!r}: {mapping[bad[0]]!r}")
+        unknown = sorted(set(self.files) - {"events", "users", "items"})
+        if unknown:
+            raise ConfigError(f"setting data.files: {unknown[0]!r} is not a table; expected "
+                              "events, users or items")
 
 
 @dataclass
@@ -293,7 +336,26 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
     if overrides:
         values = merge(values, overrides)
-    return _build(Config, values, "")
+    cfg = _build(Config, values, "")
+    cfg.given = frozenset(_given_paths(Config, values, ""))
+    return cfg
+
+
+def _given_paths(cls, values: dict, where: str):
+    """The dotted paths of the settings a file or override gave (not left to their default)."""
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        path = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict):
+            yield from _given_paths(hints[name], value, path)
+        else:
+            yield path
+
+
+def is_given(cfg: Config, path: str) -> bool:
+    """Whether the user set `path` (e.g. "dataset.unsafe_filters") rather than its default: a
+    default that cannot run on the data is skipped with a warning, a given setting is an error."""
+    return path in getattr(cfg, "given", frozenset())
 
 
 def merge(base: dict, extra: dict) -> dict:

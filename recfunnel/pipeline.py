@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from recfunnel import __version__, report
+from recfunnel import __version__, preflight, report
 from recfunnel.config import Config, ConfigError
 from recfunnel.data import sources
 
@@ -34,6 +34,7 @@ def run_pipeline(cfg: Config, steps: tuple[str, ...] = STEPS, progress: bool = T
         raise ConfigError(f"unknown pipeline step(s) {unknown}; known steps: "
                          f"{', '.join(STEPS + OPTIONAL_STEPS)}")
     run_dir = run_dir_for(cfg)
+    preflight.check(cfg, run_dir, steps)     # a given setting the data cannot honour: exit 2 now
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     # Steps run as separate batch jobs add their sections to the run's existing summary.
@@ -182,9 +183,11 @@ def dataset_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> d
                                 "first (recfunnel pipeline run --steps data,dataset)")
     out = run_dir / "dataset"
     with dask_client(cfg.compute):
-        section = DatasetBuilder(cfg.dataset, cfg.compute, run_dir / "data", out,
-                                 progress=progress).build()
+        builder = DatasetBuilder(cfg.dataset, cfg.compute, run_dir / "data", out,
+                                 progress=progress)
+        section = builder.build()
     section["path"] = "dataset"
+    section["warnings"] = builder.warnings
     truth = run_dir / "data" / "truth"
     if truth.is_dir():
         from recfunnel.data import truth_audit

@@ -53,7 +53,8 @@ def render_data(section: dict) -> str:
             ("events kept", section["events"]), ("users", section["users"]),
             ("items", section["items"]), ("catalogue items", section.get("catalogue_items")),
             ("time range", " to ".join(section["time_range"])),
-            ("rows quarantined", section["quarantined_rows"])]
+            ("rows quarantined", section["quarantined_rows"]),
+            ("of them exact copies of an earlier event", section.get("duplicate_events", 0))]
     parts = [table_html(rows)]
     reasons = section.get("quarantined_by_reason") or {}
     if reasons:
@@ -494,6 +495,21 @@ RENDERERS = {"data": render_data, "dataset": render_dataset, "models": render_mo
              "experiments": render_experiments}
 
 
+def notes_html(section) -> str:
+    """A section's `warnings` (what was skipped, and why) and `derived` (what was made up from
+    other data), above its content."""
+    if not isinstance(section, dict):
+        return ""
+    parts = []
+    for key, title, style in (("warnings", "Skipped, and why", "background:#fff4e0"),
+                              ("derived", "Derived from the data", "background:#eef6e4")):
+        if section.get(key):
+            items = "".join(f"<li>{html.escape(str(w))}</li>" for w in section[key])
+            parts.append(f'<div class="{key}" style="{style};padding:4px 12px">'
+                         f"<b>{title}</b><ul>{items}</ul></div>")
+    return "".join(parts)
+
+
 def write_report(run_dir: Path, summary: dict) -> Path:
     sections = [s for s in SECTION_ORDER if s in summary] + \
                [s for s in summary if s not in SECTION_ORDER and s != "run"]
@@ -503,7 +519,8 @@ def write_report(run_dir: Path, summary: dict) -> Path:
         content = (render(summary[name], run_dir) if name == "evaluation" else
                    render(summary[name])) if render else \
             f"<pre>{html.escape(json.dumps(summary[name], indent=2, default=str))}</pre>"
-        body.append(f'<section id="{name}"><h2>{name}</h2>{content}</section>')
+        body.append(f'<section id="{name}"><h2>{name}</h2>{notes_html(summary[name])}{content}'
+                    '</section>')
     run = summary.get("run", {})
     timings = ", ".join(f"{k} {v} s" for k, v in run.get("timings_s", {}).items())
     page = f"""<!doctype html><html><head><meta charset="utf-8">

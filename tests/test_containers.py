@@ -132,4 +132,26 @@ def test_monitoring_is_mounted_where_prometheus_and_grafana_read_it():
     assert mounts["grafana"]["../monitoring/grafana/dashboards"] == "/var/lib/grafana/dashboards"
     # prometheus.yml scrapes the service `triton` on Triton's metrics port
     assert "triton:8002" in (REPO / "monitoring" / "prometheus.yml").read_text()
-    assert "8002:8002" in spec["triton"]["ports"]
+    assert any(port.endswith(":8002:8002") for port in spec["triton"]["ports"])
+
+
+def test_every_published_port_is_bound_to_loopback_by_default():
+    """Triton, Prometheus and an anonymous Grafana are reachable from this machine only, unless
+    RECFUNNEL_BIND says otherwise (docker compose's own reading of the file)."""
+    import json
+    import os
+
+    def published(env):
+        done = subprocess.run([tool("docker-compose"), "-f", str(COMPOSE), "--profile", "gpu",
+                               "config", "--format", "json"], capture_output=True, text=True,
+                              timeout=120, env=env)
+        assert done.returncode == 0, done.stderr
+        services = json.loads(done.stdout)["services"]
+        return {(name, p["published"]): p.get("host_ip") for name, s in services.items()
+                for p in s.get("ports", [])}
+
+    env = {k: v for k, v in os.environ.items() if k != "RECFUNNEL_BIND"}
+    ports = published(env)
+    assert {name for name, _ in ports} == {"triton", "triton-gpu", "prometheus", "grafana"}
+    assert set(ports.values()) == {"127.0.0.1"}
+    assert set(published({**env, "RECFUNNEL_BIND": "0.0.0.0"}).values()) == {"0.0.0.0"}

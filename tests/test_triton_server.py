@@ -336,3 +336,34 @@ def test_serve_forever_stops_cleanly_on_sigint(toy_repo, tmp_path):
     with pytest.raises(ProcessLookupError):
         os.kill(started["pid"], 0)
     assert all(port_is_free(port) for port in started["ports"].values())
+
+
+# A stage whose artifacts fail their checksums refuses to load, as the funnel's stages do.
+TAMPERED = (python_model_config("X TYPE_FP32 -1", "Y TYPE_FP32 -1"), """
+class TritonPythonModel:
+    def initialize(self, args):
+        raise ValueError("artifacts/heavy_ranker: file saved_model.pb does not match its sha256 "
+                         "in the manifest (altered or corrupt)")
+
+    def execute(self, requests):
+        return []
+""")
+
+
+def test_serving_a_repository_whose_stage_refuses_to_load_is_exit_2_with_its_reason(tmp_path):
+    """`recfunnel serve` on a tampered repository: the checksum error, one line, no traceback."""
+    repo = tmp_path / "repo"
+    write_model(repo, "funnel", TAMPERED)
+    for model in ("user_features", "candidates", "light_ranker", "heavy_ranker"):
+        write_model(repo, model, ADD_ONE)
+    from recfunnel.serving.server import free_ports
+
+    ports = free_ports(3)
+    done = subprocess.run(
+        [sys.executable, "-m", "recfunnel", "serve", "--repo", str(repo), "--http-port",
+         str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]),
+         "--log", str(tmp_path / "server.log")],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "does not match its sha256" in done.stderr and "cannot be served" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import dask
@@ -38,7 +38,7 @@ from workflows.labels import WatchLabels
 from workflows.negatives import NegativeSampler
 from workflows.point_in_time import PointInTimeStats
 from workflows.splits import SPLIT_NAMES, TRAIN, AggregatePairs, SplitAssigner
-from workflows.unsafe import build_filters, unsafe_item_table
+from workflows.unsafe import build_filters, runnable_filters, unsafe_item_table
 
 EVENT_COLUMNS = ["user_id", "item_id", "timestamp", "click", "like", "share", "watch_seconds",
                  "duration_seconds"]
@@ -108,6 +108,11 @@ class DatasetBuilder:
         self.progress = progress
         self.items = pd.read_parquet(self.data_dir / "items.parquet")
         self.users = pd.read_parquet(self.data_dir / "users.parquet")
+        # A filter the catalogue cannot feed (no titles, no flags) is skipped and said so; the
+        # pipeline refuses it before any step when the user asked for it (recfunnel.preflight).
+        runnable, skipped = runnable_filters(cfg.unsafe_filters, self.items)
+        self.cfg = replace(cfg, unsafe_filters=runnable)
+        self.warnings = [f"unsafe filter {spec['kind']!r} skipped: {why}" for spec, why in skipped]
 
     # ---- helpers ---------------------------------------------------------------------------
     def _dataset(self, source) -> Dataset:
@@ -161,7 +166,13 @@ class DatasetBuilder:
     def canonical_items(self, ds: Dataset):
         counts = ds.to_ddf()["item_id"].value_counts().compute()
         counts = backend.host_frame(counts)
-        mapping = canonical_ids(self.items, counts, self.cfg.duplicate_title_similarity)
+        if "title" in self.items and self.items["title"].notna().any():
+            mapping = canonical_ids(self.items, counts, self.cfg.duplicate_title_similarity)
+        else:
+            self.warnings.append("duplicate detection skipped: the catalogue has no titles")
+            mapping = pd.DataFrame({"item_id": self.items["item_id"].astype(np.int64),
+                                    "canonical_id": self.items["item_id"].astype(np.int64),
+                                    "group_size": np.int64(1)})
         mapping.to_parquet(self.out / "artifacts" / "canonical_items.parquet", index=False)
         lookup = mapping.set_index("item_id")["canonical_id"]
         graph = (["item_id"] >> ops.LambdaOp(lambda col: col.map(lookup).fillna(col).astype("int64"))

@@ -125,7 +125,7 @@ def _cross_get_config(self):
 def _patch_cross() -> bool:
     """(d) Cross.get_config forgets `output_x0`: a DCN of depth >= 2 reloaded with Keras
     feeds its second cross layer x1 where it should get x0 (scores off by up to 0.25; the
-    0.011 in ENVIRONMENT.md). Imported lazily: merlin.models.tf pulls in TensorFlow."""
+    0.011 seen at first, docs/environment.md). Imported lazily: merlin.models.tf pulls in TensorFlow."""
     global _UPSTREAM_CROSS_GET_CONFIG
     try:
         from merlin.models.tf.blocks.cross import Cross

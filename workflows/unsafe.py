@@ -21,12 +21,18 @@ class UnsafeFilter(Protocol):
     def unsafe_items(self, items: pd.DataFrame) -> np.ndarray:
         """The ids of the catalogue's items this filter keeps out."""
 
+    def cannot_run(self, items: pd.DataFrame) -> str | None:
+        """Why this filter cannot run on this catalogue, or None when it can."""
+
 
 @dataclass
 class FlagFilter:
     """Items whose moderation flag column is true."""
     column: str = "unsafe"
     name: str = "flag"
+
+    def cannot_run(self, items: pd.DataFrame) -> str | None:
+        return None if self.column in items else f"the catalogue has no column '{self.column}'"
 
     def unsafe_items(self, items: pd.DataFrame) -> np.ndarray:
         if self.column not in items:
@@ -39,6 +45,9 @@ class BlockListFilter:
     """Items listed in a text file, one item id a line; '#' starts a comment."""
     path: str
     name: str = "blocklist"
+
+    def cannot_run(self, items: pd.DataFrame) -> str | None:
+        return None if Path(self.path).is_file() else f"no block list file at {self.path}"
 
     def unsafe_items(self, items: pd.DataFrame) -> np.ndarray:
         path = Path(self.path)
@@ -66,6 +75,20 @@ class TitleClassifierFilter:
     flag_column: str = "unsafe"
     threshold: float = 0.7   # on synthetic data: precision 0.84, recall 0.86 against the truth
     name: str = "title_classifier"
+    min_examples: int = 5    # flagged and unflagged titles each, at least, to learn from
+
+    def cannot_run(self, items: pd.DataFrame) -> str | None:
+        if "title" not in items or items["title"].isna().all():
+            return "the catalogue has no titles"
+        if self.flag_column not in items:
+            return f"the catalogue has no column '{self.flag_column}' to learn from"
+        titled = items["title"].notna()
+        flagged = items[self.flag_column].fillna(False).astype(bool) & titled
+        if flagged.sum() < self.min_examples or (titled & ~flagged).sum() < self.min_examples:
+            return (f"needs at least {self.min_examples} flagged and {self.min_examples} "
+                    f"unflagged titles to train on, got {int(flagged.sum())} flagged and "
+                    f"{int((titled & ~flagged).sum())} unflagged")
+        return None
 
     def unsafe_items(self, items: pd.DataFrame) -> np.ndarray:
         from sklearn.feature_extraction.text import CountVectorizer
@@ -73,9 +96,9 @@ class TitleClassifierFilter:
 
         titles = items["title"].fillna("").astype(str)
         labels = items[self.flag_column].fillna(False).astype(bool).to_numpy()
-        if labels.sum() < 5 or (~labels).sum() < 5:
-            raise ValueError(f"unsafe filter 'title_classifier': needs at least 5 flagged and 5 "
-                             f"unflagged titles to train on, got {labels.sum()} flagged")
+        problem = self.cannot_run(items)
+        if problem:
+            raise ValueError(f"unsafe filter 'title_classifier': {problem}")
         vectorizer = CountVectorizer(binary=True, token_pattern=r"[a-z]{3,}", lowercase=True)
         features = vectorizer.fit_transform(titles)
         model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000)
@@ -98,6 +121,19 @@ def build_filters(specs: list[dict]) -> list[UnsafeFilter]:
                              f"{', '.join(FILTERS)}")
         out.append(FILTERS[kind](**spec))
     return out
+
+
+def runnable_filters(specs: list[dict], items: pd.DataFrame
+                     ) -> tuple[list[dict], list[tuple[dict, str]]]:
+    """The config entries whose filter can run on `items`, and (entry, why not) for the rest."""
+    ok, skipped = [], []
+    for spec, built in zip(specs, build_filters(specs)):
+        problem = built.cannot_run(items)
+        if problem:
+            skipped.append((spec, problem))
+        else:
+            ok.append(spec)
+    return ok, skipped
 
 
 def unsafe_item_table(items: pd.DataFrame, filters: list[UnsafeFilter]) -> pd.DataFrame:

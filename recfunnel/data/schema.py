@@ -64,7 +64,8 @@ EVENTS = Table(
         Column("user_id", INTEGER, True, False, "who saw the item"),
         Column("item_id", INTEGER, True, False, "what was shown"),
         Column("timestamp", TIMESTAMP, True, False,
-               "when, in UTC; naive datetimes are read as UTC, integers as epoch seconds"),
+               "when, in UTC; naive datetimes are read as UTC, numbers as epoch seconds, text as "
+               "ISO-8601 (other formats: data.timestamp_format)"),
         Column("click", BINARY, True, False, "the user opened the item"),
         Column("like", BINARY, False, False, "explicit positive feedback; 0 when not observed"),
         Column("share", BINARY, False, False, "the user shared it; 0 when not observed"),

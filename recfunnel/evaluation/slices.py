@@ -5,7 +5,9 @@ the users' attributes, and returns one tidy table: slice, group, users, metric, 
 gap_to_overall, too_small. Slices: age band, gender, location (the country on synthetic data;
 the US zip-code region on MovieLens-100K, from `zip_code` if `location` is absent), occupation
 where present, and activity (light / medium / heavy by tertiles of training interactions).
-Groups with too few users to judge are flagged `too_small`, never dropped.
+Groups with too few users to judge are flagged `too_small`, never dropped. A slice whose
+attribute no evaluated user has is left out (its one group, `unknown`, would only repeat the
+overall value); the run's data section warns about it.
 """
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ def user_groups(user_ids, users: pd.DataFrame, interactions: pd.Series | None = 
       user_ids: [n_users] the evaluated users.
       users: the users table: user_id and any of age_band (labels; numeric codes are ignored
         in favour of age) or age, gender, location (or zip_code), occupation. Users missing
-        from it, or missing an attribute, are `unknown`.
+        from it, or missing an attribute, are `unknown`; an attribute every user lacks gives
+        no slice.
       interactions: training interactions per user, indexed by user_id (absent users have 0);
         tertiles are taken over `user_ids`.
     """
@@ -72,6 +75,8 @@ def user_groups(user_ids, users: pd.DataFrame, interactions: pd.Series | None = 
         out["location"] = _labels(zip_region(table["zip_code"]).where(table["zip_code"].notna()))
     if "occupation" in table.columns:
         out["occupation"] = _labels(table["occupation"])
+    # an attribute nobody has is no slice (the data section says it is missing)
+    out = out[[c for c in out.columns if not (out[c].astype(str) == UNKNOWN).all()]]
     if interactions is not None:
         counts = interactions.reindex(out.index).fillna(0)
         out["activity"] = activity_levels(counts).to_numpy()

@@ -179,10 +179,7 @@ def export_version(version_dir: str | Path, dataset_dir: str | Path, repo: str |
                           "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                           "settings": asdict(settings), "evaluation": evaluation}
         _write_record(repo, record)
-        oldest_kept = versions_in(repo)[-serving.keep_versions:][0]
-        for old in versions_in(repo, complete=False):
-            if old < oldest_kept:                  # older complete and interrupted versions
-                _retire(repo, old, staging)
+        remove_old_versions(repo, serving.keep_versions, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(repo, n, served.version, versions_in(repo),
@@ -322,6 +319,25 @@ def _retire(repo: Path, n: int, staging: Path) -> None:
         if (repo / model / str(n)).exists():
             (staging / "retired" / model).mkdir(parents=True, exist_ok=True)
             os.rename(repo / model / str(n), staging / "retired" / model / str(n))
+
+
+def remove_old_versions(repo: Path, keep: int, staging: Path) -> list[int]:
+    """Versions older than the newest `keep` complete ones leave the repository (interrupted
+    ones too); versions.json marks each `retired` with `retired_by: "export cleanup"`, so the
+    record says what was served and when it left. Returns the versions removed."""
+    oldest_kept = versions_in(repo)[-keep:][0]
+    removed = [old for old in versions_in(repo, complete=False) if old < oldest_kept]
+    for old in removed:
+        _retire(repo, old, staging)
+    if removed:
+        record = _read_record(repo)
+        when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        for old in removed:
+            entry = record.setdefault(str(old), {"incomplete": True})   # an interrupted export
+            if "retired" not in entry:
+                entry.update(retired=when, retired_by="export cleanup")
+        _write_record(repo, record)
+    return removed
 
 
 def _read_record(repo: Path) -> dict:
