@@ -2,21 +2,26 @@
 # Prints the path of a `promtool` binary (Prometheus's config and rule checker), for the
 # monitoring tests and for checking monitoring/ by hand:
 #   $(scripts/get_promtool.sh) check config monitoring/prometheus.yml
+# or, with the argument `prometheus`, of the Prometheus server of the same package (the alert
+# test runs it on 127.0.0.1):
+#   $(scripts/get_promtool.sh prometheus) --config.file=... --storage.tsdb.path=...
 # Uses one on PATH; otherwise unpacks Debian's prometheus package without installing it (no
 # service, no root needed once the apt lists exist) into the cache, once per package version:
-#   ${RECFUNNEL_CACHE:-~/.cache/recfunnel}/tools/prometheus-<version>/usr/bin/promtool
+#   ${RECFUNNEL_CACHE:-~/.cache/recfunnel}/tools/prometheus-<version>/usr/bin/{promtool,prometheus}
 # Everything but the path goes to stderr; exit code 2 with the reason when none can be had.
 set -euo pipefail
 
 fail() { echo "error: $*" >&2; exit 2; }
+binary="${1:-promtool}"
+case "$binary" in promtool|prometheus) ;; *) fail "usage: $0 [promtool|prometheus]" ;; esac
 
-if on_path="$(command -v promtool 2>/dev/null)"; then
+if on_path="$(command -v "$binary" 2>/dev/null)"; then
   echo "$on_path"; exit 0
 fi
 command -v apt-get >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1 \
-  || fail "promtool is not on PATH and this machine has no apt-get/dpkg to fetch Debian's" \
+  || fail "$binary is not on PATH and this machine has no apt-get/dpkg to fetch Debian's" \
           "prometheus package; install Prometheus (https://prometheus.io/download/) and put" \
-          "promtool on PATH"
+          "$binary on PATH"
 
 candidate() { apt-cache policy prometheus 2>/dev/null | awk '/Candidate:/ {print $2}'; }
 version="$(candidate)"
@@ -46,10 +51,12 @@ if [ ! -x "$dest/usr/bin/promtool" ]; then
                      "prometheus=$version" >&2) \
       || fail "apt-get download prometheus=$version failed (network? apt sources?)"
     dpkg -x "$work"/prometheus_*.deb "$work/root"
-    [ -x "$work/root/usr/bin/promtool" ] \
-      || fail "the prometheus $version package has no usr/bin/promtool"
+    for b in promtool prometheus; do
+      [ -x "$work/root/usr/bin/$b" ] || fail "the prometheus $version package has no usr/bin/$b"
+    done
     rm -rf "$dest"
     mv "$work/root" "$dest"      # whole or not at all
   fi
 fi
-echo "$dest/usr/bin/promtool"
+[ -x "$dest/usr/bin/$binary" ] || fail "$dest has no usr/bin/$binary (delete it to unpack again)"
+echo "$dest/usr/bin/$binary"
