@@ -41,6 +41,7 @@ bench: env  ## every benchmark; results go to benchmarks/results/ and BENCHMARKS
 	$(RUN) benchmarks/bench_retrieval_ml100k.py
 	$(RUN) benchmarks/bench_training.py
 	$(RUN) benchmarks/bench_demo_models.py
+	$(RUN) benchmarks/bench_ranker_ablations.py --demo-run runs/demo --ml-run runs/bench-ml100k
 	$(RUN) benchmarks/bench_serving.py
 	$(RUN) benchmarks/bench_experiments.py
 

@@ -144,6 +144,51 @@ def example_rows(dataset_dir: Path, user_raw, item_raw, timestamp) -> pd.DataFra
     return workflow.transform(Dataset(rows, cpu=True)).to_ddf().compute().reset_index(drop=True)
 
 
+def refresh_feature_tables(dataset_dir: Path, version_dir: Path, new_events=None) -> dict:
+    """Rebuilds a trained version's served tables (`features/`) from the dataset's history plus
+    `new_events` (our event schema; their items mapped to canonical ids and unsafe items
+    dropped as the build did), as of the midnight after the newest event, without retraining.
+    The models are unchanged: only counts, rates and last active days move."""
+    from models.artifacts import read_manifest, write_manifest
+    from models.funnel import FEATURES
+    from workflows.dataset import HISTORY_COLUMNS
+
+    dataset_dir, version_dir = Path(dataset_dir), Path(version_dir)
+    version = read_manifest(version_dir / FEATURES, kind="features")["version"]
+    events = history_events(dataset_dir)
+    added = 0
+    if new_events is not None:
+        fresh = _as_history(pd.DataFrame(new_events), dataset_dir)
+        added = int(len(fresh))
+        events = pd.concat([events, fresh[HISTORY_COLUMNS]], ignore_index=True)
+    as_of = pd.Timestamp(events["timestamp"].max()).normalize() + pd.Timedelta(days=1)
+    info = build_feature_tables(dataset_dir, version_dir / FEATURES, as_of, events=events)
+    info["new_events"] = added
+    write_manifest(version_dir / FEATURES, version, "features", config=info)
+    return info
+
+
+def _as_history(events: pd.DataFrame, dataset_dir: Path) -> pd.DataFrame:
+    """New events in the history's terms: canonical item ids, no unsafe item, naive UTC."""
+    from workflows.dataset import HISTORY_COLUMNS
+
+    missing = [c for c in HISTORY_COLUMNS if c not in events]
+    if missing:
+        raise ValueError(f"new events lack the columns {missing}; they need {HISTORY_COLUMNS}")
+    events = events[HISTORY_COLUMNS].copy()
+    ts = pd.to_datetime(events["timestamp"], utc=True)
+    events["timestamp"] = ts.dt.tz_convert("UTC").dt.tz_localize(None)
+    artifacts = Path(dataset_dir) / "artifacts"
+    mapping = pd.read_parquet(artifacts / "canonical_items.parquet")
+    canonical = mapping.set_index("item_id")["canonical_id"]
+    events["item_id"] = events["item_id"].map(canonical).fillna(events["item_id"]).astype(np.int64)
+    unsafe_path = artifacts / "unsafe_items.parquet"
+    if unsafe_path.is_file():
+        unsafe = pd.read_parquet(unsafe_path, columns=["canonical_id"])["canonical_id"]
+        events = events[~events["item_id"].isin(unsafe)]
+    return events.reset_index(drop=True)
+
+
 def load_feature_tables(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(users, items) indexed by raw id."""
     folder = Path(folder)

@@ -36,7 +36,7 @@ def check_own_files(cfg: Config) -> None:
                 have = "; ".join(f"{t}: {', '.join(map(str, h))}" for t, h in headers.items())
                 raise ConfigError(f"setting data.columns maps {name!r}, a column none of your "
                                   f"files has ({have})")
-    if is_given(cfg, "data.rating_signals") and "events" in headers:
+    if cfg.data.rating_signals and is_given(cfg, "data.rating_signals") and "events" in headers:
         renamed = [cfg.data.columns.get(c, c) for c in headers["events"]]
         if cfg.data.rating_column not in renamed:
             raise ConfigError(f"setting data.rating_signals reads the rating column "
