@@ -188,7 +188,8 @@ def model_call_ms(artifacts_dir: Path) -> dict:
     for name, n in (("light_ranker", funnel.settings.candidates_k),
                     ("heavy_ranker", funnel.settings.light_keep)):
         scorer = funnel.light if name == "light_ranker" else funnel.heavy
-        pairs = pair_rows(rows, funnel.items, funnel.items["item_id"].to_numpy()[None, :n])  # its rows
+        pairs = pair_rows(rows, funnel.items, funnel.items["item_id"].to_numpy()[None, :n],
+                          funnel.pairs)  # its rows
         inputs = {f: tf.constant(pairs[f].to_numpy().astype(d).reshape(-1, 1))
                   for f, d in scorer.features.items()}
         signature = tf.saved_model.load(str(artifacts_dir / name)).signatures["serving_default"]

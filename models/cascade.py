@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from models.candidates import load_retrieval
-from models.features import example_rows, load_feature_tables
+from models.features import example_rows, load_feature_tables, load_pair_table
 from models.funnel import rank_candidates
 
 CASCADE_STAGES = ("candidates", "light_ranker")   # whose output a ranker's negatives come from
@@ -42,6 +42,7 @@ class StageView:
 
     def __post_init__(self):
         self.users, self.items = load_feature_tables(self.version_root / self.features)
+        self.pairs = load_pair_table(self.version_root / self.features)
         self._query, self._index, _ = load_retrieval(self.version_root / f"{self.retrieval}_query",
                                                      self.version_root / f"{self.retrieval}_items",
                                                      self.index)
@@ -66,7 +67,7 @@ class StageView:
     def light_kept(self, rows: pd.DataFrame, candidates: np.ndarray, scorer) -> np.ndarray:
         """[n, light_keep] the light ranker's best of each user's candidates."""
         kept, _, _ = rank_candidates(scorer, rows, self.items, candidates, self.light_keep,
-                                     self.blend_weights)
+                                     self.blend_weights, self.pairs)
         return kept
 
 

@@ -11,12 +11,15 @@ popularity fallback.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 USER_FEATURES, ITEM_FEATURES = "user_features.parquet", "item_features.parquet"
+PAIR_FEATURES = "user_group_features.parquet"   # (user, item group) statistics
+PAIR_KEY, USER_KEY_COLUMN, ITEM_GROUP = "pair_key", "user_key", "item_group"
 USER_KEY, ITEM_KEY = "user_id_raw", "item_id_raw"
 UNKNOWN_USER = -1    # the row the workflow gives an id it has never seen (out-of-vocabulary)
 NEVER_DAYS = 999.0   # workflows.point_in_time.NEVER: days_since_last with no earlier event
@@ -39,7 +42,7 @@ def build_feature_tables(dataset_dir: Path, out_dir: Path, as_of: pd.Timestamp,
 
     import workflows  # noqa: F401  (Merlin's CPU fixes)
     from workflows.dataset import fit_point_in_time, point_in_time_nodes, read_split
-    from workflows.point_in_time import event_day
+    from workflows.point_in_time import PointInTimeStats, UserGroupStats, event_day
 
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     workflow = nvt.Workflow.load(str(dataset_dir / "workflow"))
@@ -52,7 +55,10 @@ def build_feature_tables(dataset_dir: Path, out_dir: Path, as_of: pd.Timestamp,
     stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
     when = stamp if getattr(train["timestamp"].dtype, "tz", None) else stamp.tz_convert(None)
     day = int(event_day(np.array([stamp.tz_convert(None).to_datetime64()]))[0])
-    last_day = {node.op.key: node.op for node in point_in_time_nodes(workflow)}
+    nodes = point_in_time_nodes(workflow)
+    last_day = {n.op.key: n.op for n in nodes if type(n.op) is PointInTimeStats}
+    grouped = [n.op for n in nodes if isinstance(n.op, UserGroupStats)]
+    pair_columns = [f"{op.prefix}_{name}" for op in grouped for name in op.stat_names]
     out_dir.mkdir(parents=True, exist_ok=True)
     schema = workflow.output_schema
     sizes = {}
@@ -63,18 +69,71 @@ def build_feature_tables(dataset_dir: Path, out_dir: Path, as_of: pd.Timestamp,
         rows = _request_rows(workflow.input_schema, key, ids, other,
                              items[0] if key == "user_id" else users[-1], when)
         out = workflow.transform(Dataset(rows, cpu=True)).to_ddf().compute()
-        columns = [f"{key}_raw", *schema.select_by_tag(tag).column_names]
+        columns = [f"{key}_raw", *[c for c in schema.select_by_tag(tag).column_names
+                                   if c not in pair_columns]]
         table = out[columns].sort_values(f"{key}_raw").reset_index(drop=True)
         prefix = key.removesuffix("_id")
         table[f"{prefix}_last_day"] = last_day[key].last_day(table[f"{key}_raw"], day) \
             if key in last_day else -1
         if key == "user_id":
             table[REQUEST_DAY] = np.int64(day)
+            table[USER_KEY_COLUMN] = table[USER_KEY].to_numpy(np.int64)
+        elif grouped:
+            table[ITEM_GROUP] = grouped[0].group_of(table[ITEM_KEY])
         table.to_parquet(out_dir / path, index=False)
         sizes[name] = int(len(table))
+    files = [USER_FEATURES, ITEM_FEATURES]
+    if grouped:
+        pairs = _pair_table(workflow, grouped[0], pair_columns, when)
+        pairs.to_parquet(out_dir / PAIR_FEATURES, index=False)
+        sizes["user_groups"], files = int(len(pairs)), [*files, PAIR_FEATURES]
     return {"as_of": stamp.isoformat(), "as_of_day": day, **sizes,
-            "events": None if events is None else int(len(events)),
-            "files": [USER_FEATURES, ITEM_FEATURES]}
+            "events": None if events is None else int(len(events)), "files": files,
+            "pair_groups": grouped[0].n_groups if grouped else None}
+
+
+def _pair_table(workflow, op, columns: list[str], when) -> pd.DataFrame:
+    """(user, item group) -> the user's statistics with that group, for every pair with
+    history: the workflow's own output for a representative item of each group."""
+    from merlin.io import Dataset
+
+    keys = np.unique(op.table["key"].to_numpy(np.int64)) if op.table is not None else \
+        np.empty(0, np.int64)
+    users, groups = keys // op.n_groups, keys % op.n_groups
+    first_item = pd.Series(op.group_items).groupby(op.group_codes).first()
+    items = first_item.reindex(groups).to_numpy()
+    keep = ~pd.isna(items)
+    rows = raw_rows(workflow.input_schema, {"user_id": users[keep],
+                                            "item_id": items[keep].astype(np.int64)}, when)
+    if not len(rows):
+        return pd.DataFrame({PAIR_KEY: np.empty(0, np.int64), **{c: [] for c in columns}})
+    out = workflow.transform(Dataset(rows, cpu=True)).to_ddf().compute()
+    table = out[columns].reset_index(drop=True)
+    table.insert(0, PAIR_KEY, keys[keep])
+    return table
+
+
+@dataclass
+class PairTable:
+    """The version's (user, item group) features: `frame` indexed by user key x n_groups +
+    the item's group; pairs without history get the workflow's value for none (zeros)."""
+    frame: pd.DataFrame
+    n_groups: int
+
+    def rows(self, user_key: np.ndarray, item_group: np.ndarray) -> pd.DataFrame:
+        keys = np.asarray(user_key, np.int64) * self.n_groups + np.asarray(item_group, np.int64)
+        return self.frame.reindex(keys).fillna(0.0).astype(np.float32).reset_index(drop=True)
+
+
+def load_pair_table(folder: Path) -> PairTable | None:
+    """The version's pair features, or None when its data set has no item groups."""
+    from models.artifacts import read_manifest
+
+    folder = Path(folder)
+    if not (folder / PAIR_FEATURES).is_file():
+        return None
+    n_groups = read_manifest(folder, kind="features", verify=False)["config"]["pair_groups"]
+    return PairTable(pd.read_parquet(folder / PAIR_FEATURES).set_index(PAIR_KEY), int(n_groups))
 
 
 def recency_feature(request_day, last_day) -> np.ndarray:

@@ -21,7 +21,8 @@ import pandas as pd
 from models.artifacts import read_manifest, require_same_version
 from models.blend import blend
 from models.candidates import EmbeddingIndex, PopularityCandidates
-from models.features import REQUEST_DAY, UNKNOWN_USER, load_feature_tables, recency_feature
+from models.features import (ITEM_GROUP, REQUEST_DAY, UNKNOWN_USER, USER_KEY_COLUMN, PairTable,
+                             load_feature_tables, load_pair_table, recency_feature)
 
 MODEL, FALLBACK = "model", "fallback"
 # The version's feature tables: `features` as served (every event, refreshed by export), and
@@ -80,6 +81,7 @@ class Funnel:
             "heavy_ranker": read_manifest(self.root / "heavy_ranker", kind="ranker")}
         self.version = require_same_version(**self.manifests)
         self.users, self.items = load_feature_tables(self.root / features)  # by raw id
+        self.pairs = load_pair_table(self.root / features)
         self.query_inputs = {n: c["dtype"]
                              for n, c in self.manifests["query_tower"]["schema"].items()}
         self.popularity = PopularityCandidates(np.load(self.root / "popularity" / "item_ids.npy"),
@@ -184,7 +186,7 @@ class Funnel:
     def rank(self, scorer, rows: pd.DataFrame, candidates: np.ndarray, keep: int,
              weights: dict) -> tuple[np.ndarray, np.ndarray, dict]:
         """Scores the candidates, orders each user's by the blend, keeps the top `keep`."""
-        return rank_candidates(scorer, rows, self.items, candidates, keep, weights)
+        return rank_candidates(scorer, rows, self.items, candidates, keep, weights, self.pairs)
 
 
     def recommend(self, users_raw, k: int | None = None, exclude_raw=None,
@@ -231,37 +233,42 @@ class Funnel:
         return np.where(ids >= 0, raw.reshape(ids.shape), -1)
 
 
-def pair_rows(rows: pd.DataFrame, items: pd.DataFrame, candidates: np.ndarray) -> pd.DataFrame:
-    """One ranker input row per (user, candidate): the user's features and the item's.
+def pair_rows(rows: pd.DataFrame, items: pd.DataFrame, candidates: np.ndarray,
+              pairs: PairTable | None = None) -> pd.DataFrame:
+    """One ranker input row per (user, candidate): the user's features, the item's, and the
+    user's own history with the item's group (`pairs`).
 
     Args:
       rows: [n] user feature rows (a version's user table rows, `request_day` included).
       items: the version's item table (raw id index, categorified `item_id` column).
       candidates: [n, width] categorified item ids, -1 pads.
+      pairs: the version's (user, item group) table, if its data set has item groups.
     """
     n, width = candidates.shape
     flat = candidates.reshape(-1)
     # padding (-1) gets any real item's features; its score is masked by the caller
     safe = np.where(flat >= 0, flat, items["item_id"].iloc[0])
     item_rows = items.set_index("item_id").loc[safe]
-    pairs = pd.concat([rows.loc[np.repeat(np.arange(n), width)].reset_index(drop=True),
-                       item_rows.reset_index()], axis=1)
-    pairs["item_id"] = safe
-    if REQUEST_DAY in pairs and "item_days_since_last" in pairs:   # recency at request time
-        pairs["item_days_since_last"] = recency_feature(pairs[REQUEST_DAY],
-                                                        pairs["item_last_day"])
-    return pairs
+    out = pd.concat([rows.loc[np.repeat(np.arange(n), width)].reset_index(drop=True),
+                     item_rows.reset_index()], axis=1)
+    out["item_id"] = safe
+    if REQUEST_DAY in out and "item_days_since_last" in out:   # recency at request time
+        out["item_days_since_last"] = recency_feature(out[REQUEST_DAY], out["item_last_day"])
+    if pairs is not None and USER_KEY_COLUMN in out and ITEM_GROUP in out:
+        out = pd.concat([out, pairs.rows(out[USER_KEY_COLUMN], out[ITEM_GROUP])], axis=1)
+    return out
 
 
 def rank_candidates(scorer, rows: pd.DataFrame, items: pd.DataFrame, candidates: np.ndarray,
-                    keep: int, weights: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+                    keep: int, weights: dict, pairs: PairTable | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, dict]:
     """A ranking stage: scores [n, width] candidates with `scorer` (a RankerScorer), orders
     each user's by the blend of `weights`, keeps the top `keep`; returns kept ids, blended
     scores and per-objective scores, each [n, keep]."""
     n, width = candidates.shape
     if width == 0:
         return candidates, np.zeros((n, 0)), {}
-    scores = scorer.score(pair_rows(rows, items, candidates))
+    scores = scorer.score(pair_rows(rows, items, candidates, pairs))
     blended = blend(scores, weights).reshape(n, width)
     blended = np.where(candidates >= 0, blended, -np.inf)
     keep = min(keep, width)

@@ -50,7 +50,7 @@ def ranker_schema(splits: Splits, cfg: ModelsConfig, kind: str,
                          f"{splits.schema.select_by_tag(Tags.TARGET).column_names}")
     features = splits.schema.select_by_tag([Tags.USER, Tags.ITEM])
     if names is None and kind == "light":
-        names = cfg.light_ranker_features
+        names = light_features(cfg, features.column_names)
     if names is not None:
         unknown = [f for f in names if f not in features.column_names]
         if unknown:
@@ -60,14 +60,34 @@ def ranker_schema(splits: Splits, cfg: ModelsConfig, kind: str,
     return features + splits.schema.select_by_name(cfg.objectives)
 
 
+def ranker_inputs(schema: Schema, cfg: ModelsConfig):
+    """The features' input block: embeddings of `ranker_embedding_dim` (None: Merlin's
+    inferred size per cardinality) with an L2 penalty on the rows a batch uses."""
+    features = schema.excluding_by_tag(Tags.TARGET)
+    return mm.InputBlockV2(features, categorical=mm.Embeddings(
+        features.select_by_tag(Tags.CATEGORICAL), dim=cfg.ranker_embedding_dim,
+        l2_batch_regularization_factor=cfg.ranker_l2_reg))
+
+
+GROUP_FEATURES = ("user_category_click_rate", "user_category_events")
+
+
+def light_features(cfg: ModelsConfig, available: list[str]) -> list[str]:
+    """The light ranker's inputs: `light_ranker_features`, plus the user's history with the
+    item's category when `light_ranker_group_features` and the data set has it."""
+    extra = [f for f in GROUP_FEATURES if cfg.light_ranker_group_features and f in available]
+    return [*cfg.light_ranker_features, *[f for f in extra if f not in cfg.light_ranker_features]]
+
+
 def build_ranker(schema: Schema, cfg: ModelsConfig, kind: str) -> mm.Model:
     outputs = mm.OutputBlock(schema)          # one BinaryOutput (sigmoid) per target column
+    dropout = cfg.ranker_dropout or None
     if kind == "heavy":
         return mm.DCNModel(schema, depth=cfg.heavy_ranker_cross_depth,
-                           deep_block=mm.MLPBlock(cfg.heavy_ranker_layers),
-                           prediction_tasks=outputs)
-    return mm.Model(mm.InputBlockV2(schema.excluding_by_tag(Tags.TARGET)),
-                    mm.MLPBlock(cfg.light_ranker_layers), outputs)
+                           deep_block=mm.MLPBlock(cfg.heavy_ranker_layers, dropout=dropout),
+                           input_block=ranker_inputs(schema, cfg), prediction_tasks=outputs)
+    return mm.Model(ranker_inputs(schema, cfg),
+                    mm.MLPBlock(cfg.light_ranker_layers, dropout=dropout), outputs)
 
 
 class _EpochLog(tf.keras.callbacks.Callback):

@@ -34,7 +34,7 @@ def train_all(dataset_dir: Path, out_dir: Path, cfg: ModelsConfig, progress: boo
     from what the stage before it returns (models.cascade), when that stage is in the version."""
     from tqdm.auto import tqdm
 
-    from models.ranking import train_ranker
+    from models.ranking import light_features, train_ranker
     from models.retrieval import train_retrieval
 
     splits = Splits.load(dataset_dir)
@@ -65,7 +65,8 @@ def train_all(dataset_dir: Path, out_dir: Path, cfg: ModelsConfig, progress: boo
                 train_rows, valid_rows = (score(f) for f in (
                     splits.train if train_rows is None else train_rows,
                     splits.valid if valid_rows is None else valid_rows))
-                base = cfg.light_ranker_features if kind == "light" else features
+                base = light_features(cfg, splits.schema.column_names) if kind == "light" \
+                    else features
                 features = None if base is None else [*base, RETRIEVAL_SCORE]
             result = train_ranker(kind, splits, cfg, root, version, train_rows=train_rows,
                                   valid_rows=valid_rows, features=features,

@@ -186,8 +186,14 @@ class ModelsConfig:
     ranker_retrieval_score: bool = True   # both rankers see the candidate generator's score
     light_ranker_features: list = field(default_factory=lambda: [
         "user_id", "item_id", "item_click_rate", "item_events", "user_click_rate"])
+    light_ranker_group_features: bool = True   # also the user's history with the item's
+                                          # category (user_category_click_rate, _events) when
+                                          # the data set has item categories
     light_ranker_layers: list = field(default_factory=lambda: [32])
     heavy_ranker_features: list | None = None   # None: every user and item feature
+    ranker_embedding_dim: int | None = None   # None: Merlin's size per id cardinality
+    ranker_l2_reg: float = 0.0            # L2 penalty on the embedding rows of each batch
+    ranker_dropout: float = 0.0           # dropout in the rankers' MLPs
     heavy_ranker_layers: list = field(default_factory=lambda: [128, 64])
     heavy_ranker_cross_depth: int = 2
     eval_k: int = 10

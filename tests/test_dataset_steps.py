@@ -136,6 +136,33 @@ def test_a_planted_future_event_does_not_leak(tmp_path):
     pd.testing.assert_frame_equal(out.iloc[:3], again.iloc[:3])
 
 
+def test_user_group_stats_count_the_users_history_with_the_items_category(tmp_path):
+    """Items 7 and 8 share category 0, item 9 is category 1: an example of (user 1, item 8)
+    on day t counts the user's earlier events on item 7 (same category), not those on item 9,
+    and nothing of user 2."""
+    import nvtabular as nvt
+    from merlin.io import Dataset
+
+    t = pd.Timestamp("2026-01-10")
+    day = pd.Timedelta(days=1)
+    events = pd.DataFrame({
+        "user_id": [1, 1, 1, 2, 1], "item_id": [7, 7, 9, 7, 8],
+        "timestamp": [t - 3 * day, t - 2 * day, t - day, t - day, t],
+        "click": [1, 0, 1, 1, 1], "watch_seconds": [5.0, 0.0, 5.0, 5.0, 5.0],
+        "duration_seconds": [10.0] * 5})
+    op = point_in_time.UserGroupStats(pd.Series([0, 0, 1], index=[7, 8, 9]))
+    assert op.n_groups == 3 and op.group_of([7, 9, 42]).tolist() == [0, 1, 2]   # 42: no group
+    inputs = ["user_id", "item_id", "timestamp", "click", "watch_seconds", "duration_seconds"]
+    workflow = nvt.Workflow(inputs >> op)
+    workflow.fit(Dataset(events, cpu=True))
+    out = workflow.transform(Dataset(events, cpu=True)).to_ddf().compute()
+    last = out.iloc[4]          # (user 1, item 8) on day t: the two category-0 events before
+    assert last["user_category_events"] == 2 and last["user_category_clicks"] == 1
+    assert last["user_category_click_rate"] == pytest.approx(0.5)
+    assert out.iloc[2]["user_category_events"] == 0      # item 9: category 1, no earlier event
+    assert out.iloc[3]["user_category_events"] == 0      # user 2 has no history
+
+
 # ---- splits and negatives (L5.4, L4.4) ---------------------------------------------------------
 
 def test_time_split_boundaries():

@@ -82,7 +82,9 @@ def test_rankers_learn_every_objective_with_probabilities(splits, tmp_path, kind
     for objective in scores:
         np.testing.assert_array_equal(scores[objective], again[objective])
     if kind == "light":
-        assert result.features == CFG.light_ranker_features
+        from models.ranking import light_features
+        assert result.features == light_features(CFG, splits.schema.column_names)
+        assert result.features[:len(CFG.light_ranker_features)] == CFG.light_ranker_features
 
 
 def test_patience_keeps_the_best_epoch(splits, tmp_path):

@@ -160,6 +160,29 @@ def test_served_feature_row_equals_the_offline_build_at_that_time(server, run, i
     np.testing.assert_allclose(answer.score, expected.score, rtol=1e-6, atol=1e-7)
 
 
+def test_ranker_input_rows_equal_the_offline_build_at_that_time(run, in_process):
+    """What the rankers score for (user, candidate) at a time, user, item and (user, item group)
+    features included, is the dataset build's row for an example of that pair then."""
+    from models.features import example_rows
+    from models.funnel import pair_rows
+
+    funnel = in_process[0]
+    known = funnel.users.index.to_numpy()
+    users = known[known >= 0][:3]
+    items = funnel.items["item_id"].to_numpy()[:4]
+    day = funnel.as_of_day + 2
+    rows, _ = funnel.user_rows(users, day)
+    served = pair_rows(rows, funnel.items, np.tile(items, (len(users), 1)), funnel.pairs)
+    raw_items = funnel.raw_ids(np.tile(items, (len(users), 1))).reshape(-1)
+    offline = example_rows(run["dir"] / "dataset", np.repeat(users, len(items)), raw_items,
+                           np.full(len(raw_items), pd.Timestamp(day * 86_400 + 60, unit="s")))
+    features = list(funnel.heavy.features)
+    assert any(f.startswith("user_category_") for f in features)
+    for f in features:
+        np.testing.assert_allclose(served[f].to_numpy(np.float64), offline[f].to_numpy(np.float64),
+                                   rtol=1e-6, atol=1e-6, err_msg=f)
+
+
 def test_a_time_before_the_served_tables_is_refused(server, in_process):
     funnel = in_process[0]
     with TritonClient(server["http"]) as client:

@@ -36,13 +36,14 @@ from workflows import backend
 from workflows.duplicates import canonical_ids
 from workflows.labels import WatchLabels
 from workflows.negatives import NegativeSampler
-from workflows.point_in_time import PointInTimeStats
+from workflows.point_in_time import STAT_NAMES, PointInTimeStats, UserGroupStats
 from workflows.splits import SPLIT_NAMES, TRAIN, AggregatePairs, SplitAssigner
 from workflows.unsafe import build_filters, runnable_filters, unsafe_item_table
 
 EVENT_COLUMNS = ["user_id", "item_id", "timestamp", "click", "like", "share", "watch_seconds",
                  "duration_seconds"]
 HISTORY = "history"              # the safe, canonical events: what point-in-time features read
+GROUP_COLUMN = "category"        # the item attribute whose per-user history is a feature
 HISTORY_COLUMNS = ["user_id", "item_id", "timestamp", "click", "watch_seconds",
                    "duration_seconds"]
 LABELS = ["click", "like", "share", "watch_75", "watch_duration_aware"]
@@ -266,6 +267,11 @@ class DatasetBuilder:
                                    "user", Tags.USER)
         item_stats = _scaled_stats(["item_id", *pit_inputs] >> PointInTimeStats("item_id", "item"),
                                    "item", Tags.ITEM)
+        groups = item_groups(self.items)
+        if groups is not None:       # the user's own history with this kind of item
+            op = UserGroupStats(groups)
+            item_stats += _scaled_stats(["user_id", "item_id", *pit_inputs] >> op, op.prefix,
+                                        Tags.ITEM, op.stat_names)
         # Attributes a source does not have (MovieLens has no creator or duration) are left out.
         users, user_cats = _attributes(self.users, "user_id", ["gender", "location"], ["age"])
         items, item_cats = _attributes(self.items.rename(columns={"duration_seconds": "item_duration"}),
@@ -401,11 +407,21 @@ def check_splits(frames: dict[str, pd.DataFrame], cut: Cutoffs, split_kind: str)
     return {"rows": rows, "positives": positives, "passed": passed}
 
 
-def _scaled_stats(stats, prefix: str, tag):
+def item_groups(items: pd.DataFrame, column: str = GROUP_COLUMN) -> pd.Series | None:
+    """Raw item id -> group code (0..n-1) by the item attribute `column` (the first of a
+    '|'-separated list); None when the catalogue has no such attribute."""
+    if column not in items or not items[column].notna().any():
+        return None
+    first = items[column].astype("string").str.split("|").str[0].fillna("unknown")
+    codes = pd.Categorical(first).codes.astype(np.int64)
+    return pd.Series(codes, index=items["item_id"].to_numpy(np.int64))
+
+
+def _scaled_stats(stats, prefix: str, tag, names=STAT_NAMES):
     """Counts and day gaps are heavy-tailed (up to tens of thousands); models get log(1 + x).
     Rates and fractions are already in [0, 1]."""
-    counts = [f"{prefix}_{n}" for n in ("events", "clicks", "days_since_last")]
-    rates = [f"{prefix}_{n}" for n in ("click_rate", "watch_fraction")]
+    counts = [f"{prefix}_{n}" for n in ("events", "clicks", "days_since_last") if n in names]
+    rates = [f"{prefix}_{n}" for n in ("click_rate", "watch_fraction") if n in names]
     return ((stats[counts] >> ops.LogOp()) + stats[rates]) >> ops.AddTags([tag, Tags.CONTINUOUS])
 
 

@@ -115,11 +115,17 @@ class PointInTimeStats(StatOperator):
     def inputs(self) -> list[str]:
         return [self.key, "timestamp", "click", "watch_seconds", "duration_seconds"]
 
+    stat_names = STAT_NAMES
+
+    def keys(self, df) -> np.ndarray:
+        """[n] the int64 key of each row whose history the statistics count."""
+        return np.asarray(host_array(df[self.key]), np.int64)
+
     def fit(self, col_selector: ColumnSelector, ddf):
-        key, prefix = self.key, self.prefix  # noqa: F841  (closure values, not self)
+        keys = self.keys
 
         def per_partition(df):
-            return daily_activity(host_array(df[key]), event_day(host_array(df["timestamp"])),
+            return daily_activity(keys(df), event_day(host_array(df["timestamp"])),
                                   host_array(df["click"]), host_array(df["watch_seconds"]),
                                   host_array(df["duration_seconds"]))
 
@@ -137,14 +143,14 @@ class PointInTimeStats(StatOperator):
         self.table = None
 
     def transform(self, col_selector: ColumnSelector, df):
-        stats = lookup(self.table, host_array(df[self.key]), event_day(host_array(df["timestamp"])))
+        stats = lookup(self.table, self.keys(df), event_day(host_array(df["timestamp"])))
         out = type(df)()
-        for name in STAT_NAMES:
+        for name in self.stat_names:
             out[f"{self.prefix}_{name}"] = stats[name].astype(np.float32)
         return out
 
     def column_mapping(self, col_selector):
-        return {f"{self.prefix}_{name}": list(self.inputs) for name in STAT_NAMES}
+        return {f"{self.prefix}_{name}": list(self.inputs) for name in self.stat_names}
 
     @property
     def output_dtype(self):
@@ -161,3 +167,39 @@ class PointInTimeStats(StatOperator):
     def latest(self) -> pd.DataFrame:
         """The statistics of every key as of the end of the fitted data (for serving)."""
         return latest_stats(self.table, self.key, self.prefix)
+
+
+class UserGroupStats(PointInTimeStats):
+    """[user_id, item_id, timestamp, click, watch_seconds, duration_seconds] ->
+    `<prefix>_<stat>`: the user's own history with items of the example item's group (its
+    category), as of the days before the example's: how much this user engages with this kind
+    of item lately. No recency column, so a served value changes only when tables refresh.
+
+    `groups` maps raw item ids (index) to group codes 0..n-1; other items share group n.
+    """
+    stat_names = ("events", "clicks", "click_rate", "watch_fraction")
+
+    def __init__(self, groups: pd.Series, prefix: str = "user_category"):
+        super().__init__("user_id", prefix)
+        self.group_items = np.asarray(groups.index, np.int64)
+        self.group_codes = np.asarray(groups.to_numpy(), np.int64)
+        self.n_groups = int(self.group_codes.max(initial=-1)) + 2
+
+    @property
+    def inputs(self) -> list[str]:
+        return ["user_id", "item_id", "timestamp", "click", "watch_seconds", "duration_seconds"]
+
+    def group_of(self, item) -> np.ndarray:
+        """[n] group codes of raw item ids (n_groups - 1 for an item without one)."""
+        item = np.asarray(item, np.int64)
+        order = np.argsort(self.group_items)
+        items, codes = self.group_items[order], self.group_codes[order]
+        pos = np.clip(np.searchsorted(items, item), 0, max(len(items) - 1, 0))
+        found = (len(items) > 0) & (items[pos] == item) if len(items) else np.zeros(len(item), bool)
+        return np.where(found, codes[pos] if len(items) else 0, self.n_groups - 1)
+
+    def pair_key(self, user, item) -> np.ndarray:
+        return np.asarray(user, np.int64) * self.n_groups + self.group_of(item)
+
+    def keys(self, df) -> np.ndarray:
+        return self.pair_key(host_array(df["user_id"]), host_array(df["item_id"]))
