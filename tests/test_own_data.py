@@ -275,6 +275,8 @@ def test_preflight_refuses_only_given_settings():
     given = load_config(None, {"dataset": {"unsafe_filters": [{"kind": "title_classifier"}]}})
     with pytest.raises(ConfigError, match="dataset.unsafe_filters"):
         preflight.check_dataset_settings(given, items)
+    written_out = load_config(None, {"dataset": {"unsafe_filters": default.dataset.unsafe_filters}})
+    preflight.check_dataset_settings(written_out, items)   # the default, written out: a default
     with pytest.raises(ConfigError, match="unsafe filter kind 'nsfw' is unknown"):
         preflight.check_dataset_settings(
             load_config(None, {"dataset": {"unsafe_filters": [{"kind": "nsfw"}]}}), items)
