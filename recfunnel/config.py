@@ -359,9 +359,16 @@ def _given_paths(cls, values: dict, where: str):
 
 
 def is_given(cfg: Config, path: str) -> bool:
-    """Whether the user set `path` (e.g. "dataset.unsafe_filters") rather than its default: a
-    default that cannot run on the data is skipped with a warning, a given setting is an error."""
-    return path in getattr(cfg, "given", frozenset())
+    """Whether the user set `path` (e.g. "dataset.unsafe_filters") to something other than its
+    default: a default that cannot run on the data is skipped with a warning, a given setting
+    is an error. A value equal to the default counts as the default, so a run's resolved
+    config.yaml (every setting written out) behaves as the settings it was made from."""
+    if path not in getattr(cfg, "given", frozenset()):
+        return False
+    value, default = cfg, Config()
+    for part in path.split("."):
+        value, default = getattr(value, part), getattr(default, part)
+    return value != default
 
 
 def merge(base: dict, extra: dict) -> dict:

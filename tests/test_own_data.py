@@ -217,6 +217,7 @@ def test_quarantine_rows_are_numbered_within_the_file_past_chunk_boundaries(tmp_
 # ---- 2. defaults that adapt, given settings that must run --------------------------------------
 
 def rating_run(tmp_path, *extra):
+    """data,dataset on a rating log (movies without flags, year column or creator)."""
     folder = write_rating_log(tmp_path / "logs", n_users=40, n_items=30, per_user=12)
     return recfunnel("pipeline", "run", "-q", "--steps", "data,dataset",
                      "--set", "data.source=parquet", "--set", f"data.path={folder}",
@@ -228,12 +229,19 @@ def rating_run(tmp_path, *extra):
                      "--set", "dataset.active_min_events=3", *extra, cwd=tmp_path)
 
 
-def test_the_default_title_classifier_is_skipped_with_a_warning_where_nothing_is_flagged(tmp_path):
-    done = rating_run(tmp_path)
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """A rating log through data,dataset with the default filters: (process, run folder)."""
+    root = tmp_path_factory.mktemp("defaults")
+    return rating_run(root), root / "runs" / "r"
+
+
+def test_the_default_title_classifier_is_skipped_with_a_warning_where_nothing_is_flagged(
+        default_run):
+    done, run = default_run
     assert done.returncode == 0, done.stderr[-3000:]
     assert "recfunnel: warning: dataset: unsafe filter 'title_classifier' skipped: needs at " \
            "least 5 flagged" in done.stderr
-    run = tmp_path / "runs" / "r"
     summary = json.loads((run / "summary.json").read_text())
     assert any("title_classifier" in w for w in summary["dataset"]["warnings"])
     page = (run / "report.html").read_text()
@@ -241,6 +249,16 @@ def test_the_default_title_classifier_is_skipped_with_a_warning_where_nothing_is
     # only our own words: no traceback, no start-up notes of TensorFlow, absl or Merlin
     assert [line for line in done.stderr.splitlines()
             if line.strip() and not line.startswith("recfunnel: warning: ")] == []
+
+
+def test_duplicate_detection_without_blocking_columns_says_titles_alone_decide(default_run):
+    done, run = default_run
+    warnings = json.loads((run / "summary.json").read_text())["dataset"]["warnings"]
+    assert any("compares titles only" in w and "year" in w for w in warnings)
+    mapping = pd.read_parquet(run / "dataset" / "artifacts" / "canonical_items.parquet")
+    copies = mapping[mapping["item_id"] != mapping["canonical_id"]]
+    assert copies.to_dict("list") == {"item_id": [6], "canonical_id": [5], "group_size": [2]} \
+        or copies.to_dict("list") == {"item_id": [5], "canonical_id": [6], "group_size": [2]}
 
 
 def test_a_given_title_classifier_that_cannot_run_is_exit_2_before_any_step(tmp_path):
@@ -257,6 +275,8 @@ def test_preflight_refuses_only_given_settings():
     given = load_config(None, {"dataset": {"unsafe_filters": [{"kind": "title_classifier"}]}})
     with pytest.raises(ConfigError, match="dataset.unsafe_filters"):
         preflight.check_dataset_settings(given, items)
+    written_out = load_config(None, {"dataset": {"unsafe_filters": default.dataset.unsafe_filters}})
+    preflight.check_dataset_settings(written_out, items)   # the default, written out: a default
     with pytest.raises(ConfigError, match="unsafe filter kind 'nsfw' is unknown"):
         preflight.check_dataset_settings(
             load_config(None, {"dataset": {"unsafe_filters": [{"kind": "nsfw"}]}}), items)

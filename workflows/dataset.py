@@ -33,7 +33,7 @@ from nvtabular import ops
 
 from recfunnel.config import ComputeConfig, DatasetConfig
 from workflows import backend
-from workflows.duplicates import canonical_ids
+from workflows.duplicates import BLOCK_COLUMNS, blocking_columns, canonical_ids
 from workflows.labels import WatchLabels
 from workflows.negatives import NegativeSampler
 from workflows.point_in_time import STAT_NAMES, PointInTimeStats, UserGroupStats
@@ -169,6 +169,11 @@ class DatasetBuilder:
         counts = backend.host_frame(counts)
         if "title" in self.items and self.items["title"].notna().any():
             mapping = canonical_ids(self.items, counts, self.cfg.duplicate_title_similarity)
+            if not blocking_columns(self.items):
+                self.warnings.append(
+                    f"duplicate detection compares titles only: the catalogue has none of "
+                    f"{', '.join(BLOCK_COLUMNS)}, so items with equal titles (remakes without "
+                    "a year in the title) become one; give items a year column")
         else:
             self.warnings.append("duplicate detection skipped: the catalogue has no titles")
             mapping = pd.DataFrame({"item_id": self.items["item_id"].astype(np.int64),

@@ -83,6 +83,11 @@ def titles_match(a: str, b: str, min_similarity: float, numbers_a: tuple | None 
             and matcher.ratio() >= min_similarity)
 
 
+def blocking_columns(items: pd.DataFrame) -> list[str]:
+    """The BLOCK_COLUMNS this catalogue has values in (none: titles alone decide)."""
+    return [c for c in BLOCK_COLUMNS if c in items and items[c].notna().any()]
+
+
 def canonical_ids(items: pd.DataFrame, event_counts: pd.Series | None = None,
                   min_similarity: float = 0.9) -> pd.DataFrame:
     """Maps every item to its canonical id.
@@ -100,7 +105,7 @@ def canonical_ids(items: pd.DataFrame, event_counts: pd.Series | None = None,
     frame = items[["item_id", "title"]].copy()
     frame["norm"] = items["title"].fillna("").map(normalize_title)
     frame["numbers"] = items["title"].fillna("").map(title_numbers)
-    blocks = [c for c in BLOCK_COLUMNS if c in items and items[c].notna().any()]
+    blocks = blocking_columns(items)
     for c in blocks:
         frame[c] = items[c].astype(str)
     counts = (event_counts if event_counts is not None else pd.Series(dtype=float))
