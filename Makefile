@@ -44,6 +44,7 @@ bench: env  ## every benchmark; results go to benchmarks/results/ and BENCHMARKS
 	$(RUN) benchmarks/bench_ranker_ablations.py --demo-run runs/demo --ml-run runs/bench-ml100k
 	$(RUN) benchmarks/bench_serving.py
 	$(RUN) benchmarks/bench_experiments.py
+	$(RUN) benchmarks/bench_funnel_stages.py
 
 lock:  ## re-resolve requirements.in into requirements.lock (needs the registry)
 	rm -rf "$(RECFUNNEL_HOME)/lock-venv" && $(PYTHON) -m venv "$(RECFUNNEL_HOME)/lock-venv"

@@ -183,6 +183,34 @@ def test_ranker_input_rows_equal_the_offline_build_at_that_time(run, in_process)
                                    rtol=1e-6, atol=1e-6, err_msg=f)
 
 
+def test_features_refresh_counts_new_events_without_retraining(run, tmp_path):
+    """`recfunnel features refresh --events`: a known user's new clicks two days after the data
+    raise their counts and move their last active day; the models stay as they were."""
+    from models.features import load_feature_tables
+
+    copy = tmp_path / "runs" / run["dir"].name
+    shutil.copytree(run["dir"], copy, ignore=shutil.ignore_patterns("triton_repo"))
+    version = copy / run["version_dir"].relative_to(run["dir"])
+    users, items = load_feature_tables(version / "features")
+    user = int(users.index[users.index >= 0][0])
+    item = int(items.index[0])
+    when = pd.Timestamp((int(users["request_day"].iloc[0]) + 2) * 86_400, unit="s", tz="UTC")
+    new = pd.DataFrame({"user_id": [user] * 3, "item_id": [item] * 3, "timestamp": [when] * 3,
+                        "click": [1, 1, 1], "watch_seconds": [10.0] * 3,
+                        "duration_seconds": [20.0] * 3})
+    new.to_parquet(tmp_path / "new.parquet")
+    heavy = (version / "heavy_ranker" / "manifest.json").read_text()
+    done = recfunnel_cli("features", "refresh", "--run-name", copy.name, "--runs-dir",
+                         str(copy.parent), "--events", str(tmp_path / "new.parquet"))
+    assert done.returncode == 0, done.stderr
+    assert "(3 new)" in done.stdout
+    after, _ = load_feature_tables(version / "features")
+    assert after.loc[user, "user_events"] > users.loc[user, "user_events"]
+    assert after.loc[user, "user_last_day"] == users["request_day"].iloc[0] + 2
+    assert after["request_day"].iloc[0] == users["request_day"].iloc[0] + 3
+    assert (version / "heavy_ranker" / "manifest.json").read_text() == heavy
+
+
 def test_a_time_before_the_served_tables_is_refused(server, in_process):
     funnel = in_process[0]
     with TritonClient(server["http"]) as client:
