@@ -1,26 +1,29 @@
 """Heavy-ranker ablations (issue 13, item 5): what each group of features adds.
 
-Protocol: for each existing pipeline run (the demo, runs/dev, and MovieLens-100K, runs/ml-dev)
-the heavy ranker (DCN-V2) is retrained four times on the run's dataset with the run's `models`
+Protocol: for each existing pipeline run (the demo, runs/demo as `make demo` leaves it, and
+MovieLens-100K, runs/bench-ml100k as benchmarks/bench_retrieval_ml100k.py leaves it) the heavy
+ranker (DCN-V2) is retrained once per variant on the run's dataset with the run's `models`
 config (early stopping on validation AUC, best epoch kept), adding one group of features at a
 time:
   ids           user_id, item_id
   + attributes  every user and item attribute that is not a point-in-time statistic
                 (demo: age_band, gender, location, category, creator, item_duration)
   + statistics  the point-in-time statistics, user_* / item_* of workflows.point_in_time
+  + category history  the user's own earlier events on items of the example item's category
+                (user_category_*, workflows.point_in_time.UserGroupStats)
   + score       the previous stage's score: the dot product of the run's two-tower query
                 vector of the row's user and the row's item vector (0 for items the index
                 does not hold)
 Every variant trains on the splits' own training rows (the dataset's logged impressions plus its
-sampled negatives); the pipeline's cascade negatives are left out so that the four rows differ
+sampled negatives); the pipeline's cascade negatives are left out so that the rows differ
 only in their features. Reported per variant: test ROC-AUC per objective (scored through the
 saved model's serving signature), best epoch and training seconds; on the demo also the truth's
 judgement of the blend's ordering of each user's test rows (NDCG@k of true relevance and the
 mean true relevance of the top k).
 
 The runs are not made here; make them with
-    python -m recfunnel pipeline run -c configs/default.yaml --steps data,dataset,models --set run.name=dev
-    python -m recfunnel pipeline run -c configs/movielens100k.yaml --steps data,dataset,models --set run.name=ml-dev
+    make demo                                           # runs/demo
+    python benchmarks/bench_retrieval_ml100k.py --only funnel   # runs/bench-ml100k
 then
     make bench                                        # all benchmarks
     python benchmarks/bench_ranker_ablations.py       # this one (a few minutes on 2 cores)
@@ -56,10 +59,12 @@ from recfunnel.evaluation.ranker import ranker_metrics  # noqa: E402
 from workflows.point_in_time import STAT_NAMES  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "ranker_ablations.json"
-VARIANTS = ("ids", "+ attributes", "+ point-in-time statistics", "+ retrieval score")
+VARIANTS = ("ids", "+ attributes", "+ point-in-time statistics", "+ user's category history",
+            "+ retrieval score")
+GROUP_PREFIX = "user_category_"      # workflows.point_in_time.UserGroupStats' columns
 DATASETS = {   # name -> (default run folder, config that makes it)
-    "demo": ("runs/dev", "configs/default.yaml"),
-    "ml100k": ("runs/ml-dev", "configs/movielens100k.yaml"),
+    "demo": ("runs/demo", "configs/default.yaml"),
+    "ml100k": ("runs/bench-ml100k", "configs/movielens100k.yaml"),
 }
 
 
@@ -91,14 +96,15 @@ def add_retrieval_score(splits: Splits, root: Path) -> float:
 
 
 def feature_sets(splits: Splits) -> dict[str, list[str]]:
-    """The four nested feature lists, in the schema's order."""
+    """The nested feature lists of VARIANTS, in the schema's order."""
     features = splits.schema.select_by_tag([Tags.USER, Tags.ITEM])
     ids = features.select_by_tag(Tags.ID).column_names
     stats = {f"{side}_{name}" for side in ("user", "item") for name in STAT_NAMES}
+    history = [c for c in features.column_names if c.startswith(GROUP_PREFIX)]
     attributes = [c for c in features.column_names if c not in ids and c not in stats
-                  and c != RETRIEVAL_SCORE]
+                  and c != RETRIEVAL_SCORE and c not in history]
     statistics = [c for c in features.column_names if c in stats]
-    groups = [ids, attributes, statistics, [RETRIEVAL_SCORE]]
+    groups = [ids, attributes, statistics, history, [RETRIEVAL_SCORE]]
     return {name: [c for g in groups[:i + 1] for c in g] for i, name in enumerate(VARIANTS)}
 
 

@@ -220,8 +220,12 @@ def cmd_serve(args) -> int:
           f"http {server.http_address}  grpc "
           f"{server.grpc_address}  metrics {server.metrics_url}\n"
           f"ask it: recfunnel recommend --user 1 --url {server.http_address}", flush=True)
-    server.serve_forever()
-    print("stopped", flush=True)
+    code = server.serve_forever()
+    if code == 0:
+        print("stopped", flush=True)
+    else:   # killed after stop_timeout_s, or tritonserver failed on its way out
+        print(f"stopped: tritonserver exited with code {code} after {server.shutdown_s:.0f} s "
+              f"(see {server.log_path})", flush=True)
     return 0
 
 

@@ -511,10 +511,9 @@ def holdout_stays_on_version_1(server, repo):
 
 def test_sigterm_stops_the_server_cleanly(server):
     cli = server["cli"]
-    stopping = time.monotonic()
     cli.send_signal(signal.SIGTERM)
-    assert cli.wait(timeout=60) == 0
-    assert time.monotonic() - stopping < 30
-    assert cli.stdout.read().strip().endswith("stopped")
+    assert cli.wait(timeout=90) == 0
+    # "stopped" alone: tritonserver exited by itself with code 0, not killed at the timeout
+    assert cli.stdout.read().strip().endswith("\nstopped")
     assert all(port_is_free(p) for p in server["ports"])
     wait_for(lambda: not live_processes_in_group(server["pid"]), 10, "the stage stubs to end")
