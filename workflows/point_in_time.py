@@ -56,24 +56,30 @@ def cumulative_table(daily: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([daily[["key", "day"]], running], axis=1).reset_index(drop=True)
 
 
+def _row_before(table: pd.DataFrame, key: np.ndarray, day: np.ndarray):
+    """(positions, found): each key's last table row with (key, day') < (key, day), by a
+    lexicographic search of the (key, day)-sorted cumulative table."""
+    t_key, t_day = table["key"].to_numpy(np.int64), table["day"].to_numpy(np.int64)
+    if not len(t_key):
+        return np.zeros(len(key), np.int64), np.zeros(len(key), bool)
+    order_key = t_key.astype(np.float64) * 1e6 + t_day  # days < 1e6; keys < 2**53 / 1e6
+    pos = np.searchsorted(order_key, key.astype(np.float64) * 1e6 + day, side="left") - 1
+    found = (pos >= 0) & (t_key[np.clip(pos, 0, None)] == key)
+    return np.clip(pos, 0, None), found
+
+
 def lookup(table: pd.DataFrame, key, day) -> dict[str, np.ndarray]:
     """The statistics of `key` over days strictly before `day`, from a cumulative table."""
     key, day = np.asarray(key, np.int64), np.asarray(day, np.int64)
-    t_key, t_day = table["key"].to_numpy(np.int64), table["day"].to_numpy(np.int64)
-    # Position of the last table row with (key, day') < (key, day): lexicographic search.
-    order_key = t_key.astype(np.float64) * 1e6 + t_day  # days < 1e6; keys < 2**53 / 1e6
-    pos = np.searchsorted(order_key, key.astype(np.float64) * 1e6 + day, side="left") - 1
-    valid = (pos >= 0) & (t_key[np.clip(pos, 0, None)] == key) if len(t_key) else \
-        np.zeros(len(key), bool)
-    pos = np.clip(pos, 0, None)
+    pos, valid = _row_before(table, key, day)
 
     def take(column):
         values = table[column].to_numpy(np.float64) if len(table) else np.zeros(1)
-        return np.where(valid, values[pos] if len(table) else 0.0, 0.0)
+        return np.where(valid, values[pos], 0.0)
 
     events, clicks = take("events"), take("clicks")
     fsum, fn = take("fraction_sum"), take("fraction_n")
-    last = np.where(valid, t_day[pos] if len(t_day) else 0, 0)
+    last = take("day")
     with np.errstate(invalid="ignore", divide="ignore"):
         return {"events": events, "clicks": clicks,
                 "click_rate": np.where(events > 0, clicks / events, 0.0),
@@ -84,13 +90,9 @@ def lookup(table: pd.DataFrame, key, day) -> dict[str, np.ndarray]:
 def last_day_before(table: pd.DataFrame, key, day) -> np.ndarray:
     """[n] each key's last active day strictly before `day` (-1: no earlier event)."""
     key, day = np.asarray(key, np.int64), np.asarray(day, np.int64)
-    if not len(table):
-        return np.full(len(key), -1, np.int64)
-    t_key, t_day = table["key"].to_numpy(np.int64), table["day"].to_numpy(np.int64)
-    order_key = t_key.astype(np.float64) * 1e6 + t_day
-    pos = np.searchsorted(order_key, key.astype(np.float64) * 1e6 + day, side="left") - 1
-    valid = (pos >= 0) & (t_key[np.clip(pos, 0, None)] == key)
-    return np.where(valid, t_day[np.clip(pos, 0, None)], -1)
+    pos, found = _row_before(table, key, day)
+    days = table["day"].to_numpy(np.int64) if len(table) else np.zeros(1, np.int64)
+    return np.where(found, days[pos], -1)
 
 
 def latest_stats(table: pd.DataFrame, key: str, prefix: str) -> pd.DataFrame:
@@ -181,6 +183,7 @@ class UserGroupStats(PointInTimeStats):
 
     def __init__(self, groups: pd.Series, prefix: str = "user_category"):
         super().__init__("user_id", prefix)
+        groups = groups.sort_index()                 # sorted once: group_of searches it
         self.group_items = np.asarray(groups.index, np.int64)
         self.group_codes = np.asarray(groups.to_numpy(), np.int64)
         self.n_groups = int(self.group_codes.max(initial=-1)) + 2
@@ -191,12 +194,11 @@ class UserGroupStats(PointInTimeStats):
 
     def group_of(self, item) -> np.ndarray:
         """[n] group codes of raw item ids (n_groups - 1 for an item without one)."""
-        item = np.asarray(item, np.int64)
-        order = np.argsort(self.group_items)
-        items, codes = self.group_items[order], self.group_codes[order]
-        pos = np.clip(np.searchsorted(items, item), 0, max(len(items) - 1, 0))
-        found = (len(items) > 0) & (items[pos] == item) if len(items) else np.zeros(len(item), bool)
-        return np.where(found, codes[pos] if len(items) else 0, self.n_groups - 1)
+        item, items = np.asarray(item, np.int64), self.group_items
+        if not len(items):
+            return np.full(len(item), self.n_groups - 1, np.int64)
+        pos = np.clip(np.searchsorted(items, item), 0, len(items) - 1)
+        return np.where(items[pos] == item, self.group_codes[pos], self.n_groups - 1)
 
     def pair_key(self, user, item) -> np.ndarray:
         return np.asarray(user, np.int64) * self.n_groups + self.group_of(item)
