@@ -24,6 +24,7 @@ from merlin.schema import Schema, Tags
 from models.artifacts import write_manifest
 from models.candidates import RETRIEVAL_SCORE, load_retrieval, retrieval_scores
 from models.data import Splits, embedding_tables, to_dataset
+from models.epochs import KeepBestEpoch
 from recfunnel.config import ModelsConfig
 
 
@@ -90,23 +91,16 @@ def build_ranker(schema: Schema, cfg: ModelsConfig, kind: str) -> mm.Model:
                     mm.MLPBlock(cfg.light_ranker_layers, dropout=dropout), outputs)
 
 
-class _EpochLog(tf.keras.callbacks.Callback):
+class _EpochLog(KeepBestEpoch):
     """Per epoch: seconds, losses and AUC per objective; with `patience` > 0, early stopping on
     the mean validation AUC of `monitor` objectives, the best epoch's weights kept."""
 
     def __init__(self, monitor: list[str] | None = None, patience: int = 0):
-        super().__init__()
-        self.rows: list[dict] = []
-        self.monitor, self.patience = monitor or [], patience
-        self.best_index = -1
-        self._best_weights = None
-        self._start = 0.0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
+        super().__init__(patience)
+        self.monitor = monitor or []
 
     def on_epoch_end(self, epoch, logs=None):
-        row = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - self._start, 2)}
+        row = {"epoch": epoch + 1, "seconds": round(self.seconds(), 2)}
         for key, value in (logs or {}).items():
             # "val_click/binary_output/auc" -> "val_auc_click"; keep losses and AUCs only
             parts = key.split("/")
@@ -118,21 +112,7 @@ class _EpochLog(tf.keras.callbacks.Callback):
                 row[f"{prefix}auc_{objective}"] = round(float(value), 4)
         aucs = [row[f"val_auc_{o}"] for o in self.monitor if f"val_auc_{o}" in row]
         row["val_auc_mean"] = round(float(np.mean(aucs)), 4) if aucs else None
-        self.rows.append(row)
-        score = row["val_auc_mean"]
-        best = self.rows[self.best_index]["val_auc_mean"] if self.best_index >= 0 else None
-        if self.best_index < 0 or (score is not None and (best is None or score > best)):
-            self.best_index = len(self.rows) - 1
-            if self.patience > 0:
-                self._best_weights = self.model.get_weights()
-        elif self.patience > 0 and len(self.rows) - 1 - self.best_index >= self.patience:
-            self.model.stop_training = True
-
-    def on_train_end(self, logs=None):
-        if self.patience > 0 and self._best_weights is not None:
-            self.model.set_weights(self._best_weights)
-        else:
-            self.best_index = len(self.rows) - 1    # without patience the last epoch is kept
+        self.keep(row, row["val_auc_mean"])
 
 
 def train_ranker(kind: str, splits: Splits, cfg: ModelsConfig, out_dir: Path, version: str,

@@ -25,6 +25,7 @@ from merlin.schema import Schema, Tags
 from models.artifacts import write_manifest
 from models.candidates import ITEM_EMBEDDINGS, ITEM_IDS, EmbeddingIndex
 from models.data import Splits, embedding_tables, to_dataset, to_tensors
+from models.epochs import KeepBestEpoch
 from recfunnel.config import ModelsConfig
 from recfunnel.evaluation.topk import topk_metrics
 
@@ -43,41 +44,19 @@ class RetrievalResult:
     model: object = field(default=None, repr=False)     # the trained Keras model
 
 
-class _EpochRecall(tf.keras.callbacks.Callback):
-    """Validation recall@K and NDCG@K after every epoch, full ranking over all items.
-
-    With `patience` > 0 it also stops training after that many epochs without a better
-    `monitor` value and puts back the best epoch's weights at the end (Keras' EarlyStopping
-    restores them only when it stopped the training itself)."""
+class _EpochRecall(KeepBestEpoch):
+    """Validation recall@K and NDCG@K after every epoch, full ranking over all items; with
+    `patience` > 0 the best epoch by `monitor` is kept (models.epochs)."""
 
     def __init__(self, evaluate, monitor: str, patience: int = 0):
-        super().__init__()
-        self.evaluate, self.monitor, self.patience = evaluate, monitor, patience
-        self.rows: list[dict] = []
-        self.best_index = -1
-        self._best_weights = None
-        self._start = 0.0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
+        super().__init__(patience)
+        self.evaluate, self.monitor = evaluate, monitor
 
     def on_epoch_end(self, epoch, logs=None):
-        seconds = time.perf_counter() - self._start
+        seconds = self.seconds()
         metrics = self.evaluate(self.model)
-        self.rows.append({"epoch": epoch + 1, "loss": float((logs or {}).get("loss", np.nan)),
-                          "seconds": round(seconds, 2), **metrics})
-        if self.best_index < 0 or metrics[self.monitor] > self.rows[self.best_index][self.monitor]:
-            self.best_index = len(self.rows) - 1
-            if self.patience > 0:
-                self._best_weights = self.model.get_weights()
-        elif self.patience > 0 and len(self.rows) - 1 - self.best_index >= self.patience:
-            self.model.stop_training = True
-
-    def on_train_end(self, logs=None):
-        if self.patience > 0 and self._best_weights is not None:
-            self.model.set_weights(self._best_weights)
-        else:
-            self.best_index = len(self.rows) - 1    # without patience the last epoch is kept
+        self.keep({"epoch": epoch + 1, "loss": float((logs or {}).get("loss", np.nan)),
+                   "seconds": round(seconds, 2), **metrics}, metrics[self.monitor])
 
 
 def tower_schemas(kind: str, splits: Splits, cfg: ModelsConfig) -> tuple[Schema, Schema]:
