@@ -152,19 +152,25 @@ def load_retrieval(query_dir: str | Path, items_dir: str | Path, kind: str = "ex
 RETRIEVAL_SCORE = "retrieval_score"   # the candidate generator's score, a ranker feature
 
 
+def query_vectors(query, rows) -> np.ndarray:
+    """[n, dim] query vectors of the query tower's serving signature `query` for the feature
+    rows `rows` (a frame holding its inputs), each input cast to the signature's dtype."""
+    import tensorflow as tf
+
+    specs = query.structured_input_signature[1]
+    inputs = {n: tf.constant(rows[n].to_numpy().astype(spec.dtype.as_numpy_dtype).reshape(-1, 1))
+              for n, spec in specs.items()}
+    return next(iter(query(**inputs).values())).numpy()
+
+
 def retrieval_scores(query, index: EmbeddingIndex, rows) -> np.ndarray:
     """[n] the candidate generator's score (query vector . item vector) of each (user, item)
     row: the previous stage's opinion, which a ranker can take as a feature (L6). `query` is
     the query tower's serving signature, `rows` hold its inputs and the categorified
     `item_id`; an item without a vector (unseen in training) scores 0."""
-    import tensorflow as tf
-
     if len(rows) == 0:
         return np.zeros(0, np.float32)
-    names = query.structured_input_signature[1]
-    inputs = {n: tf.constant(rows[n].to_numpy().astype(spec.dtype.as_numpy_dtype).reshape(-1, 1))
-              for n, spec in names.items()}
-    vectors = next(iter(query(**inputs).values())).numpy()
+    vectors = query_vectors(query, rows)
     position = np.full(int(index.item_ids.max()) + 1, -1, np.int64)
     position[index.item_ids] = np.arange(len(index.item_ids))
     ids = rows["item_id"].to_numpy(np.int64)

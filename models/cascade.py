@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.candidates import load_retrieval
+from models.candidates import load_retrieval, query_vectors
 from models.features import example_rows, load_feature_tables, load_pair_table
 from models.funnel import rank_candidates
 
@@ -55,12 +55,7 @@ class StageView:
 
     def candidates(self, rows: pd.DataFrame, exclude: list[np.ndarray]) -> np.ndarray:
         """[n, candidates_k] categorified ids, best first, -1 pads."""
-        import tensorflow as tf
-
-        names = self._query.structured_input_signature[1]
-        inputs = {n: tf.constant(rows[n].to_numpy().astype(spec.dtype.as_numpy_dtype)
-                                 .reshape(-1, 1)) for n, spec in names.items()}
-        vectors = next(iter(self._query(**inputs).values())).numpy()
+        vectors = query_vectors(self._query, rows)
         k = min(self.candidates_k, len(self._index.item_ids))
         return self._index.search(vectors, k, exclude)[0]
 

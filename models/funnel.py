@@ -20,7 +20,7 @@ import pandas as pd
 
 from models.artifacts import read_manifest, require_same_version
 from models.blend import blend
-from models.candidates import EmbeddingIndex, PopularityCandidates
+from models.candidates import EmbeddingIndex, PopularityCandidates, query_vectors
 from models.features import (ITEM_GROUP, REQUEST_DAY, UNKNOWN_USER, USER_KEY_COLUMN, PairTable,
                              load_feature_tables, load_pair_table, recency_feature)
 
@@ -82,8 +82,6 @@ class Funnel:
         self.version = require_same_version(**self.manifests)
         self.users, self.items = load_feature_tables(self.root / features)  # by raw id
         self.pairs = load_pair_table(self.root / features)
-        self.query_inputs = {n: c["dtype"]
-                             for n, c in self.manifests["query_tower"]["schema"].items()}
         self.popularity = PopularityCandidates(np.load(self.root / "popularity" / "item_ids.npy"),
                                                np.load(self.root / "popularity" / "counts.npy"),
                                                self.version)
@@ -167,15 +165,11 @@ class Funnel:
 
     def retrieve(self, rows: pd.DataFrame, path: np.ndarray, exclude: list[np.ndarray]):
         """[n, candidates_k] categorified candidate ids (-1 pads) by the model or popularity."""
-        import tensorflow as tf
-
         k = min(self.settings.candidates_k, self.catalogue_size)
         out = np.full((len(rows), k), -1, np.int64)
         model = np.flatnonzero(path == MODEL)
         if len(model):
-            inputs = {n: tf.constant(rows[n].to_numpy()[model].astype(d).reshape(-1, 1))
-                      for n, d in self.query_inputs.items()}
-            vectors = next(iter(self.query(**inputs).values())).numpy()
+            vectors = query_vectors(self.query, rows.iloc[model])
             out[model] = self.index.search(vectors, k, [exclude[i] for i in model])[0]
         fallback = np.flatnonzero(path == FALLBACK)
         if len(fallback):

@@ -20,7 +20,6 @@ the test period, no test event counted, as a server would have known it then.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ def write_predictions(dataset_dir: Path, version_dir: Path, out_dir: Path, cfg,
                       progress: bool = True) -> dict:
     from tqdm.auto import tqdm
 
-    from models.candidates import load_retrieval
+    from models.candidates import load_retrieval, query_vectors
     from models.ranking import RankerScorer
 
     splits = Splits.load(dataset_dir)
@@ -85,11 +84,7 @@ def write_predictions(dataset_dir: Path, version_dir: Path, out_dir: Path, cfg,
         else:
             query, index, _ = load_retrieval(Path(version_dir) / f"{kind}_query",
                                              Path(version_dir) / f"{kind}_items", settings.index)
-            names = json.loads((Path(version_dir) / f"{kind}_query" / "manifest.json")
-                               .read_text())["schema"]
-            inputs = {n: rows[n].to_numpy().astype(c["dtype"]).reshape(-1, 1)
-                      for n, c in names.items()}
-            vectors = next(iter(query(**inputs).values())).numpy()
+            vectors = query_vectors(query, rows)
             ids = index.search(vectors, k, excluded)[0]
             dense = np.full((len(users), index.item_ids.max() + 1), -np.inf, np.float32)
             dense[:, index.item_ids] = vectors @ index.vectors.T
