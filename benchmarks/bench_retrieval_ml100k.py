@@ -87,7 +87,8 @@ def ensure_peers() -> None:
 
 def build_dataset(rebuild: bool) -> Path:
     run_dir = REPO / "runs" / RUN_NAME
-    if rebuild or not (run_dir / "dataset" / "test").exists():
+    if rebuild or not (run_dir / "dataset" / "test").exists() or \
+            not (run_dir / "dataset" / "history").exists():     # built by an older recfunnel
         (run_dir / TOP_LISTS).unlink(missing_ok=True)       # lists of the old split
         subprocess.run([sys.executable, "-m", "recfunnel", "pipeline", "run", "--config",
                         "configs/movielens100k.yaml", "--steps", "data,dataset",

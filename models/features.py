@@ -65,9 +65,11 @@ def build_feature_tables(dataset_dir: Path, out_dir: Path, as_of: pd.Timestamp,
     for name, ids, key, tag, path in (
             ("users", users, "user_id", Tags.USER, USER_FEATURES),
             ("items", items, "item_id", Tags.ITEM, ITEM_FEATURES)):
+        # one request row per id, with a placeholder partner id (labels are no model's input)
         other = "item_id" if key == "user_id" else "user_id"
-        rows = _request_rows(workflow.input_schema, key, ids, other,
-                             items[0] if key == "user_id" else users[-1], when)
+        partner = items[0] if key == "user_id" else users[-1]
+        rows = raw_rows(workflow.input_schema, {key: ids, other: np.full(len(ids), partner)},
+                        when)
         out = workflow.transform(Dataset(rows, cpu=True)).to_ddf().compute()
         columns = [f"{key}_raw", *[c for c in schema.select_by_tag(tag).column_names
                                    if c not in pair_columns]]
@@ -155,6 +157,9 @@ def history_events(dataset_dir: Path, before=None, without_split: str | None = N
     offline evaluation may know when it ranks for that split."""
     from workflows.dataset import HISTORY, read_split
 
+    if not list((Path(dataset_dir) / HISTORY).glob("*.parquet")):
+        raise FileNotFoundError(f"{Path(dataset_dir) / HISTORY}: no event history; the dataset "
+                                "was built by an older recfunnel: rerun the dataset step")
     events = read_split(Path(dataset_dir) / HISTORY)
     if before is not None:
         cut = pd.Timestamp(before)
@@ -168,13 +173,6 @@ def history_events(dataset_dir: Path, before=None, without_split: str | None = N
         marked = events.merge(held.assign(_held=True), on=["user_id", "item_id"], how="left")
         events = events[marked["_held"].isna().to_numpy()]
     return events.reset_index(drop=True)
-
-
-def _request_rows(input_schema, key: str, ids: np.ndarray, other: str, other_id,
-                  when) -> pd.DataFrame:
-    """One raw request row per id: the id, a placeholder partner id, the request time, and
-    zeros for the event columns (labels are not inputs of any model)."""
-    return raw_rows(input_schema, {key: ids, other: np.full(len(ids), other_id)}, when)
 
 
 def raw_rows(input_schema, columns: dict, timestamp) -> pd.DataFrame:

@@ -44,7 +44,7 @@ def train_all(dataset_dir: Path, out_dir: Path, cfg: ModelsConfig, progress: boo
     wanted = only or ("popularity", *RETRIEVAL, *(f"{k}_ranker" for k in RANKERS))
     section = {"version": version, "path": str(root), "models": {}}
     bar = tqdm(wanted, desc="training", unit="model", disable=not progress)
-    tables = False
+    rankers_ready, score = False, None      # tables and the score, once before the rankers
     for name in bar:
         bar.set_postfix_str(name)
         if name == "popularity":
@@ -53,12 +53,13 @@ def train_all(dataset_dir: Path, out_dir: Path, cfg: ModelsConfig, progress: boo
             result = train_retrieval(name, splits, cfg, root, version)
             section["models"][name] = _describe(result, root)
         else:
-            if as_of is not None and not tables:
-                section.update(write_feature_tables(dataset_dir, root, version, as_of,
-                                                    offline_as_of))
-                tables = True
+            if not rankers_ready:
+                if as_of is not None:
+                    section.update(write_feature_tables(dataset_dir, root, version, as_of,
+                                                        offline_as_of))
+                score = previous_stage_score(splits, root, cfg)
+                rankers_ready = True
             kind = name.removesuffix("_ranker")
-            score = previous_stage_score(splits, root, cfg)
             train_rows, valid_rows, mix = cascade_rows(kind, splits, dataset_dir, root, cfg)
             features = cfg.heavy_ranker_features if kind == "heavy" else None
             if score is not None:
@@ -72,7 +73,7 @@ def train_all(dataset_dir: Path, out_dir: Path, cfg: ModelsConfig, progress: boo
                                   valid_rows=valid_rows, features=features,
                                   retrieval=FunnelSettings.from_models_config(cfg).retrieval)
             section["models"][name] = {**_describe(result, root), "training_rows": mix}
-    if as_of is not None and not tables:
+    if as_of is not None and not rankers_ready:
         section.update(write_feature_tables(dataset_dir, root, version, as_of, offline_as_of))
     (root / "models.json").write_text(json.dumps(section, indent=2, default=str))
     return section
