@@ -239,13 +239,12 @@ def whole_funnel(splits, protocols) -> dict:
     seconds = round(time.perf_counter() - started, 1)
     run = REPO / "runs" / RUN_NAME
     summary = json.loads((run / "summary.json").read_text())
-    cfg = load_config(run / "config.yaml").models
-    base = FunnelSettings.from_models_config(cfg)
+    base = FunnelSettings.from_config(load_config(run / "config.yaml"))
     version = run / summary["models"]["path"]
     tried = []
     for click, keep in itertools.product([0.8, 0.5], [50, 100]):
-        settings = with_(base, blend_weights={"click": click, "like": round(1 - click, 2)},
-                         light_keep=keep)
+        settings = with_(base, blend={"click": click, "like": round(1 - click, 2)},
+                         rankers=[{"name": "light_ranker", "keep": keep}, {"name": "heavy_ranker"}])
         funnel = Funnel(version, settings, features=OFFLINE_FEATURES)
         scores = {}
         for name, p in protocols.items():

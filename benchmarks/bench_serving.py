@@ -54,6 +54,7 @@ def trained_version(cfg, retrain: bool) -> tuple[Path, float | None]:
     import pandas as pd
 
     from benchmarks.bench_retrieval_ml100k import build_dataset
+    from models.funnel import FunnelSettings
     from models.train import train_all
 
     dataset = build_dataset(rebuild=False)
@@ -65,7 +66,8 @@ def trained_version(cfg, retrain: bool) -> tuple[Path, float | None]:
             return latest, None          # trained with today's objectives: reused
     cutoffs = json.loads((dataset.parent / "summary.json").read_text())["dataset"]["cutoffs"]
     start = time.perf_counter()
-    section = train_all(dataset, RUN_DIR / "models", cfg.models, only=MODELS,
+    section = train_all(dataset, RUN_DIR / "models", cfg.models, FunnelSettings.from_config(cfg),
+                        only=MODELS,
                         as_of=pd.Timestamp(cutoffs["data_end"]))
     return Path(section["path"]), round(time.perf_counter() - start, 1)
 
@@ -186,8 +188,8 @@ def model_call_ms(artifacts_dir: Path) -> dict:
     rows, _ = funnel.user_rows(funnel.users.index.to_numpy()[1:2])      # a known user
     out = {}
     for name, n in (("light_ranker", funnel.settings.candidates_k),
-                    ("heavy_ranker", funnel.settings.light_keep)):
-        scorer = funnel.light if name == "light_ranker" else funnel.heavy
+                    ("heavy_ranker", funnel.settings.keep_of("light_ranker"))):
+        scorer = funnel.ranker(name).scorer
         pairs = pair_rows(rows, funnel.items, funnel.items["item_id"].to_numpy()[None, :n],
                           funnel.pairs)  # its rows
         inputs = {f: tf.constant(pairs[f].to_numpy().astype(d).reshape(-1, 1))
@@ -211,7 +213,7 @@ def serve_and_load(version_dir: Path, cfg) -> dict:
     repo = RUN_DIR / "triton_repo"
     shutil.rmtree(repo, ignore_errors=True)             # a fresh repository: Triton version 1
     exported = export_version(version_dir, REPO / "runs" / "bench-ml100k" / "dataset", repo,
-                              FunnelSettings.from_models_config(cfg.models),
+                              FunnelSettings.from_config(cfg),
                               label=cfg.models.retrieval_positive)
     artifacts = repo / "user_features" / str(exported.triton_version) / "artifacts"
     levels = []
@@ -264,6 +266,7 @@ def candidate_generator(version_dir: Path, cfg) -> list[dict]:
     from models.candidates import EmbeddingIndex, load_retrieval
     from models.data import Splits
     from models.features import load_feature_tables
+    from models.funnel import FunnelSettings
     from recfunnel.evaluation.topk import topk_metrics
 
     splits = Splits.load(REPO / "runs" / "bench-ml100k" / "dataset")
@@ -277,7 +280,7 @@ def candidate_generator(version_dir: Path, cfg) -> list[dict]:
                      ).groupby("user_id_raw")["item_id"].apply(np.asarray)
     exclude = [seen.get(u, np.empty(0, np.int64)) for u in users]
     rows = users_table.loc[users]
-    cuts = (cfg.models.candidates_k, cfg.models.light_ranker_keep)
+    cuts = (cfg.funnel.candidates_k, FunnelSettings.from_config(cfg).keep_of("light_ranker"))
     rng = np.random.default_rng(0)
     sample = rng.choice(len(users), QUERY_SAMPLES)
     out = []
@@ -315,6 +318,8 @@ def candidate_generator(version_dir: Path, cfg) -> list[dict]:
 
 
 def run(retrain: bool) -> dict:
+    from models.funnel import FunnelSettings
+
     from recfunnel.config import load_config
 
     cfg = load_config(CONFIG)
@@ -322,7 +327,8 @@ def run(retrain: bool) -> dict:
     return {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
             "config": str(CONFIG.relative_to(REPO)),
             "training_version": version_dir.name, "train_seconds": train_s,
-            "candidates_k": cfg.models.candidates_k, "light_keep": cfg.models.light_ranker_keep,
+            "candidates_k": cfg.funnel.candidates_k,
+            "light_keep": FunnelSettings.from_config(cfg).keep_of("light_ranker"),
             "k": K, "requests_per_level": REQUESTS, "unknown_share": UNKNOWN_SHARE,
             "serving": serve_and_load(version_dir, cfg),
             "candidate_generator": candidate_generator(version_dir, cfg)}

@@ -45,6 +45,7 @@ def dataset_for(config: Path) -> tuple[Path, object]:
 
 def run(config: Path, batch_sizes: list[int]) -> dict:
     import workflows  # noqa: F401  (Merlin fixes)
+    from models.funnel import FunnelSettings
     from models.train import train_all
 
     dataset, cfg = dataset_for(config)
@@ -55,7 +56,8 @@ def run(config: Path, batch_sizes: list[int]) -> dict:
                              ranker_epochs=EPOCHS, retrieval_patience=0,
                              retrieval_batch_size=batch, ranker_batch_size=batch)
         with tempfile.TemporaryDirectory() as out:
-            section = train_all(dataset, Path(out), models_cfg, progress=False,
+            section = train_all(dataset, Path(out), models_cfg, FunnelSettings.from_config(cfg),
+                                progress=False,
                                 only=("two_tower", "mf", "light_ranker", "heavy_ranker"))
         for name, m in section["models"].items():
             rows.append({"model": name, "batch_size": batch, "epochs": EPOCHS,

@@ -1,7 +1,7 @@
 """Cascade-consistent ranker data (L6): each ranker also learns from what it will rank.
 
 Served, the light ranker orders the candidate generator's top `candidates_k` for a user and the
-heavy ranker the light ranker's top `light_ranker_keep`. Logged impressions and negatives sampled
+heavy ranker the light ranker's top `keep` (config funnel.rankers). Logged impressions and negatives sampled
 from the whole catalogue are not that distribution: every candidate is already a good guess for
 its user, and popularity-sampled negatives teach a ranker to push popular items down. So for each
 user with observed rows in a split, `stage_negatives` draws items from what the stage before

@@ -1,17 +1,22 @@
-"""The funnel (L6): candidate generation -> light ranker -> heavy ranker and blend, per request.
+"""The funnel (L6), as declared: sources -> filters -> rankers, in order -> the final top k.
 
-One class holds the stages of one training version and runs them for a batch of users, in raw
-ids, as a request would: look up the user's features (unknown users get the workflow's row for
-an unseen id and the popularity fallback), retrieve `candidates_k` items with the query tower and
-the item index (or popularity), excluding unsafe and already-seen items, keep the light ranker's
-top `light_keep`, score every objective with the heavy ranker and blend them (models.blend) into
-the final top k. Offline evaluation and the Triton stage models call the same methods, so what is
-measured is what is served.
+`FunnelSettings` is the declaration (config `funnel:`): the candidate sources with their share
+of `candidates_k`, the filters, the rankers in order with how many items each keeps, and the
+blend of objectives that orders each ranker's cut. `Funnel` holds one training version's
+components (models.components, each opened by its registered name) and walks that one
+declaration for a batch of users, in raw ids, as a request would: look up the user's features
+(unknown users get the workflow's row for an unseen id and the popularity fallback), collect
+the filters' exclusions, fill `candidates_k` from the sources (each its share, none repeating
+another's item; the popularity fallback fills what is left, e.g. for unknown users), then let
+each ranker keep its best; the last one's blend gives the final top k. Offline evaluation, the
+exporter and the Triton stage models walk the same declaration, so what is measured is what is
+served.
 """
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -19,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from models.artifacts import read_manifest, require_same_version
-from models.blend import blend
-from models.candidates import EmbeddingIndex, PopularityCandidates, query_vectors
+from models.components import (FILTERS, POPULARITY, RANKERS, SELECTORS, SOURCES, Request,
+                               lookup)
 from models.features import (ITEM_GROUP, REQUEST_DAY, UNKNOWN_USER, USER_KEY_COLUMN, PairTable,
                              load_feature_tables, load_pair_table, recency_feature)
 
@@ -28,21 +33,125 @@ MODEL, FALLBACK = "model", "fallback"
 # The version's feature tables: `features` as served (every event, refreshed by export), and
 # `features_offline`, what the offline evaluation may know when it ranks for the test split.
 FEATURES, OFFLINE_FEATURES = "features", "features_offline"
+INDEX_KINDS = ("exact", "hnsw")
 
 
 @dataclass
 class FunnelSettings:
+    """The declared funnel (config `funnel:` and `models.eval_k`).
+
+    sources: [{name, share}], shares > 0 summing to 1, each filling that share of candidates_k.
+    filters: names of the filters whose items no list may hold.
+    rankers: [{name, keep}] in order; each keeps its best max(keep, k); the last keeps k
+      (its keep, if given, is unused). No rankers: the candidates' first k are the answer.
+    blend: {objective: weight} ordering every ranker's cut (an experiment arm may send its own
+      for the last ranker).
+    """
+    sources: list = field(default_factory=lambda: [{"name": "two_tower", "share": 1.0}])
+    filters: list = field(default_factory=lambda: ["seen", "unsafe"])
+    rankers: list = field(default_factory=lambda: [{"name": "light_ranker", "keep": 100},
+                                                   {"name": "heavy_ranker"}])
+    blend: dict = field(default_factory=lambda: {"click": 1.0})
     candidates_k: int = 500
-    light_keep: int = 100
     k: int = 10
-    blend_weights: dict = field(default_factory=lambda: {"click": 1.0})
     index: str = "exact"
-    retrieval: str = "two_tower"
+    selector: str = "blend"
+
+    def __post_init__(self):
+        self.sources = [{"name": s, "share": 1.0} if isinstance(s, str) else dict(s)
+                        for s in self.sources]
+        self.rankers = [{"name": r} if isinstance(r, str) else dict(r) for r in self.rankers]
+        self.filters, self.blend = list(self.filters), dict(self.blend)
+        problems = self.problems()
+        if problems:
+            raise FunnelSpecError("funnel: " + "; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """What is wrong with the declaration, each naming the setting."""
+        out = []
+        if not self.sources:
+            out.append("sources is empty: name at least one candidate source")
+        for kind, registry, names in (("source", SOURCES, [s.get("name") for s in self.sources]),
+                                      ("filter", FILTERS, self.filters),
+                                      ("ranker", RANKERS, [r.get("name") for r in self.rankers])):
+            for name in names:
+                if name not in registry:
+                    out.append(f"unknown {kind} {name!r} (registered: "
+                               f"{', '.join(sorted(registry))})")
+            if len(set(map(str, names))) != len(names):
+                out.append(f"a {kind} is named twice in {names}")
+        shares = [s.get("share", 1.0) for s in self.sources]
+        if any(not isinstance(v, (int, float)) or not 0 < v <= 1 for v in shares):
+            out.append(f"source shares must be in (0, 1], got {shares}")
+        elif not math.isclose(sum(shares), 1.0, abs_tol=1e-6):
+            out.append(f"source shares must sum to 1, got {shares} (sum {sum(shares):g})")
+        for r in self.rankers[:-1]:
+            if not isinstance(r.get("keep"), int) or r["keep"] < 1:
+                out.append(f"ranker {r.get('name')!r} needs keep >= 1 (items it passes on), "
+                           f"got {r.get('keep')!r}")
+        if not self.blend or any(not isinstance(w, (int, float)) or not math.isfinite(w)
+                                 or w < 0 for w in self.blend.values()):
+            out.append(f"blend must map objectives to finite weights >= 0, got {self.blend}")
+        for name, value in (("candidates_k", self.candidates_k), ("k", self.k)):
+            if not isinstance(value, int) or value < 1:
+                out.append(f"{name} must be an integer >= 1, got {value!r}")
+        if self.index not in INDEX_KINDS:
+            out.append(f"index must be one of {', '.join(INDEX_KINDS)}, got {self.index!r}")
+        if self.selector not in SELECTORS:
+            out.append(f"unknown selector {self.selector!r} (registered: {', '.join(SELECTORS)})")
+        return out
 
     @classmethod
-    def from_models_config(cls, cfg) -> "FunnelSettings":
-        return cls(cfg.candidates_k, cfg.light_ranker_keep, cfg.eval_k, dict(cfg.blend_weights),
-                   cfg.index)
+    def from_config(cls, cfg) -> "FunnelSettings":
+        """From a Config: its `funnel` section, with k = models.eval_k."""
+        f = cfg.funnel
+        return cls(list(f.sources), list(f.filters), list(f.rankers), dict(f.blend),
+                   f.candidates_k, cfg.models.eval_k, f.index)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "FunnelSettings":
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def ranker_names(self) -> list[str]:
+        return [r["name"] for r in self.rankers]
+
+    def keeps(self, k: int) -> list[int]:
+        """What each ranker keeps for a list of k: max(keep, k), the last one k."""
+        return [k if i == len(self.rankers) - 1 else max(int(r["keep"]), k)
+                for i, r in enumerate(self.rankers)]
+
+    def keep_of(self, ranker: str, default: int | None = None) -> int | None:
+        """The declared keep of `ranker` (None or `default` when it is not declared)."""
+        return next((r.get("keep", default) for r in self.rankers if r["name"] == ranker),
+                    default)
+
+    @property
+    def learned_source(self) -> str | None:
+        """The first source that is a trained model (what the cascade trains rankers on)."""
+        return next((s["name"] for s in self.sources if s["name"] != POPULARITY), None)
+
+    def quotas(self, k: int) -> list[int]:
+        """Each source's number of the k candidates (shares, rounded; the first takes the rest)."""
+        counts = [int(math.floor(s.get("share", 1.0) * k)) for s in self.sources]
+        counts[0] += k - sum(counts)
+        return counts
+
+    def artifacts(self, root: Path) -> list[str]:
+        """The version folders this funnel opens, in a stable order."""
+        out = [FEATURES, POPULARITY]
+        for s in self.sources:
+            out += SOURCES[s["name"]].artifacts(root)
+        for r in self.rankers:
+            out += RANKERS[r["name"]].artifacts(root)
+        return list(dict.fromkeys(out))
+
+
+class FunnelSpecError(ValueError):
+    """The declared funnel names something unknown or sizes it wrongly."""
 
 
 @dataclass
@@ -51,47 +160,44 @@ class Recommendations:
     users: np.ndarray                       # [n] raw user ids
     items: np.ndarray                       # [n, k] final items, best first
     score: np.ndarray                       # [n, k] blended score
-    objectives: dict[str, np.ndarray]       # objective -> [n, k] heavy-ranker probabilities
+    objectives: dict[str, np.ndarray]       # objective -> [n, k] the last ranker's scores
     path: np.ndarray                        # [n] "model" | "fallback"
     version: str
-    candidates: np.ndarray | None = None    # [n, candidates_k] after retrieval
-    light_kept: np.ndarray | None = None    # [n, light_keep] after the light ranker
+    candidates: np.ndarray | None = None    # [n, candidates_k] after the sources
+    kept: dict[str, np.ndarray] = field(default_factory=dict)   # ranker -> its cut
     stage_ms: dict[str, float] = field(default_factory=dict)
 
 
 class Funnel:
-    """The stages of one training version (`runs/<run>/models/<version>/`).
+    """The declared stages of one training version (`runs/<run>/models/<version>/`).
 
-    Opening one reads the manifests (checksums verified, every stage required to carry the same
-    version, L5.2), the feature tables and the popularity fallback; each TensorFlow model loads
-    on first use, so a process that runs one stage (a Triton stage model) loads only its own.
+    Opening one reads the manifests of every folder the declaration needs (checksums verified,
+    all required to carry the same version, L5.2), the feature tables and the filters; each
+    TensorFlow model loads on first use, so a process that runs one stage (a Triton stage
+    model) loads only its own.
     """
 
     def __init__(self, version_dir: str | Path, settings: FunnelSettings,
                  unsafe_raw: Sequence[int] = (), seen: dict | None = None,
                  features: str = FEATURES):
         self.root, self.settings = Path(version_dir), settings
-        kind = settings.retrieval
-        self.manifests = {
-            "query_tower": read_manifest(self.root / f"{kind}_query", kind="query_tower"),
-            "item_embeddings": read_manifest(self.root / f"{kind}_items", kind="item_embeddings"),
-            "features": read_manifest(self.root / features, kind="features"),
-            "popularity": read_manifest(self.root / "popularity", kind="popularity"),
-            "light_ranker": read_manifest(self.root / "light_ranker", kind="ranker"),
-            "heavy_ranker": read_manifest(self.root / "heavy_ranker", kind="ranker")}
+        folders = [features if f == FEATURES else f for f in settings.artifacts(self.root)]
+        self.manifests = {f: read_manifest(self.root / f) for f in folders}
         self.version = require_same_version(**self.manifests)
         self.users, self.items = load_feature_tables(self.root / features)  # by raw id
         self.pairs = load_pair_table(self.root / features)
-        self.popularity = PopularityCandidates(np.load(self.root / "popularity" / "item_ids.npy"),
-                                               np.load(self.root / "popularity" / "counts.npy"),
-                                               self.version)
-        self.seen = seen or {}
+        self.seen, self.unsafe_raw = seen or {}, np.asarray(unsafe_raw, np.int64)
         self._raw_of = pd.Series(self.items.index.to_numpy(),
                                  index=self.items["item_id"].to_numpy())
-        unsafe = self.items.index.intersection(pd.Index(unsafe_raw))
-        self.unsafe_ids = self.items.loc[unsafe, "item_id"].to_numpy(np.int64)
         self.catalogue_size = int(len(self.items))
-        self._loaded: dict = {}
+        open_ = lambda registry, kind, name: lookup(registry, kind, name).open(  # noqa: E731
+            self.root, settings, self)
+        self.sources = [open_(SOURCES, "source", s["name"]) for s in settings.sources]
+        self.fallback = next((s for s in self.sources if s.name == POPULARITY), None) or \
+            open_(SOURCES, "source", POPULARITY)
+        self.filters = [open_(FILTERS, "filter", name) for name in settings.filters]
+        self.selector = SELECTORS[settings.selector]()
+        self._rankers: dict = {}
 
     @classmethod
     def load(cls, version_dir: str | Path, settings: FunnelSettings,
@@ -99,36 +205,23 @@ class Funnel:
              features: str = FEATURES) -> "Funnel":
         return cls(version_dir, settings, unsafe_raw, seen, features)
 
-    def _lazy(self, name: str, make):
-        if name not in self._loaded:
-            self._loaded[name] = make()
-        return self._loaded[name]
+    def ranker(self, name: str):
+        """The declared ranker `name`, loaded on first use."""
+        if name not in self._rankers:
+            if name not in self.settings.ranker_names:
+                raise KeyError(f"ranker {name!r} is not in this funnel "
+                               f"({', '.join(self.settings.ranker_names) or 'no rankers'})")
+            self._rankers[name] = lookup(RANKERS, "ranker", name).open(self.root, self.settings,
+                                                                     self)
+        return self._rankers[name]
 
     @property
-    def query(self):
-        """The query tower's serving signature."""
-        import tensorflow as tf
-
-        path = self.root / f"{self.settings.retrieval}_query"
-        return self._lazy("query", lambda: tf.saved_model.load(str(path))
-                          .signatures["serving_default"])
-
-    @property
-    def index(self) -> EmbeddingIndex:
-        path = self.root / f"{self.settings.retrieval}_items"
-        return self._lazy("index", lambda: EmbeddingIndex.load(path, self.settings.index))
-
-    @property
-    def light(self):
-        from models.ranking import RankerScorer
-
-        return self._lazy("light", lambda: RankerScorer(self.root / "light_ranker"))
-
-    @property
-    def heavy(self):
-        from models.ranking import RankerScorer
-
-        return self._lazy("heavy", lambda: RankerScorer(self.root / "heavy_ranker"))
+    def objectives(self) -> list[str]:
+        """The objectives of the final list (the last ranker's), from its manifest."""
+        if not self.settings.rankers:
+            return []
+        name = self.settings.rankers[-1]["name"]
+        return list(self.manifests[name]["config"]["objectives"])
 
     # ---- the stages ---------------------------------------------------------------------------
     @property
@@ -155,46 +248,74 @@ class Funnel:
                 rows["user_days_since_last"] = recency_feature(day, rows["user_last_day"])
         return rows, np.where(known, MODEL, FALLBACK)
 
-    def exclusions(self, users_raw: np.ndarray, exclude_raw) -> list[np.ndarray]:
-        out = []
-        for n, u in enumerate(users_raw):
-            raw = exclude_raw[n] if exclude_raw is not None else self.seen.get(int(u), ())
-            ids = self.items["item_id"].reindex(np.asarray(raw, np.int64)).dropna()
-            out.append(np.concatenate([ids.to_numpy(np.int64), self.unsafe_ids]))
-        return out
+    def request(self, users_raw: np.ndarray, rows: pd.DataFrame, path: np.ndarray,
+                exclude_raw=None) -> Request:
+        return Request(np.asarray(users_raw, np.int64), rows, np.asarray(path) == MODEL,
+                       exclude_raw)
 
-    def retrieve(self, rows: pd.DataFrame, path: np.ndarray, exclude: list[np.ndarray]):
-        """[n, candidates_k] categorified candidate ids (-1 pads) by the model or popularity."""
+    def item_ids(self, raw) -> np.ndarray:
+        """Raw item ids -> the version's categorified ids (ids it does not know are dropped)."""
+        return self.items["item_id"].reindex(np.asarray(raw, np.int64)).dropna().to_numpy(
+            np.int64)
+
+    def exclusions(self, request: Request) -> list[np.ndarray]:
+        """Per user, the union of the declared filters' items."""
+        parts = [f.excluded(request) for f in self.filters]
+        empty = np.empty(0, np.int64)
+        return [np.concatenate([empty, *(p[n] for p in parts)])
+                for n in range(len(request.users_raw))]
+
+    def retrieve(self, request: Request, exclude: list[np.ndarray]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """[n, candidates_k] categorified candidate ids (-1 pads) and their sources' scores:
+        each source its share, none repeating an earlier one's item, then the popularity
+        fallback fills what is left (users the models do not know, a source short of items)."""
         k = min(self.settings.candidates_k, self.catalogue_size)
-        out = np.full((len(rows), k), -1, np.int64)
-        model = np.flatnonzero(path == MODEL)
-        if len(model):
-            vectors = query_vectors(self.query, rows.iloc[model])
-            out[model] = self.index.search(vectors, k, [exclude[i] for i in model])[0]
-        fallback = np.flatnonzero(path == FALLBACK)
-        if len(fallback):
-            out[fallback] = self.popularity.search(len(fallback), k,
-                                                   [exclude[i] for i in fallback])[0]
-        return out
+        n = len(request.users_raw)
+        ids, scores = np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float64)
+        filled = np.zeros(n, np.int64)
 
-    def rank(self, scorer, rows: pd.DataFrame, candidates: np.ndarray, keep: int,
+        def add(rows, source, width):
+            taken = [np.concatenate([exclude[i], ids[i, :filled[i]]]) for i in rows]
+            found, found_scores = source.candidates(request.subset(rows), width, taken)
+            for j, i in enumerate(rows):
+                valid = found[j] >= 0
+                got = found[j][valid][:k - filled[i]]
+                ids[i, filled[i]:filled[i] + len(got)] = got
+                scores[i, filled[i]:filled[i] + len(got)] = found_scores[j][valid][:len(got)]
+                filled[i] += len(got)
+
+        everyone = np.arange(n)
+        for source, quota in zip(self.sources, self.settings.quotas(k)):
+            if quota > 0:
+                add(everyone, source, quota)
+        short = np.flatnonzero(filled < k)
+        if len(short):
+            add(short, self.fallback, k)
+        return ids, scores
+
+    def rank(self, ranker: str, rows: pd.DataFrame, candidates: np.ndarray, keep: int,
              weights: dict) -> tuple[np.ndarray, np.ndarray, dict]:
-        """Scores the candidates, orders each user's by the blend, keeps the top `keep`."""
-        return rank_candidates(scorer, rows, self.items, candidates, keep, weights, self.pairs)
-
+        """One ranking stage: scores the candidates with `ranker`, orders each user's by the
+        blend of `weights`, keeps the top `keep`; kept ids, blended and per-objective scores."""
+        n, width = candidates.shape
+        if width == 0:
+            return candidates, np.zeros((n, 0)), {}
+        scores = self.ranker(ranker).score(pair_rows(rows, self.items, candidates, self.pairs))
+        return self.selector.select(candidates, scores, keep, weights)
 
     def recommend(self, users_raw, k: int | None = None, exclude_raw=None,
                   keep_stages: bool = False, blend_weights: dict | None = None,
                   day: int | None = None) -> Recommendations:
-        """The whole funnel for a batch of raw user ids.
+        """The whole declared funnel for a batch of raw user ids.
 
         Args:
           users_raw: [n] raw user ids (unknown ones are served by the fallback path).
           k: final list length (default settings.k), 1 <= k <= catalogue size.
-          exclude_raw: per user, raw item ids not to recommend (default: what they have seen).
-          keep_stages: also return the candidate and light-ranker lists (for evaluation).
-          blend_weights: the final order's objective weights (default settings.blend_weights;
-            an experiment arm's variant).
+          exclude_raw: per user, raw item ids not to recommend (replaces the `seen` filter's).
+          keep_stages: also return the candidates and each ranker's cut (for evaluation).
+          blend_weights: the last ranker's objective weights (default settings.blend; an
+            experiment arm's variant).
           day: the request's day (days since the epoch) for time-relative features (default:
             the day the feature tables were computed for).
         """
@@ -205,20 +326,26 @@ class Funnel:
         users_raw = np.asarray(users_raw, np.int64).reshape(-1)
         timings, t = {}, time.perf_counter()
         rows, path = self.user_rows(users_raw, day)
-        exclude = self.exclusions(users_raw, exclude_raw)
+        request = self.request(users_raw, rows, path, exclude_raw)
+        exclude = self.exclusions(request)
         timings["features"], t = _ms(t), time.perf_counter()
-        candidates = self.retrieve(rows, path, exclude)
+        candidates, candidate_scores = self.retrieve(request, exclude)
         timings["retrieval"], t = _ms(t), time.perf_counter()
-        kept, _, _ = self.rank(self.light, rows, candidates, max(self.settings.light_keep, k),
-                               self.settings.blend_weights)
-        timings["light_ranker"], t = _ms(t), time.perf_counter()
-        final, score, objectives = self.rank(self.heavy, rows, kept, k,
-                                             blend_weights or self.settings.blend_weights)
-        timings["heavy_ranker"] = _ms(t)
+        final, score, objectives = candidates[:, :k], candidate_scores[:, :k], {}
+        kept = {}
+        names, keeps = self.settings.ranker_names, self.settings.keeps(k)
+        for i, (name, keep) in enumerate(zip(names, keeps)):
+            last = i == len(names) - 1
+            weights = (blend_weights or self.settings.blend) if last else self.settings.blend
+            final, score, objectives = self.rank(name, rows, candidates if i == 0 else final,
+                                                 keep, weights)
+            kept[name] = final
+            timings[name], t = _ms(t), time.perf_counter()
         raw = self.raw_ids
         return Recommendations(users_raw, raw(final), score, objectives, path, self.version,
                                raw(candidates) if keep_stages else None,
-                               raw(kept) if keep_stages else None, timings)
+                               {n: raw(v) for n, v in kept.items()} if keep_stages else {},
+                               timings)
 
     def raw_ids(self, ids: np.ndarray) -> np.ndarray:
         """Categorified item ids -> raw ids, keeping -1 padding."""
@@ -256,19 +383,13 @@ def pair_rows(rows: pd.DataFrame, items: pd.DataFrame, candidates: np.ndarray,
 def rank_candidates(scorer, rows: pd.DataFrame, items: pd.DataFrame, candidates: np.ndarray,
                     keep: int, weights: dict, pairs: PairTable | None = None
                     ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """A ranking stage: scores [n, width] candidates with `scorer` (a RankerScorer), orders
-    each user's by the blend of `weights`, keeps the top `keep`; returns kept ids, blended
-    scores and per-objective scores, each [n, keep]."""
-    n, width = candidates.shape
-    if width == 0:
-        return candidates, np.zeros((n, 0)), {}
+    """A ranking stage outside a Funnel (the cascade's training view): scores [n, width]
+    candidates with `scorer`, keeps each user's top `keep` by the blend of `weights`."""
+    if candidates.shape[1] == 0:
+        return candidates, np.zeros((len(candidates), 0)), {}
     scores = scorer.score(pair_rows(rows, items, candidates, pairs))
-    blended = blend(scores, weights).reshape(n, width)
-    blended = np.where(candidates >= 0, blended, -np.inf)
-    keep = min(keep, width)
-    order = np.argsort(-blended, axis=1, kind="stable")[:, :keep]
-    take = lambda a: np.take_along_axis(a.reshape(n, width), order, axis=1)  # noqa: E731
-    return take(candidates), take(blended), {k: take(v) for k, v in scores.items()}
+    return SELECTORS["blend"]().select(candidates, scores, keep, weights)
+
 
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 3)

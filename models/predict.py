@@ -7,8 +7,9 @@ including peers, without TensorFlow:
   users.parquet       test users with a positive: raw id, path (model | fallback)
   relevant.parquet    their test positives (user_id_raw, item_id_raw)
   lists.npz           per list name, [n_users, width] raw item ids (-1 pads): each retrieval
-                      model's top candidates_k, and the funnel's candidates, light-ranker cut
-                      and final top k
+                      model's top candidates_k, and the funnel's candidates, each ranker's
+                      cut and the final top k (`funnel`)
+  stages.json         the funnel's stages in order, each with the list it wrote
   rankers.parquet     test rows with their labels and each ranker's score per objective
   train_items.parquet training positives (user_id_raw, item_id_raw): popularity and activity
   positive_ranks.parquet  per candidate generator, the rank of every test positive in its full
@@ -20,23 +21,26 @@ the test period, no test event counted, as a server would have known it then.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from models.components import POPULARITY, SOURCES, STAGES_FILE, stage_lists
 from models.data import Splits
 from models.funnel import MODEL, OFFLINE_FEATURES, Funnel, FunnelSettings
 
-RETRIEVAL_LISTS = ("two_tower", "mf", "popularity")
+RETRIEVAL_LISTS = ("two_tower", "mf", POPULARITY)
 
 
 def write_predictions(dataset_dir: Path, version_dir: Path, out_dir: Path, cfg,
-                      progress: bool = True) -> dict:
+                      funnel_settings: FunnelSettings, progress: bool = True) -> dict:
+    """The test split's predictions of the version at `version_dir` under the declared funnel
+    `funnel_settings` (its lists, stage by stage) and of every candidate source alone."""
     from tqdm.auto import tqdm
 
-    from models.candidates import load_retrieval, query_vectors
-    from models.ranking import RankerScorer
+    from models.candidates import query_vectors
 
     splits = Splits.load(dataset_dir)
     out_dir = Path(out_dir)
@@ -55,43 +59,46 @@ def write_predictions(dataset_dir: Path, version_dir: Path, out_dir: Path, cfg,
     exclude = splits.seen_items(label, (splits.train, splits.valid), users,
                                 "user_id_raw", "item_id_raw")
 
-    settings = FunnelSettings.from_models_config(cfg)
+    settings = funnel_settings
     # the offline tables: what the funnel knew before the test period, no test event counted
     features = OFFLINE_FEATURES if (Path(version_dir) / OFFLINE_FEATURES).is_dir() else "features"
     funnel = Funnel.load(version_dir, settings, features=features)
     steps = tqdm(total=len(RETRIEVAL_LISTS) + 2, desc="predictions", unit="model",
                  disable=not progress)
-    lists = {}
     final = funnel.recommend(users, exclude_raw=exclude, keep_stages=True)
-    lists.update(funnel=final.items, funnel_candidates=final.candidates,
-                 funnel_light=final.light_kept)
+    stages = stage_lists(settings.ranker_names)
+    lists = {"funnel": final.items, "funnel_candidates": final.candidates,
+             **{stages[name]: cut for name, cut in final.kept.items()}}
     steps.update()
     rows, path = funnel.user_rows(users)
-    excluded = funnel.exclusions(users, exclude)
+    request = funnel.request(users, rows, path, exclude)
+    excluded = funnel.exclusions(request)
     k = min(settings.candidates_k, funnel.catalogue_size)
     relevant = test_pos.groupby("user_id_raw")["item_id_raw"].apply(np.asarray)
     relevant_raw = [np.unique(relevant[u]) for u in users]
     relevant_ids = [funnel.items["item_id"].reindex(r).fillna(-1).to_numpy(np.int64)
                     for r in relevant_raw]
+    width = int(funnel.items["item_id"].max()) + 1
     ranks = []
     for kind in RETRIEVAL_LISTS:
-        if kind == "popularity":
-            ids = funnel.popularity.search(len(users), k, excluded)[0]
-            scores = np.zeros(funnel.index.item_ids.max() + 1)
-            scores[funnel.popularity.item_ids] = funnel.popularity.counts
-            ranks.append(full_ranks(kind, np.broadcast_to(scores, (len(users), len(scores))),
-                                    excluded, relevant_ids, relevant_raw))
+        # each list by the registered source itself, for every user (unknown ones included)
+        source = SOURCES[kind].open(version_dir, settings, funnel)
+        if kind == POPULARITY:
+            ids = source.candidates(request, k, excluded)[0]
+            dense = np.zeros(width)
+            dense[source.model.item_ids] = source.model.counts
+            dense = np.broadcast_to(dense, (len(users), width))
         else:
-            query, index, _ = load_retrieval(Path(version_dir) / f"{kind}_query",
-                                             Path(version_dir) / f"{kind}_items", settings.index)
-            vectors = query_vectors(query, rows)
-            ids = index.search(vectors, k, excluded)[0]
-            dense = np.full((len(users), index.item_ids.max() + 1), -np.inf, np.float32)
-            dense[:, index.item_ids] = vectors @ index.vectors.T
-            ranks.append(full_ranks(kind, dense, excluded, relevant_ids, relevant_raw))
+            vectors = query_vectors(source.query, rows)
+            ids = source.index.search(vectors, k, excluded)[0]
+            dense = np.full((len(users), width), -np.inf, np.float32)
+            dense[:, source.index.item_ids] = vectors @ source.index.vectors.T
+        ranks.append(full_ranks(kind, dense, excluded, relevant_ids, relevant_raw))
         lists[kind] = funnel.raw_ids(ids)
         steps.update()
     np.savez_compressed(out_dir / "lists.npz", **lists)
+    (out_dir / STAGES_FILE).write_text(json.dumps(
+        [["candidates", "funnel_candidates"], *([n, stages[n]] for n in settings.ranker_names)]))
     pd.concat(ranks, ignore_index=True).to_parquet(out_dir / "positive_ranks.parquet", index=False)
     pd.DataFrame({"user_id_raw": users, "path": path}).to_parquet(out_dir / "users.parquet")
     test_pos.to_parquet(out_dir / "relevant.parquet", index=False)
@@ -100,10 +107,9 @@ def write_predictions(dataset_dir: Path, version_dir: Path, out_dir: Path, cfg,
 
     test = splits.test
     scored = test[["user_id_raw", "item_id_raw", "sampled_negative", *cfg.objectives]].copy()
-    for name in ("light", "heavy"):
-        for objective, values in RankerScorer(Path(version_dir) / f"{name}_ranker").score(
-                test).items():
-            scored[f"{name}_{objective}"] = values
+    for name in settings.ranker_names:
+        for objective, values in funnel.ranker(name).score(test).items():
+            scored[f"{name.removesuffix('_ranker')}_{objective}"] = values
     scored.to_parquet(out_dir / "rankers.parquet", index=False)
     steps.update()
     steps.close()

@@ -118,11 +118,11 @@ class _EpochLog(KeepBestEpoch):
 def train_ranker(kind: str, splits: Splits, cfg: ModelsConfig, out_dir: Path, version: str,
                  verbose: int = 0, train_rows: pd.DataFrame | None = None,
                  valid_rows: pd.DataFrame | None = None,
-                 features: list[str] | None = None, retrieval: str = "two_tower"
-                 ) -> RankerResult:
+                 features: list[str] | None = None, retrieval: str = "two_tower",
+                 blend: dict | None = None) -> RankerResult:
     """Trains the `light` or `heavy` ranker on `train_rows` (default every training row,
     sampled negatives included), early-stopped on `valid_rows` (default the validation split)
-    by the mean AUC of the blended objectives, keeping the best epoch. `features` overrides
+    by the mean AUC of the objectives `blend` weighs (default all), keeping the best epoch. `features` overrides
     the ranker's inputs (ablations); a `retrieval_score` input is the `retrieval` model's score,
     which the saved ranker recomputes from its version's retrieval model when scoring."""
     if kind not in ("light", "heavy"):
@@ -132,7 +132,7 @@ def train_ranker(kind: str, splits: Splits, cfg: ModelsConfig, out_dir: Path, ve
     model = build_ranker(schema, cfg, kind)
     model.compile(optimizer=tf.keras.optimizers.Adam(cfg.ranker_learning_rate),
                   metrics=[tf.keras.metrics.AUC(name="auc")])
-    monitor = [o for o in cfg.objectives if cfg.blend_weights.get(o, 0) > 0] or cfg.objectives
+    monitor = [o for o in cfg.objectives if (blend or {}).get(o, 0) > 0] or cfg.objectives
     log = _EpochLog(monitor, cfg.ranker_patience)
     train = splits.train if train_rows is None else train_rows
     valid = splits.valid if valid_rows is None else valid_rows

@@ -23,9 +23,11 @@ RETRIEVAL = ("two_tower", "mf")
 RANKERS = ("light", "heavy")
 
 
-def train_all(dataset_dir: Path, out_dir: Path, cfg: ModelsConfig, progress: bool = True,
-              only: tuple[str, ...] | None = None, as_of=None, offline_as_of=None) -> dict:
-    """Trains the models named in `only` (default: all) under one new version; with `as_of`
+def train_all(dataset_dir: Path, out_dir: Path, cfg: ModelsConfig, funnel: FunnelSettings,
+              progress: bool = True, only: tuple[str, ...] | None = None, as_of=None,
+              offline_as_of=None) -> dict:
+    """Trains the models named in `only` (default: all) under one new version for the declared
+    `funnel` (its blend and cuts shape the rankers' training); with `as_of`
     (the serving time, e.g. the data's end) it also writes the serving feature tables, and the
     offline evaluation's as of `offline_as_of` (the test period's start; default `as_of`),
     counting only events before it and none of the test split's pairs.
@@ -57,10 +59,11 @@ def train_all(dataset_dir: Path, out_dir: Path, cfg: ModelsConfig, progress: boo
                 if as_of is not None:
                     section.update(write_feature_tables(dataset_dir, root, version, as_of,
                                                         offline_as_of))
-                score = previous_stage_score(splits, root, cfg)
+                score = previous_stage_score(splits, root, cfg, funnel)
                 rankers_ready = True
             kind = name.removesuffix("_ranker")
-            train_rows, valid_rows, mix = cascade_rows(kind, splits, dataset_dir, root, cfg)
+            train_rows, valid_rows, mix = cascade_rows(kind, splits, dataset_dir, root, cfg,
+                                                       funnel)
             features = cfg.heavy_ranker_features if kind == "heavy" else None
             if score is not None:
                 train_rows, valid_rows = (score(f) for f in (
@@ -71,7 +74,8 @@ def train_all(dataset_dir: Path, out_dir: Path, cfg: ModelsConfig, progress: boo
                 features = None if base is None else [*base, RETRIEVAL_SCORE]
             result = train_ranker(kind, splits, cfg, root, version, train_rows=train_rows,
                                   valid_rows=valid_rows, features=features,
-                                  retrieval=FunnelSettings.from_models_config(cfg).retrieval)
+                                  retrieval=funnel.learned_source or "two_tower",
+                                  blend=funnel.blend)
             section["models"][name] = {**_describe(result, root), "training_rows": mix}
     if as_of is not None and not rankers_ready:
         section.update(write_feature_tables(dataset_dir, root, version, as_of, offline_as_of))
@@ -79,17 +83,17 @@ def train_all(dataset_dir: Path, out_dir: Path, cfg: ModelsConfig, progress: boo
     return section
 
 
-def previous_stage_score(splits: Splits, root: Path, cfg: ModelsConfig):
+def previous_stage_score(splits: Splits, root: Path, cfg: ModelsConfig, funnel: FunnelSettings):
     """With `models.ranker_retrieval_score`, the function that fills a frame's
-    `retrieval_score` (the candidate generator's score of each row, a ranker feature) and the
-    column in the splits' schema; None when it is off or the version has no such model."""
+    `retrieval_score` (the funnel's learned candidate source's score of each row, a ranker
+    feature) and the column in the splits' schema; None when it is off or the version has no
+    such model."""
     from merlin.schema import ColumnSchema, Schema, Tags
 
     from models.candidates import load_retrieval, retrieval_scores
-    from models.funnel import FunnelSettings
 
-    kind = FunnelSettings.from_models_config(cfg).retrieval
-    if not cfg.ranker_retrieval_score or not (root / f"{kind}_query").is_dir():
+    kind = funnel.learned_source
+    if not cfg.ranker_retrieval_score or kind is None or not (root / f"{kind}_query").is_dir():
         return None
     query, index, _ = load_retrieval(root / f"{kind}_query", root / f"{kind}_items")
     if RETRIEVAL_SCORE not in splits.schema.column_names:
@@ -127,20 +131,22 @@ def write_feature_tables(dataset_dir: Path, root: Path, version: str, as_of,
     return out
 
 
-def cascade_rows(kind: str, splits: Splits, dataset_dir: Path, root: Path, cfg: ModelsConfig):
+def cascade_rows(kind: str, splits: Splits, dataset_dir: Path, root: Path, cfg: ModelsConfig,
+                 funnel: FunnelSettings):
     """(train rows, validation rows, their mix) for the `kind` ranker: the splits' rows plus
-    negatives from the stage before it (the candidates for the light ranker, the light
-    ranker's kept set for the heavy one), when that stage and the offline tables exist."""
+    negatives from the stage before it (the funnel's learned source's candidates for the light
+    ranker, the light ranker's kept set for the heavy one), when that stage and the offline
+    tables exist."""
     import pandas as pd
 
     from models.cascade import StageView, cascade_mix, stage_negatives
-    from models.funnel import OFFLINE_FEATURES, FunnelSettings
+    from models.funnel import OFFLINE_FEATURES
     from models.ranking import RankerScorer
 
     per_row = cfg.light_cascade_negatives if kind == "light" else cfg.heavy_cascade_negatives
     stage = "candidates" if kind == "light" else "light_ranker"
-    settings = FunnelSettings.from_models_config(cfg)
-    needed = [root / OFFLINE_FEATURES, root / f"{settings.retrieval}_query"]
+    retrieval = funnel.learned_source or "two_tower"
+    needed = [root / OFFLINE_FEATURES, root / f"{retrieval}_query"]
     if kind == "heavy":
         needed.append(root / "light_ranker")
     missing = [p.name for p in needed if not p.is_dir()]
@@ -148,8 +154,8 @@ def cascade_rows(kind: str, splits: Splits, dataset_dir: Path, root: Path, cfg: 
         reason = "off" if per_row <= 0 else f"needs {missing} in the version"
         return None, None, {**cascade_mix(splits.train, splits.train.iloc[:0]),
                             "cascade": reason}
-    view = StageView(root, OFFLINE_FEATURES, settings.retrieval, settings.index,
-                     settings.candidates_k, settings.light_keep, settings.blend_weights)
+    view = StageView(root, OFFLINE_FEATURES, retrieval, funnel.index, funnel.candidates_k,
+                     funnel.keep_of("light_ranker", 100), funnel.blend)
     scorer = RankerScorer(root / "light_ranker") if kind == "heavy" else None
     train_neg = stage_negatives(splits.train, view, stage, per_row, dataset_dir, cfg.seed,
                                 scorer)
@@ -185,7 +191,8 @@ RANKINGS = {"click only": "click", "watch_75 (naive)": "watch_75",
             "watch duration-aware": "watch_duration_aware"}
 
 
-def ranking_vs_truth(splits: Splits, ranker_dir: Path, world, cfg: ModelsConfig) -> dict:
+def ranking_vs_truth(splits: Splits, ranker_dir: Path, world, cfg: ModelsConfig,
+                     weights: dict) -> dict:
     """A ranker on the test split against the synthetic truth: its AUC per objective, and the
     NDCG@K of true relevance when each user's test candidates (impressions and sampled
     negatives) are ranked by click only, naive watch_75, the duration-aware label or the blend."""
@@ -206,8 +213,8 @@ def ranking_vs_truth(splits: Splits, ranker_dir: Path, world, cfg: ModelsConfig)
         m["spearman_vs_true_relevance"] = float(spearmanr(score, relevance).statistic)
         objectives[name] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()}
     rankings = {label: scores[head] for label, head in RANKINGS.items() if head in scores}
-    rankings["blend " + ", ".join(f"{k} {v:g}" for k, v in cfg.blend_weights.items())] = \
-        blend(scores, cfg.blend_weights)
+    rankings["blend " + ", ".join(f"{k} {v:g}" for k, v in weights.items())] = \
+        blend(scores, weights)
     item = test["item_id_raw"].to_numpy() - 1
     table = rankings_vs_truth(test["user_id"].to_numpy(), rankings, relevance,
                               world.item_truth["is_clickbait"].to_numpy()[item],

@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--keep", type=int,
                         help="versions kept in the repository (default: serving config, else 2)")
     export.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="override a setting of the run's config, e.g. models.candidates_k=300")
+                        help="override a setting of the run's config, e.g. funnel.candidates_k=300")
     export.set_defaults(func=cmd_export)
 
     features = sub.add_parser("features", help="the served feature tables").add_subparsers(

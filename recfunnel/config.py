@@ -171,8 +171,6 @@ class ModelsConfig:
     # that shows what ranking by the naive label would do (models.truth in the summary).
     objectives: list = field(default_factory=lambda: ["click", "like", "share", "watch_75",
                                                        "watch_duration_aware"])
-    blend_weights: dict = field(default_factory=lambda: {
-        "click": 0.1, "like": 0.3, "share": 0.2, "watch_duration_aware": 0.4})
     ranker_epochs: int = 8                # at most; early stopping keeps the best epoch
     ranker_patience: int = 2              # > 0: stop after this many epochs without a better
                                           # mean validation AUC of the blended objectives
@@ -197,12 +195,29 @@ class ModelsConfig:
     heavy_ranker_layers: list = field(default_factory=lambda: [128, 64])
     heavy_ranker_cross_depth: int = 2
     eval_k: int = 10
-    candidates_k: int = 500               # the candidate generator's cut (L6.1)
-    light_ranker_keep: int = 100          # the light ranker's cut (L6.2)
-    index: str = "exact"                  # exact | hnsw
     window_sweep_days: list = field(default_factory=lambda: [1, 3, 7, 14, 21])
     window_sweep_models: list = field(default_factory=lambda: ["two_tower", "heavy_ranker"])
     seed: int = 0
+
+
+@dataclass
+class FunnelConfig:
+    """The served funnel, declared (models.funnel.FunnelSettings, models.components, L6): the
+    same declaration is trained for (the cascade), evaluated offline, exported and served."""
+    # Candidate sources (registered: two_tower, mf, popularity), each filling its share of
+    # candidates_k without repeating another's items; unknown users get popularity.
+    sources: list = field(default_factory=lambda: [{"name": "two_tower", "share": 1.0}])
+    candidates_k: int = 500               # the candidate list's length (L6.1)
+    index: str = "exact"                  # the learned sources' item index: exact | hnsw
+    filters: list = field(default_factory=lambda: ["seen", "unsafe"])   # items never shown
+    # Rankers in order (registered: light_ranker, heavy_ranker); each keeps max(keep, k) of
+    # what it is given, the last one the final k (models.eval_k). [] serves the candidates.
+    rankers: list = field(default_factory=lambda: [{"name": "light_ranker", "keep": 100},
+                                                   {"name": "heavy_ranker"}])
+    # The objectives' weights that order every ranker's cut (an experiment arm may send its
+    # own for the last ranker)
+    blend: dict = field(default_factory=lambda: {
+        "click": 0.1, "like": 0.3, "share": 0.2, "watch_duration_aware": 0.4})
 
 
 @dataclass
@@ -223,7 +238,7 @@ class ExperimentsConfig:
     """Online experiments (recfunnel.experiments, L7, L8): arms, holdout, simulated users."""
     name: str = "blend-vs-click"          # salts the assignment: a new name reshuffles users
     # Arms besides the holdout. `blend`: the heavy ranker's objective weights for the arm
-    # (None: the served version's models.blend_weights). Shares and holdout_share sum to 1.
+    # (None: the served version's funnel.blend). Shares and holdout_share sum to 1.
     arms: list = field(default_factory=lambda: [
         {"name": "control", "share": 0.49, "blend": {"click": 1.0}},
         {"name": "treatment", "share": 0.49, "blend": None}])
@@ -279,6 +294,7 @@ class Config:
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    funnel: FunnelConfig = field(default_factory=FunnelConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
@@ -288,12 +304,21 @@ class Config:
         return dataclasses.asdict(self)
 
 
+# Settings that moved when the funnel became declared (config `funnel:`)
+MOVED = {("models", "candidates_k"): "funnel.candidates_k", ("models", "index"): "funnel.index",
+         ("models", "blend_weights"): "funnel.blend",
+         ("models", "light_ranker_keep"): "funnel.rankers (the light_ranker's keep)"}
+
+
 def _build(cls, values: dict, where: str):
     if not isinstance(values, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping of settings, got {values!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
+    moved = [f"{where}.{k} moved to {MOVED[(where, k)]}" for k in unknown if (where, k) in MOVED]
+    if moved:
+        raise ConfigError(f"setting {moved[0]}; rename it in your config")
     if unknown:
         raise ConfigError(f"unknown setting {where + '.' if where else ''}{unknown[0]}; "
                           f"known settings here: {', '.join(sorted(names))}")

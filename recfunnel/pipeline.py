@@ -70,6 +70,7 @@ def data_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> dict
 def models_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> dict:
     """Trains every model of the funnel on the run's dataset (models/)."""
     import workflows  # noqa: F401  (Merlin fixes before any Merlin code runs)
+    from models.funnel import FunnelSettings
     from models.train import train_all
 
     if not (run_dir / "dataset" / "train").is_dir():
@@ -81,8 +82,9 @@ def models_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> di
     # no test event; a random split has no such moment: as of the end, test pairs left out
     offline_as_of = pd.Timestamp(cutoffs["valid_end"]) if cutoffs.get("split") == "time" \
         else None
-    section = train_all(run_dir / "dataset", run_dir / "models", cfg.models, progress=progress,
-                        as_of=as_of, offline_as_of=offline_as_of)
+    section = train_all(run_dir / "dataset", run_dir / "models", cfg.models,
+                        FunnelSettings.from_config(cfg), progress=progress, as_of=as_of,
+                        offline_as_of=offline_as_of)
     section["path"] = str(Path("models") / section["version"])
     truth = run_dir / "data" / "truth"
     heavy = run_dir / section["path"] / "heavy_ranker"
@@ -92,7 +94,7 @@ def models_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> di
         from recfunnel.data.synthetic import World
 
         section["truth"] = ranking_vs_truth(Splits.load(run_dir / "dataset"), heavy,
-                                            World.load(truth), cfg.models)
+                                            World.load(truth), cfg.models, cfg.funnel.blend)
     return section
 
 
@@ -100,6 +102,7 @@ def evaluation_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -
     """Every model's predictions on the test split (models/, TensorFlow), then their scoring in
     plain numpy/pandas (recfunnel.evaluation): `evaluation/metrics.json` and the section."""
     import workflows  # noqa: F401
+    from models.funnel import FunnelSettings
     from models.predict import write_predictions
     from recfunnel.evaluation.offline import Predictions, evaluate
 
@@ -110,7 +113,7 @@ def evaluation_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -
     version_dir = run_dir / models["path"]
     out = run_dir / "evaluation"
     info = write_predictions(run_dir / "dataset", version_dir, out / "predictions", cfg.models,
-                             progress=progress)
+                             FunnelSettings.from_config(cfg), progress=progress)
     # the catalogue the funnel can serve: the items of the version's feature table
     catalogue = pd.read_parquet(version_dir / "features" / "item_features.parquet",
                                 columns=["item_id_raw"]).rename(columns={"item_id_raw": "item_id"})

@@ -18,12 +18,28 @@ from recfunnel.data.validation import validate_table
 
 def check(cfg: Config, run_dir: Path, steps: tuple[str, ...]) -> None:
     """Raises ConfigError for the first given setting that the data of this run cannot honour."""
+    check_funnel(cfg)
     if "data" in steps and cfg.data.source == "parquet" and cfg.data.path:
         check_own_files(cfg)
     if "dataset" in steps:
         items = catalogue_for_dataset(cfg, Path(run_dir), steps)
         if items is not None:
             check_dataset_settings(cfg, items)
+
+
+def check_funnel(cfg: Config) -> None:
+    """The declared funnel (config `funnel:`): every name registered, shares and cuts valid,
+    and the last ranker's objectives covered by the blend."""
+    from models.funnel import FunnelSettings, FunnelSpecError
+
+    try:
+        settings = FunnelSettings.from_config(cfg)
+    except FunnelSpecError as e:
+        raise ConfigError(str(e)) from None
+    unknown = sorted(set(settings.blend) - set(cfg.models.objectives))
+    if settings.rankers and unknown:
+        raise ConfigError(f"funnel.blend weighs {unknown}, which are not among the rankers' "
+                          f"objectives (models.objectives: {', '.join(cfg.models.objectives)})")
 
 
 def check_own_files(cfg: Config) -> None:

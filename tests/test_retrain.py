@@ -30,7 +30,7 @@ from test_triton_server import live_processes_in_group, wait_for
 from recfunnel.config import ConfigError, load_config
 from recfunnel.retrain import (GATE_REFUSED, PIPELINE_STEPS, PROMOTED, STEP_FAILED, QualityGate,
                                RetrainJob, RetryPolicy, Step, gate_decision, retrain_job)
-from recfunnel.serving.export import MODELS, VERSIONS_FILE, versions_in
+from recfunnel.serving.export import VERSIONS_FILE, models_in, versions_in
 
 METRIC = "funnel.ndcg@10"
 
@@ -323,7 +323,7 @@ def test_a_good_candidate_is_promoted_as_a_new_version(retrained, served, tmp_pa
     job = injected_job([], tmp_path, served, candidate)
     outcome = job.run()
     assert outcome.exit_code == PROMOTED, outcome.message
-    assert versions_in(served) == [1, 2] and all((served / m / "2").is_dir() for m in MODELS)
+    assert versions_in(served) == [1, 2] and all((served / m / "2").is_dir() for m in models_in(served))
     record = json.loads((served / VERSIONS_FILE).read_text())
     assert record["2"]["origin"].startswith("better-run/models/")
     assert record["2"]["evaluation"]["models"]["funnel"]["ndcg@10"] == \
@@ -343,8 +343,9 @@ def test_gate_decision_allows_a_relative_drop_of_at_most_max_drop(candidate, ser
 
 def fake_repo(path: Path, record: dict) -> Path:
     """A repository with version 1 in every model folder (no artifacts) and this record."""
-    for model in MODELS:
-        (path / model / "1").mkdir(parents=True)
+    from test_export_record import empty_version
+
+    empty_version(path, 1)
     (path / VERSIONS_FILE).write_text(json.dumps({"1": record}))
     return path
 

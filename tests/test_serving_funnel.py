@@ -25,7 +25,8 @@ from test_triton_server import live_processes_in_group, port_is_free, wait_for
 
 from recfunnel.serving import ServingError, TritonClient
 from models.artifacts import ArtifactError, VersionMismatchError
-from recfunnel.serving.export import MODELS, exclusions_from_dataset, export_version, versions_in
+from recfunnel.serving.export import (exclusions_from_dataset, export_version, models_in,
+                                      versions_in)
 from recfunnel.serving.funnel_client import FunnelClient, ask_funnel
 from recfunnel.serving.server import free_ports
 
@@ -100,7 +101,7 @@ def in_process(run):
     seen, unsafe = exclusions_from_dataset(run["dir"] / "dataset",
                                            run["cfg"].models.retrieval_positive)
     by_user = {int(u): i.to_numpy() for u, i in seen.groupby("user_id_raw")["item_id_raw"]}
-    return Funnel(run["version_dir"], FunnelSettings.from_models_config(run["cfg"].models),
+    return Funnel(run["version_dir"], FunnelSettings.from_config(run["cfg"]),
                   unsafe_raw=unsafe, seen=by_user), seen, unsafe
 
 
@@ -176,7 +177,7 @@ def test_ranker_input_rows_equal_the_offline_build_at_that_time(run, in_process)
     raw_items = funnel.raw_ids(np.tile(items, (len(users), 1))).reshape(-1)
     offline = example_rows(run["dir"] / "dataset", np.repeat(users, len(items)), raw_items,
                            np.full(len(raw_items), pd.Timestamp(day * 86_400 + 60, unit="s")))
-    features = list(funnel.heavy.features)
+    features = list(funnel.ranker("heavy_ranker").scorer.features)
     assert any(f.startswith("user_category_") for f in features)
     for f in features:
         np.testing.assert_allclose(served[f].to_numpy(np.float64), offline[f].to_numpy(np.float64),
@@ -280,12 +281,12 @@ def test_ask_funnel_gives_the_demo_its_serving_section(server, run, in_process):
     assert 0 < summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"]
 
 
-def test_every_stage_reports_its_statistics(server):
+def test_every_stage_reports_its_statistics(server, repo):
     with TritonClient(server["http"]) as client:
         client.infer("funnel", {"USER_ID": np.array([1, 2])})
         stats = client.model_statistics()
-    assert set(MODELS) <= set(stats)
-    for model in MODELS:
+    assert set(models_in(repo)) <= set(stats)
+    for model in models_in(repo):
         assert stats[model].requests > 0 and stats[model].compute_ms > 0
 
 
@@ -415,7 +416,7 @@ def test_feedback_loop_retrains_on_the_logs_it_produced(run):
 def test_export_refuses_altered_and_mixed_artifacts(run, tmp_path):
     from models.funnel import FunnelSettings
 
-    settings = FunnelSettings.from_models_config(run["cfg"].models)
+    settings = FunnelSettings.from_config(run["cfg"])
     repo = tmp_path / "repo"
     altered = relabelled_copy(run["version_dir"], tmp_path / "altered", "v-altered")
     with open(altered / "light_ranker" / "saved_model.pb", "ab") as f:
@@ -473,7 +474,7 @@ def test_rollout_and_rollback_under_load_without_failed_requests(server, run, re
     with ContinuousRequests(server["grpc"]) as asking:
         asking.wait_for_answers(1, 30)
         result = export_version(retrained, run["dir"] / "dataset", repo,
-                                FunnelSettings.from_models_config(run["cfg"].models))
+                                FunnelSettings.from_config(run["cfg"]))
         assert result.triton_version == 2 and versions_in(repo) == [1, 2]
         asking.wait_for_answers(2, 200)          # three TensorFlow stages load meanwhile
         holdout_stays_on_version_1(server, repo)

@@ -10,17 +10,20 @@ concentration.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from models.components import DEFAULT_STAGE_LISTS, STAGES_FILE
 from recfunnel.evaluation.bias import (ItemPopularity, concentration_curve,
                                        popularity_bias_report, popularity_opportunity_bias)
 from recfunnel.evaluation.ranker import pr_curve, ranker_metrics, roc_curve
 from recfunnel.evaluation.slices import slice_metrics, user_groups, worst_groups
-from recfunnel.evaluation.stages import EXPOSURE_LISTS, exposure_report, shown_items, stage_report
+from recfunnel.evaluation.stages import (EXPOSURE_LISTS, Stage, exposure_report, shown_items,
+                                         stage_report)
 from recfunnel.evaluation.topk import topk_metrics, topk_per_user
 
 CANDIDATE_MODELS = ("two_tower", "mf", "popularity")
@@ -35,6 +38,13 @@ class Predictions:
     rankers: pd.DataFrame          # test rows: labels and <ranker>_<objective> scores
     train_items: pd.DataFrame      # training positives: user_id_raw, item_id_raw
     full_ranks: dict[str, pd.DataFrame] | None = None   # list -> row, item_id, rank (0-based)
+    # the funnel's stages in order, each with the list it wrote (models.predict, stages.json)
+    stages: list = field(default_factory=lambda: [list(s) for s in DEFAULT_STAGE_LISTS])
+
+    def ranking_stages(self) -> list[Stage]:
+        """Each ranker as a Stage: its input (the list before it) and its output."""
+        return [Stage(name.replace("_", " "), before[1], list_name)
+                for before, (name, list_name) in zip(self.stages, self.stages[1:])]
 
     @classmethod
     def load(cls, folder: Path) -> "Predictions":
@@ -56,8 +66,10 @@ class Predictions:
             frame = pd.read_parquet(folder / "positive_ranks.parquet")
             ranks = {name: part.drop(columns="list").reset_index(drop=True)
                      for name, part in frame.groupby("list")}
+        stages = (json.loads((folder / STAGES_FILE).read_text())
+                  if (folder / STAGES_FILE).is_file() else [list(s) for s in DEFAULT_STAGE_LISTS])
         return cls(users, relevant, lists, pd.read_parquet(folder / "rankers.parquet"),
-                   pd.read_parquet(folder / "train_items.parquet"), ranks)
+                   pd.read_parquet(folder / "train_items.parquet"), ranks, stages)
 
 
 def evaluate(pred: Predictions, users_table: pd.DataFrame, catalogue: np.ndarray, k: int,
@@ -86,8 +98,9 @@ def evaluate(pred: Predictions, users_table: pd.DataFrame, catalogue: np.ndarray
             m[f"recall@{width}"] = topk_metrics(lists[rows], rel, width)[f"recall@{width}"]
         out["models"][name] = _rounded(m)
     # where the funnel loses relevant items (L6)
-    stages = [("candidates", "funnel_candidates"), ("light ranker", "funnel_light"),
-              ("heavy ranker + blend", "funnel")]
+    stages = [(("candidates" if i == 0 else name.replace("_", " ")) +
+               (" + blend" if i and i == len(pred.stages) - 1 else ""), list_name)
+              for i, (name, list_name) in enumerate(pred.stages)]
     for stage, name in stages:
         if name in pred.lists:
             width = pred.lists[name].shape[1]
@@ -104,7 +117,8 @@ def evaluate(pred: Predictions, users_table: pd.DataFrame, catalogue: np.ndarray
                 out["funnel"][f"path={path}"] = _rounded(m)
     # does each ranking stage improve on its input's order (L6)?
     out["stages"] = _json(stage_report(pred.lists, pred.relevant, k, users=ids,
-                                       relevance_rows=relevance_rows))
+                                       relevance_rows=relevance_rows,
+                                       stages=pred.ranking_stages()))
     out["rankers"] = ranker_section(pred.rankers, objectives)
     # slices of the funnel's final lists (L4.2)
     activity = pred.train_items.groupby("user_id_raw").size()

@@ -50,17 +50,17 @@ class InProcessFunnel:
     """One training version recommending in this process, as the served funnel would (same
     exclusions: the version's dataset positives and unsafe items)."""
 
-    def __init__(self, run_dir: Path, models_cfg):
+    def __init__(self, run_dir: Path, cfg):
         from models.funnel import Funnel, FunnelSettings
         from recfunnel.serving.export import exclusions_from_dataset
 
         summary = json.loads((run_dir / "summary.json").read_text())
         seen, unsafe = exclusions_from_dataset(run_dir / "dataset",
-                                               models_cfg.retrieval_positive)
+                                               cfg.models.retrieval_positive)
         by_user = {int(u): i.to_numpy(np.int64)
                    for u, i in seen.groupby("user_id_raw")["item_id_raw"]}
         self.funnel = Funnel(run_dir / summary["models"]["path"],
-                             FunnelSettings.from_models_config(models_cfg),
+                             FunnelSettings.from_config(cfg),
                              unsafe_raw=unsafe, seen=by_user)
         self.version = self.funnel.version
 
@@ -95,7 +95,7 @@ def run_feedback_loop(run_dir: str | Path, cfg, rounds: int | None = None,
     held_out = in_holdout(users, cfg.experiments.feedback_holdout_share)
     settings = SimulationSettings(days=cfg.experiments.sim_days, k=cfg.experiments.sim_k,
                                   seed=cfg.experiments.seed)
-    first = current = InProcessFunnel(run_dir, cfg.models)
+    first = current = InProcessFunnel(run_dir, cfg)
     round_cfg = load_config(None, merge(cfg.to_dict(), {
         "data": {"source": "parquet", "path": str(logs)},
         "run": {"runs_dir": str(out / "runs")}}))
@@ -105,7 +105,7 @@ def run_feedback_loop(run_dir: str | Path, cfg, rounds: int | None = None,
             round_cfg.run.name = f"round-{r}"
             round_run = run_pipeline(round_cfg, steps=("data", "dataset", "models"),
                                      progress=progress)
-            current = InProcessFunnel(round_run, cfg.models)
+            current = InProcessFunnel(round_run, cfg)
         start_day = world.config.n_days + r * settings.days
         served = {"treated": current, HOLDOUT: first}
 

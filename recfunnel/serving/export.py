@@ -1,9 +1,11 @@
 """`recfunnel export`: one training version of the funnel -> a Triton model repository version.
 
-The served funnel is five python-backend models (sources in `triton_repo/`): the stages
-`user_features`, `candidates`, `light_ranker`, `heavy_ranker`, and `funnel`, a business-logic
-model that runs them in order for each request. An export adds Triton version N to every one of
-them: `<repo>/<model>/<N>/` holds the model's code and, for a stage, `artifacts/`, a copy of the
+The served funnel is python-backend models (sources in `triton_repo/`), one per stage of the
+declared funnel (models.funnel.FunnelSettings): `user_features`, `candidates` (every source and
+filter), one model per ranker named after it (all from `triton_repo/ranker/`), and `funnel`, a
+business-logic model that runs them in order for each request, reading which stages version N
+has from `funnel/<N>/stages.json`. An export adds Triton version N to each of its models:
+`<repo>/<model>/<N>/` holds the model's code and, for a stage, `artifacts/`, a copy of the
 training version (its manifests and sha256 sums kept) plus `serving/` (the FunnelSettings, the
 items each user has already seen, the unsafe items) under one more manifest of the same version.
 
@@ -35,9 +37,11 @@ from models.artifacts import read_manifest, require_same_version, write_manifest
 from models.features import refresh_feature_tables
 from models.funnel import Funnel, FunnelSettings
 
-STAGES = ("user_features", "candidates", "light_ranker", "heavy_ranker")   # request order
+FIXED_STAGES = ("user_features", "candidates")   # every funnel's first stages, in request order
+RANKER_SOURCE = "ranker"              # triton_repo/ranker/: one source for every declared ranker
 ROUTER = "funnel"
-MODELS = (*STAGES, ROUTER)            # install order: the router's new version comes last
+STAGES_FILE = "stages.json"           # funnel/<N>/stages.json: version N's stage models in order
+                                      # and each ranker's keep, for the router
 SHARED_SOURCE = "funnel_stage.py"     # copied beside every model.py
 ARTIFACTS = "artifacts"               # <stage>/<N>/artifacts/: the training version
 SERVING = "serving"                   # artifacts/serving/: settings and exclusions
@@ -105,7 +109,7 @@ def open_served_version(artifacts_dir: str | Path) -> Funnel:
     artifacts_dir = Path(artifacts_dir)
     folder = artifacts_dir / SERVING
     manifest = read_manifest(folder, kind="serving")
-    settings = FunnelSettings(**json.loads((folder / "settings.json").read_text()))
+    settings = FunnelSettings.from_dict(json.loads((folder / "settings.json").read_text()))
     seen = pd.read_parquet(folder / "seen.parquet")
     by_user = {int(u): items.to_numpy(np.int64)
                for u, items in seen.groupby("user_id_raw")["item_id_raw"]}
@@ -130,12 +134,39 @@ def stage_environment() -> dict:
         return {SOURCE_ENV: str(Path(__file__).resolve().parents[2])}
 
 
+def stage_models(settings: FunnelSettings) -> list[str]:
+    """The Triton stage models of a declared funnel, in request order: the fixed stages, then
+    one model per ranker, named after it."""
+    return [*FIXED_STAGES, *settings.ranker_names]
+
+
+def models_in(repo: Path) -> list[str]:
+    """Every model folder of the repository (a stage of some version, or the router)."""
+    return sorted(p.name for p in Path(repo).iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and (p / "config.pbtxt").is_file()
+                  ) if Path(repo).is_dir() else []
+
+
+def _folder_versions(folder: Path) -> set[int]:
+    return {int(p.name) for p in folder.iterdir() if p.name.isdigit()} if folder.is_dir() else set()
+
+
+def version_stages(repo: Path, n: int) -> list[str] | None:
+    """The stage models Triton version n runs (its router's stages.json; None: no router)."""
+    path = Path(repo) / ROUTER / str(n) / STAGES_FILE
+    return json.loads(path.read_text())["stages"] if path.is_file() else None
+
+
 def versions_in(repo: Path, complete: bool = True) -> list[int]:
-    """The Triton versions in every model of the repository (complete) or in any, oldest
-    first. An interrupted export leaves an incomplete version, which the router never uses."""
-    present = [{int(p.name) for p in (repo / m).iterdir() if p.name.isdigit()}
-               if (repo / m).is_dir() else set() for m in MODELS]
-    return sorted(set.intersection(*present) if complete else set.union(*present))
+    """The Triton versions of the repository, oldest first: complete ones (the router and every
+    stage it names have it) or any trace of one. An interrupted export leaves an incomplete
+    version, which the router never uses."""
+    repo = Path(repo)
+    found = set().union(*(_folder_versions(repo / m) for m in models_in(repo)))
+    if not complete:
+        return sorted(found)
+    return sorted(n for n in found if (stages := version_stages(repo, n)) is not None
+                  and all(n in _folder_versions(repo / m) for m in stages))
 
 
 def export_version(version_dir: str | Path, dataset_dir: str | Path, repo: str | Path,
@@ -157,7 +188,8 @@ def export_version(version_dir: str | Path, dataset_dir: str | Path, repo: str |
     source = Funnel(version_dir, settings)        # checksums and one version, or refused
     record = _read_record(repo)
     n = triton_version or max([0, *map(int, record), *versions_in(repo, complete=False)]) + 1
-    taken = [m for m in MODELS if (repo / m / str(n)).exists()]
+    stages = stage_models(settings)
+    taken = [m for m in models_in(repo) if (repo / m / str(n)).exists()]
     if taken or str(n) in record:
         raise FileExistsError(f"{repo}: Triton version {n} was exported before "
                               f"({', '.join(taken) or VERSIONS_FILE}); give another version or "
@@ -165,19 +197,22 @@ def export_version(version_dir: str | Path, dataset_dir: str | Path, repo: str |
     repo.mkdir(parents=True, exist_ok=True)
     staging = repo.parent / f".{repo.name}.staging-{os.getpid()}-{secrets.token_hex(3)}"
     try:
-        first = staging / STAGES[0] / str(n) / ARTIFACTS
+        first = staging / stages[0] / str(n) / ARTIFACTS
         _copy_training_version(source, first)
         _write_serving(first / SERVING, source.version, settings, dataset_dir, label)
         served = open_served_version(first)        # the copy verified as the stages will open it
-        for stage in STAGES[1:]:                   # one copy in the repository, linked per stage
+        for stage in stages[1:]:                   # one copy in the repository, linked per stage
             shutil.copytree(first, staging / stage / str(n) / ARTIFACTS, copy_function=_link)
-        for model in MODELS:
+        for model in (*stages, ROUTER):
             _write_model_sources(sources, model, staging / model, n, serving)
-        for model in MODELS:
+        (staging / ROUTER / str(n) / STAGES_FILE).write_text(json.dumps(
+            {"stages": stages, "keep": {r["name"]: r.get("keep") for r in settings.rankers}}))
+        for model in (*stages, ROUTER):            # the router's new version comes last
             _install(staging / model, repo / model, n)
         record[str(n)] = {"training_version": served.version, "origin": origin,
                           "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                          "settings": asdict(settings), "evaluation": evaluation}
+                          "settings": settings.to_dict(), "stages": stages,
+                          "evaluation": evaluation}
         _write_record(repo, record)
         remove_old_versions(repo, serving.keep_versions, staging)
     finally:
@@ -242,7 +277,7 @@ def export_run(run_dir: str | Path, repo: str | Path | None = None, overrides: d
     section = vars(cfg.serving) if hasattr(cfg, "serving") else {}
     configured = {k: v for k, v in section.items() if k in names}
     return export_version(version_dir, run_dir / "dataset", repo or run_dir / "triton_repo",
-                          FunnelSettings.from_models_config(cfg.models),
+                          FunnelSettings.from_config(cfg),
                           ServingSettings(**{**configured, **(serving or {})}),
                           triton_version, cfg.models.retrieval_positive,
                           origin=f"{run_dir.name}/{models['path']}",
@@ -265,10 +300,8 @@ def _link(src, dst):
 
 
 def _copy_training_version(funnel: Funnel, out: Path) -> None:
-    """The artifact folders the funnel opens (no other model of the training version)."""
-    kind = funnel.settings.retrieval
-    for name in (f"{kind}_query", f"{kind}_items", "features", "popularity", "light_ranker",
-                 "heavy_ranker"):
+    """The artifact folders the declared funnel opens (no other model of the training version)."""
+    for name in funnel.settings.artifacts(funnel.root):
         shutil.copytree(funnel.root / name, out / name)
 
 
@@ -276,7 +309,7 @@ def _write_serving(folder: Path, version: str, settings: FunnelSettings, dataset
                    label: str) -> None:
     folder.mkdir(parents=True)
     seen, unsafe = exclusions_from_dataset(dataset_dir, label)
-    (folder / "settings.json").write_text(json.dumps(asdict(settings), indent=2))
+    (folder / "settings.json").write_text(json.dumps(settings.to_dict(), indent=2))
     seen.to_parquet(folder / "seen.parquet", index=False)
     np.save(folder / "unsafe_items.npy", unsafe)
     write_manifest(folder, version, "serving", config={"label": label,
@@ -286,9 +319,12 @@ def _write_serving(folder: Path, version: str, settings: FunnelSettings, dataset
 
 def _write_model_sources(sources: Path, model: str, out: Path, n: int,
                          serving: ServingSettings) -> None:
+    """Model `model`'s code and config.pbtxt for version n (a ranker: the shared ranker source,
+    under its own name)."""
     version = out / str(n)
     version.mkdir(parents=True, exist_ok=True)
-    for source in (sources / model / "model.py", sources / SHARED_SOURCE):
+    folder = sources / (model if (sources / model / "model.py").is_file() else RANKER_SOURCE)
+    for source in (folder / "model.py", sources / SHARED_SOURCE):
         shutil.copy2(source, version / source.name)
         # Compiled now: a stub writing __pycache__ into the version folder on import would
         # change the model folder, and a polling Triton reloads a changed model (measured:
@@ -296,8 +332,8 @@ def _write_model_sources(sources: Path, model: str, out: Path, n: int,
         py_compile.compile(str(version / source.name), doraise=True,
                            cfile=importlib.util.cache_from_source(str(version / source.name)),
                            invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
-    template = string.Template((sources / model / "config.pbtxt.template").read_text())
-    (out / "config.pbtxt").write_text(template.substitute(asdict(serving)))
+    template = string.Template((folder / "config.pbtxt.template").read_text())
+    (out / "config.pbtxt").write_text(template.substitute(asdict(serving), name=model))
 
 
 def _install(staged_model: Path, model_dir: Path, n: int) -> None:
@@ -315,7 +351,7 @@ def _install(staged_model: Path, model_dir: Path, n: int) -> None:
 
 def _retire(repo: Path, n: int, staging: Path) -> None:
     """Version n leaves every model, stages first: a rename out of the repository each."""
-    for model in MODELS:
+    for model in sorted(models_in(repo), key=lambda m: m == ROUTER):
         if (repo / model / str(n)).exists():
             (staging / "retired" / model).mkdir(parents=True, exist_ok=True)
             os.rename(repo / model / str(n), staging / "retired" / model / str(n))

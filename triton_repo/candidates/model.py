@@ -1,10 +1,12 @@
-"""Stage (b) of the served funnel: candidate generation, `candidates_k` items per user.
+"""Stage (b) of the served funnel: the declared candidate sources, `candidates_k` items per user.
 
-The query tower turns a user's features into a vector searched in the faiss index over the item
-embeddings (exact or HNSW, FunnelSettings.index); users on the fallback path get the most
-popular items instead. Either way the items the user has already seen and the unsafe items are
-excluded. Ids are the workflow's categorified item ids; -1 pads a short list.
+Every source of the version's funnel fills its share (the query tower's vector searched in the
+faiss index, popularity, ...), none repeating another's item, and the popularity fallback fills
+what is left (users the models do not know get it all); the declared filters' items (already
+seen, unsafe) are never among them. Ids are the workflow's categorified item ids; -1 pads.
+ITEMS and SCORES (raw ids, the sources' scores) are the answer of a funnel with no rankers.
 """
+import numpy as np
 from funnel_stage import StageModel, decode_user_rows
 
 
@@ -12,12 +14,15 @@ class TritonPythonModel(StageModel):
     name = "candidates"
 
     def run(self, inputs):
-        users = inputs["USER_ID"]
+        users = inputs["USER_ID"].astype(np.int64)
         rows = decode_user_rows(self.funnel, inputs["USER_FEATURES"])
-        path = inputs["PATH"].astype(str)
-        exclude = self.funnel.exclusions(users, None)
-        return {"CANDIDATES": self.funnel.retrieve(rows, path, exclude)}
+        request = self.funnel.request(users, rows, inputs["PATH"].astype(str))
+        ids, scores = self.funnel.retrieve(request, self.funnel.exclusions(request))
+        return {"CANDIDATES": ids, "ITEMS": self.funnel.raw_ids(ids).astype(np.int64),
+                "SCORES": scores.astype(np.float64)}
 
     def warm_up(self):
-        rows, path = self.funnel.user_rows(self.known_user())
-        self.funnel.retrieve(rows, path, [self.funnel.unsafe_ids])
+        users = self.known_user()
+        rows, path = self.funnel.user_rows(users)
+        request = self.funnel.request(users, rows, path)
+        self.funnel.retrieve(request, self.funnel.exclusions(request))

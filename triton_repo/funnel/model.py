@@ -1,10 +1,12 @@
 """The served funnel's entry point: one request for users' recommendations runs every stage.
 
-A business-logic (BLS) python model. It checks the request, then calls the stage models in
-order, all at one Triton version: user_features -> candidates -> light_ranker -> heavy_ranker.
-Which version: the newest one that every stage has loaded and ready, looked up for each
-request. Stages keep two versions loaded, so during a rollout the old version
-serves until the new one is ready in all four stages, and a rollback (the newest version
+A business-logic (BLS) python model. It checks the request, then calls the stage models of the
+version's declared funnel in order, all at one Triton version: user_features -> candidates ->
+each ranker (e.g. light_ranker -> heavy_ranker), each ranker given the list the one before kept;
+which stages version N has is `funnel/<N>/stages.json`, written by export.
+Which version: the newest one that every one of its stages has loaded and ready, looked up for
+each request. Stages keep two versions loaded, so during a rollout the old version
+serves until the new one is ready in all its stages, and a rollback (the newest version
 leaves) falls back to the one still loaded. A stage version that goes away under a request
 (unloading) is retried once at the next ready version, so no request fails or mixes versions;
 every stage also answers its training version, and the router refuses to mix them.
@@ -37,7 +39,7 @@ from funnel_stage import RequestError, error_response, strings
 from recfunnel.experiments.assignment import EXPERIMENT_FILE, Experiment
 
 DEFAULT_ARM = "default"
-STAGES = ("user_features", "candidates", "light_ranker", "heavy_ranker")
+STAGES_FILE = "stages.json"          # funnel/<N>/stages.json: version N's stage models, in order
 
 
 class StageUnavailable(Exception):
@@ -55,6 +57,18 @@ class TritonPythonModel:
         self.max_users = int(parameters["max_users"])
         self.repository = Path(args["model_repository"]).parent
         self._experiment, self._experiment_stamp = None, None
+        self._stages: dict[int, list[str]] = {}
+
+    def stages(self, version: int) -> dict | None:
+        """Triton version `version`'s declared funnel: {"stages": stage models in request
+        order, "keep": ranker -> keep} (None: no such version of the router on disk); a
+        version's file never changes once installed."""
+        if version not in self._stages:
+            path = self.repository / "funnel" / str(version) / STAGES_FILE
+            if not path.is_file():
+                return None
+            self._stages[version] = json.loads(path.read_text())
+        return self._stages[version]
 
     def experiment(self) -> Experiment | None:
         """The repository's experiment.json, re-read when it changes (written atomically)."""
@@ -71,26 +85,27 @@ class TritonPythonModel:
 
     # ---- which version serves ----------------------------------------------------------------
     def ready_version(self, below: int | None = None, pinned: int | None = None) -> int:
-        """The newest Triton version (below `below`) that is in every stage's folder and ready
-        in every stage. Asked on every request (4 readiness calls, about 1 ms), so all router
+        """The newest Triton version (below `below`) whose every stage has it on disk and
+        ready. Asked on every request (one readiness call per stage, about 1 ms), so all router
         instances switch together; a version whose folder left (rollback) is not used even
         while Triton still unloads it."""
-        on_disk = None
-        for stage in STAGES:
-            folder = self.repository / stage
-            present = ({int(p.name) for p in folder.iterdir() if p.name.isdigit()}
-                       if folder.is_dir() else set())
-            on_disk = present if on_disk is None else on_disk & present
-        if pinned is not None and pinned in on_disk and all(
-                pb_utils.is_model_ready(stage, str(pinned)) for stage in STAGES):
+        def usable(version: int) -> bool:
+            declared = self.stages(version)
+            return declared is not None and all(
+                (self.repository / stage / str(version)).is_dir()
+                and pb_utils.is_model_ready(stage, str(version)) for stage in declared["stages"])
+
+        folder = self.repository / "funnel"
+        on_disk = sorted((int(p.name) for p in folder.iterdir() if p.name.isdigit()),
+                         reverse=True) if folder.is_dir() else []
+        if pinned is not None and pinned in on_disk and usable(pinned):
             return pinned
-        for version in sorted(on_disk, reverse=True):
-            if (below is None or version < below) and all(
-                    pb_utils.is_model_ready(stage, str(version)) for stage in STAGES):
+        for version in on_disk:
+            if (below is None or version < below) and usable(version):
                 return version
-        raise NoVersionReady(f"no Triton version is ready in every stage ({', '.join(STAGES)})"
-                             f"{f' below {below}' if below else ''}; versions in every stage "
-                             f"folder: {sorted(on_disk)}; see the server log")
+        raise NoVersionReady(f"no Triton version is ready in every one of its stages"
+                             f"{f' below {below}' if below else ''}; router versions on disk: "
+                             f"{sorted(on_disk)}; see the server log")
 
     # ---- one request ---------------------------------------------------------------------------
     def execute(self, requests):
@@ -183,29 +198,38 @@ class TritonPythonModel:
         if k > catalogue:
             raise RequestError(f"K {k} is larger than the catalogue ({catalogue} items); "
                                f"ask for 1 to {catalogue}")
-        k_tensor = pb_utils.Tensor("K", np.array([k], np.int32))
         user_features = features["USER_FEATURES"]
         candidates = self.call("candidates", version,
                                [pb_utils.Tensor("USER_ID", users), user_features,
-                                features["PATH"]], ["CANDIDATES", "VERSION"])
-        light = self.call("light_ranker", version,
-                          [user_features, candidates["CANDIDATES"], k_tensor],
-                          ["KEPT", "VERSION"])
-        heavy_inputs = [user_features, light["KEPT"], k_tensor]
-        if blend is not None:
-            heavy_inputs.append(pb_utils.Tensor("BLEND", strings([json.dumps(blend)])))
-        final = self.call("heavy_ranker", version, heavy_inputs,
-                          ["ITEMS", "SCORES", "OBJECTIVE_SCORES", "OBJECTIVES", "VERSION"])
-        trained = {stage: out["VERSION"].as_numpy()[0].decode() for stage, out in
-                   zip(STAGES, (features, candidates, light, final))}
+                                features["PATH"]], ["CANDIDATES", "ITEMS", "SCORES", "VERSION"])
+        answers = {"user_features": features, "candidates": candidates}
+        declared = self.stages(version)
+        rankers, keeps = declared["stages"][2:], declared["keep"]
+        items, scores = candidates["ITEMS"].as_numpy()[:, :k], candidates["SCORES"].as_numpy()[:, :k]
+        objective_scores, objectives = np.zeros((users.size, 0, items.shape[1])), strings([])
+        listed = candidates["CANDIDATES"]
+        for i, ranker in enumerate(rankers):
+            last = i == len(rankers) - 1
+            keep = k if last else max(int(keeps[ranker]), k)
+            inputs = [user_features, pb_utils.Tensor("CANDIDATES", listed.as_numpy()),
+                      pb_utils.Tensor("KEEP", np.array([keep], np.int32))]
+            if last and blend is not None:
+                inputs.append(pb_utils.Tensor("BLEND", strings([json.dumps(blend)])))
+            out = self.call(ranker, version, inputs, ["KEPT", "ITEMS", "SCORES",
+                                                      "OBJECTIVE_SCORES", "OBJECTIVES", "VERSION"])
+            answers[ranker], listed = out, out["KEPT"]
+            if last:
+                items, scores = out["ITEMS"].as_numpy(), out["SCORES"].as_numpy()
+                objective_scores = out["OBJECTIVE_SCORES"].as_numpy()
+                objectives = out["OBJECTIVES"].as_numpy()
+        trained = {stage: out["VERSION"].as_numpy()[0].decode() for stage, out in answers.items()}
         if len(set(trained.values())) != 1:
             raise RuntimeError(f"Triton version {version} mixes training versions {trained}; "
                                "re-export the run (recfunnel export)")
         n = users.size
-        return {"ITEMS": final["ITEMS"].as_numpy(), "SCORES": final["SCORES"].as_numpy(),
-                "OBJECTIVE_SCORES": final["OBJECTIVE_SCORES"].as_numpy(),
-                "OBJECTIVES": final["OBJECTIVES"].as_numpy(), "PATH": features["PATH"].as_numpy(),
-                "VERSION": strings([trained["heavy_ranker"]] * n),
+        return {"ITEMS": items, "SCORES": scores, "OBJECTIVE_SCORES": objective_scores,
+                "OBJECTIVES": objectives, "PATH": features["PATH"].as_numpy(),
+                "VERSION": strings([trained["user_features"]] * n),
                 "MODEL_VERSION": np.full(n, version, np.int64)}
 
     def call(self, stage: str, version: int, inputs: list, outputs: list[str]) -> dict:

@@ -1,0 +1,270 @@
+"""The funnel's components (L6): candidate sources, filters, rankers and the selector, by name.
+
+A funnel is declared, not coded (config `funnel:`, models.funnel.FunnelSettings): which
+sources fill the candidate list and with what share of it, which filters remove items from
+it, which rankers reorder and cut it, in order, and the blend of the last one's objectives.
+Each kind of component is a Protocol below and each implementation is registered by name in
+its registry, as the unsafe-item filters are (workflows/unsafe.py). A new stage is one class
+here (or in a module that registers it) and one line of config.
+
+All components work on a version's categorified item ids (`item_id` of the feature tables);
+-1 pads a short list and scores -inf. A component opens its artifacts from one training
+version's folder and carries that version, which the funnel requires to be the same for all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import pandas as pd
+
+from models.artifacts import read_manifest
+from models.blend import blend
+from models.candidates import (RETRIEVAL_SCORE, EmbeddingIndex, PopularityCandidates,
+                               query_vectors)
+
+POPULARITY = "popularity"    # the fallback source of users the models do not know (L1.1)
+# Offline predictions name each stage's list (models.predict writes, recfunnel.evaluation
+# reads): the candidates, each ranker's cut but the last's, then the final list `funnel`.
+STAGES_FILE = "stages.json"
+DEFAULT_STAGE_LISTS = (("candidates", "funnel_candidates"), ("light_ranker", "funnel_light"),
+                       ("heavy_ranker", "funnel"))
+
+
+def stage_lists(rankers: list[str]) -> dict[str, str]:
+    """Ranker -> the name of its cut's list: the last one's is `funnel`, each earlier one's
+    `funnel_<name less _ranker>` (the light ranker's: funnel_light)."""
+    return {name: "funnel" if i == len(rankers) - 1 else f"funnel_{name.removesuffix('_ranker')}"
+            for i, name in enumerate(rankers)}
+
+
+@dataclass
+class Request:
+    """What every component may read about the users of one request."""
+    users_raw: np.ndarray            # [n] raw user ids
+    rows: pd.DataFrame               # [n] the users' feature rows (the version's user table)
+    known: np.ndarray                # [n] bool: the models know the user (else the fallback)
+    exclude_raw: list | None = None  # per user, raw item ids the caller excludes (None: seen)
+
+    def subset(self, rows: np.ndarray) -> "Request":
+        """The request of the users at positions `rows`."""
+        if len(rows) == len(self.users_raw):
+            return self
+        return Request(self.users_raw[rows], self.rows.iloc[rows].reset_index(drop=True),
+                       self.known[rows], None if self.exclude_raw is None
+                       else [self.exclude_raw[i] for i in rows])
+
+
+class CandidateSource(Protocol):
+    """Picks up to k items per user from the whole catalogue, best first."""
+    name: str
+    version: str
+    serves_unknown_users: bool       # False: unknown users get nothing (the fallback fills)
+
+    def candidates(self, request: Request, k: int, exclude: list[np.ndarray]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """([n, k] ids, [n, k] scores); never an id in `exclude[i]` for user i."""
+
+
+class Filter(Protocol):
+    """Items a user must not be shown (already seen, unsafe, ...)."""
+    name: str
+
+    def excluded(self, request: Request) -> list[np.ndarray]:
+        """Per user, categorified item ids to remove."""
+
+
+class Ranker(Protocol):
+    """Scores (user, item) feature rows on each of its objectives."""
+    name: str
+    version: str
+    objectives: list[str]
+
+    def score(self, rows: pd.DataFrame) -> dict[str, np.ndarray]:
+        """objective -> [len(rows)] scores."""
+
+
+class Selector(Protocol):
+    """Orders each user's scored candidates and keeps the best `keep`."""
+    name: str
+
+    def select(self, candidates: np.ndarray, scores: dict[str, np.ndarray], keep: int,
+               weights: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+        """(kept ids, their blended scores, per-objective scores), each [n, keep]."""
+
+
+# ---- registries: name -> how to open it from a version folder --------------------------------
+@dataclass(frozen=True)
+class Registered:
+    """A registered implementation: its factory and the version folders it opens."""
+    open: Callable
+    artifacts: Callable[[Path], list[str]]
+
+
+SOURCES: dict[str, Registered] = {}
+FILTERS: dict[str, Registered] = {}
+RANKERS: dict[str, Registered] = {}
+SELECTORS: dict[str, Callable] = {}
+
+
+def register(registry: dict, name: str, artifacts: Callable[[Path], list[str]] | list[str] = ()):
+    """Class decorator: `@register(SOURCES, "two_tower", ["two_tower_query", ...])`."""
+    folders = artifacts if callable(artifacts) else (lambda root, a=list(artifacts): a)
+
+    def add(factory):
+        if name in registry:
+            raise ValueError(f"{name!r} is registered twice")
+        registry[name] = Registered(factory, folders)
+        return factory
+    return add
+
+
+def lookup(registry: dict, kind: str, name: str) -> Registered:
+    if name not in registry:
+        raise KeyError(f"unknown funnel {kind} {name!r}; registered: {', '.join(sorted(registry))}")
+    return registry[name]
+
+
+# ---- candidate sources -----------------------------------------------------------------------
+class EmbeddingSource:
+    """A learned candidate generator: the query tower's vector searched in the item index."""
+    serves_unknown_users = False
+
+    def __init__(self, name: str, root: Path, index: str = "exact"):
+        self.name, self.root, self.index_kind = name, Path(root), index
+        self.version = read_manifest(self.root / f"{name}_query", kind="query_tower")["version"]
+        self._query = self._index = None
+
+    @property
+    def query(self):
+        """The query tower's serving signature (loaded on first use)."""
+        if self._query is None:
+            import tensorflow as tf
+
+            self._query = tf.saved_model.load(str(self.root / f"{self.name}_query")
+                                              ).signatures["serving_default"]
+        return self._query
+
+    @property
+    def index(self) -> EmbeddingIndex:
+        if self._index is None:
+            self._index = EmbeddingIndex.load(self.root / f"{self.name}_items", self.index_kind)
+        return self._index
+
+    def candidates(self, request, k, exclude):
+        n = len(request.users_raw)
+        items, scores = np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32)
+        rows = np.flatnonzero(request.known)
+        if len(rows):
+            vectors = query_vectors(self.query, request.rows.iloc[rows])
+            items[rows], scores[rows] = self.index.search(vectors, k, [exclude[i] for i in rows])
+        return items, scores
+
+
+def _embedding_source(name: str) -> None:
+    register(SOURCES, name, [f"{name}_query", f"{name}_items"])(
+        lambda root, settings, funnel, n=name: EmbeddingSource(n, root, settings.index))
+
+
+for _name in ("two_tower", "mf"):
+    _embedding_source(_name)
+
+
+@register(SOURCES, POPULARITY, [POPULARITY])
+class PopularitySource:
+    """The most-interacted items of the training split, for every user alike."""
+    name = POPULARITY
+    serves_unknown_users = True
+
+    def __init__(self, root: Path, settings=None, funnel=None):
+        folder = Path(root) / POPULARITY
+        self.version = read_manifest(folder, kind="popularity")["version"]
+        self.model = PopularityCandidates(np.load(folder / "item_ids.npy"),
+                                          np.load(folder / "counts.npy"), self.version)
+
+    def candidates(self, request, k, exclude):
+        return self.model.search(len(request.users_raw), k, exclude)
+
+
+# ---- filters -----------------------------------------------------------------------------------
+@register(FILTERS, "seen")
+class SeenFilter:
+    """What each user has already interacted with (the export's `seen`), or what the caller
+    asks to exclude instead."""
+    name = "seen"
+
+    def __init__(self, root: Path, settings=None, funnel=None):
+        self.funnel = funnel
+
+    def excluded(self, request):
+        seen = self.funnel.seen
+        return [self.funnel.item_ids(request.exclude_raw[n] if request.exclude_raw is not None
+                                     else seen.get(int(u), ()))
+                for n, u in enumerate(request.users_raw)]
+
+
+@register(FILTERS, "unsafe")
+class UnsafeFilter:
+    """The items the dataset step flagged unsafe (workflows.unsafe), for every user."""
+    name = "unsafe"
+
+    def __init__(self, root: Path, settings=None, funnel=None):
+        self.ids = funnel.item_ids(funnel.unsafe_raw)
+
+    def excluded(self, request):
+        return [self.ids] * len(request.users_raw)
+
+
+# ---- rankers -----------------------------------------------------------------------------------
+def _ranker_artifacts(name: str) -> Callable[[Path], list[str]]:
+    """The ranker's folder, and the retrieval model whose score it takes as a feature."""
+    def folders(root: Path) -> list[str]:
+        kind = read_manifest(Path(root) / name, kind="ranker")["config"].get(RETRIEVAL_SCORE)
+        return [name, *((f"{kind}_query", f"{kind}_items") if kind else ())]
+    return folders
+
+
+class TrainedRanker:
+    """A multi-task ranker of the version (models.ranking), through its serving signature."""
+
+    def __init__(self, name: str, root: Path):
+        from models.ranking import RankerScorer
+
+        self.name = name
+        self.scorer = RankerScorer(Path(root) / name)
+        self.version, self.objectives = self.scorer.version, self.scorer.objectives
+
+    def score(self, rows):
+        return self.scorer.score(rows)
+
+
+for _name in ("light_ranker", "heavy_ranker"):
+    register(RANKERS, _name, _ranker_artifacts(_name))(
+        lambda root, settings, funnel, n=_name: TrainedRanker(n, root))
+
+
+def ranker_manifest(root: Path, name: str) -> dict:
+    """A ranker's manifest without loading TensorFlow (its objectives, version)."""
+    return read_manifest(Path(root) / name, kind="ranker")
+
+
+# ---- selector ----------------------------------------------------------------------------------
+class BlendSelector:
+    """Orders by the weighted sum of objective scores (models.blend); stable on ties."""
+    name = "blend"
+
+    def select(self, candidates, scores, keep, weights):
+        n, width = candidates.shape
+        if width == 0:
+            return candidates, np.zeros((n, 0)), {}
+        blended = blend(scores, weights).reshape(n, width)
+        blended = np.where(candidates >= 0, blended, -np.inf)
+        keep = min(keep, width)
+        order = np.argsort(-blended, axis=1, kind="stable")[:, :keep]
+        take = lambda a: np.take_along_axis(a.reshape(n, width), order, axis=1)  # noqa: E731
+        return take(candidates), take(blended), {k: take(v) for k, v in scores.items()}
+
+
+SELECTORS["blend"] = BlendSelector
