@@ -98,9 +98,12 @@ class Selector(Protocol):
 # ---- registries: name -> how to open it from a version folder --------------------------------
 @dataclass(frozen=True)
 class Registered:
-    """A registered implementation: its factory and the version folders it opens."""
+    """A registered implementation: its factory, the version folders it opens, and for a
+    source its kind (`embedding`: a query tower and an item index, what the rankers' cascade
+    training and retrieval-score feature use; `item_item`; `popularity`)."""
     open: Callable
     artifacts: Callable[[Path], list[str]]
+    kind: str = ""
 
 
 SOURCES: dict[str, Registered] = {}
@@ -109,14 +112,15 @@ RANKERS: dict[str, Registered] = {}
 SELECTORS: dict[str, Callable] = {}
 
 
-def register(registry: dict, name: str, artifacts: Callable[[Path], list[str]] | list[str] = ()):
+def register(registry: dict, name: str, artifacts: Callable[[Path], list[str]] | list[str] = (),
+             kind: str = ""):
     """Class decorator: `@register(SOURCES, "two_tower", ["two_tower_query", ...])`."""
     folders = artifacts if callable(artifacts) else (lambda root, a=list(artifacts): a)
 
     def add(factory):
         if name in registry:
             raise ValueError(f"{name!r} is registered twice")
-        registry[name] = Registered(factory, folders)
+        registry[name] = Registered(factory, folders, kind)
         return factory
     return add
 
@@ -164,7 +168,7 @@ class EmbeddingSource:
 
 
 def _embedding_source(name: str) -> None:
-    register(SOURCES, name, [f"{name}_query", f"{name}_items"])(
+    register(SOURCES, name, [f"{name}_query", f"{name}_items"], "embedding")(
         lambda root, settings, funnel, n=name: EmbeddingSource(n, root, settings.index))
 
 
@@ -172,7 +176,44 @@ for _name in ("two_tower", "mf"):
     _embedding_source(_name)
 
 
-@register(SOURCES, POPULARITY, [POPULARITY])
+@register(SOURCES, "ease", ["ease"], "item_item")
+class ItemItemSource:
+    """An item-item model (EASE, models.train.train_ease): a user's score for item j is the
+    sum of B[i, j] over the items i the user has (the `seen` filter's items: what the export
+    recorded, or the caller's exclusions); items never seen in training are never returned."""
+    name = "ease"
+    serves_unknown_users = False
+
+    def __init__(self, root: Path, settings=None, funnel=None):
+        folder = Path(root) / self.name
+        self.version = read_manifest(folder, kind="item_item")["version"]
+        self.weights = np.load(folder / "weights.npy", mmap_mode="r")
+        self.fitted = np.load(folder / "fitted_items.npy")
+        self.funnel = funnel
+
+    def candidates(self, request, k, exclude):
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        n, n_items = len(request.users_raw), len(self.fitted)
+        items, scores = np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32)
+        for row in np.flatnonzero(request.known):
+            user = int(request.users_raw[row])
+            had = self.funnel.item_ids(request.exclude_raw[row] if request.exclude_raw is not None
+                                       else self.funnel.seen.get(user, ()))
+            had = had[had < n_items]
+            if not len(had):
+                continue
+            s = np.asarray(self.weights[had].sum(axis=0), np.float32)
+            s[~self.fitted] = -np.inf
+            banned = np.asarray(exclude[row], np.int64)
+            s[banned[(banned >= 0) & (banned < n_items)]] = -np.inf
+            top = np.argsort(-s, kind="stable")[:k]
+            top = top[np.isfinite(s[top])]
+            items[row, :len(top)], scores[row, :len(top)] = top, s[top]
+        return items, scores
+
+
+@register(SOURCES, POPULARITY, [POPULARITY], "popularity")
 class PopularitySource:
     """The most-interacted items of the training split, for every user alike."""
     name = POPULARITY

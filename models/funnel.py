@@ -131,8 +131,10 @@ class FunnelSettings:
 
     @property
     def learned_source(self) -> str | None:
-        """The first source that is a trained model (what the cascade trains rankers on)."""
-        return next((s["name"] for s in self.sources if s["name"] != POPULARITY), None)
+        """The first source with a query tower (what the cascade trains rankers on, and whose
+        score the rankers may take as a feature)."""
+        return next((s["name"] for s in self.sources
+                     if SOURCES[s["name"]].kind == "embedding"), None)
 
     def quotas(self, k: int) -> list[int]:
         """Each source's number of the k candidates (shares, rounded; the first takes the rest)."""

@@ -31,7 +31,7 @@ from models.components import POPULARITY, SOURCES, STAGES_FILE, stage_lists
 from models.data import Splits
 from models.funnel import MODEL, OFFLINE_FEATURES, Funnel, FunnelSettings
 
-RETRIEVAL_LISTS = ("two_tower", "mf", POPULARITY)
+RETRIEVAL_LISTS = ("two_tower", "mf", "ease", POPULARITY)   # each when the version has it
 
 
 def write_predictions(dataset_dir: Path, version_dir: Path, out_dir: Path, cfg,
@@ -63,8 +63,9 @@ def write_predictions(dataset_dir: Path, version_dir: Path, out_dir: Path, cfg,
     # the offline tables: what the funnel knew before the test period, no test event counted
     features = OFFLINE_FEATURES if (Path(version_dir) / OFFLINE_FEATURES).is_dir() else "features"
     funnel = Funnel.load(version_dir, settings, features=features)
-    steps = tqdm(total=len(RETRIEVAL_LISTS) + 2, desc="predictions", unit="model",
-                 disable=not progress)
+    sources = [s for s in RETRIEVAL_LISTS if all((Path(version_dir) / f).is_dir()
+                                                 for f in SOURCES[s].artifacts(version_dir))]
+    steps = tqdm(total=len(sources) + 2, desc="predictions", unit="model", disable=not progress)
     final = funnel.recommend(users, exclude_raw=exclude, keep_stages=True)
     stages = stage_lists(settings.ranker_names)
     lists = {"funnel": final.items, "funnel_candidates": final.candidates,
@@ -80,10 +81,18 @@ def write_predictions(dataset_dir: Path, version_dir: Path, out_dir: Path, cfg,
                     for r in relevant_raw]
     width = int(funnel.items["item_id"].max()) + 1
     ranks = []
-    for kind in RETRIEVAL_LISTS:
+    for kind in sources:
         # each list by the registered source itself, for every user (unknown ones included)
         source = SOURCES[kind].open(version_dir, settings, funnel)
-        if kind == POPULARITY:
+        if kind == "ease":
+            ids = source.candidates(request, k, excluded)[0]
+            dense = np.full((len(users), width), -np.inf, np.float32)
+            for row in range(len(users)):
+                had = funnel.item_ids(exclude[row])
+                had = had[had < len(source.fitted)]
+                dense[row, :len(source.fitted)] = np.where(
+                    source.fitted, np.asarray(source.weights[had].sum(axis=0)), -np.inf)
+        elif kind == POPULARITY:
             ids = source.candidates(request, k, excluded)[0]
             dense = np.zeros(width)
             dense[source.model.item_ids] = source.model.counts

@@ -80,15 +80,32 @@ def light_features(cfg: ModelsConfig, available: list[str]) -> list[str]:
     return [*cfg.light_ranker_features, *[f for f in extra if f not in cfg.light_ranker_features]]
 
 
-def build_ranker(schema: Schema, cfg: ModelsConfig, kind: str) -> mm.Model:
-    outputs = mm.OutputBlock(schema)          # one BinaryOutput (sigmoid) per target column
-    dropout = cfg.ranker_dropout or None
-    if kind == "heavy":
-        return mm.DCNModel(schema, depth=cfg.heavy_ranker_cross_depth,
-                           deep_block=mm.MLPBlock(cfg.heavy_ranker_layers, dropout=dropout),
-                           input_block=ranker_inputs(schema, cfg), prediction_tasks=outputs)
+def _mlp(schema: Schema, cfg: ModelsConfig, layers: list[int]) -> mm.Model:
+    """Embeddings and continuous inputs -> an MLP -> one head per objective."""
     return mm.Model(ranker_inputs(schema, cfg),
-                    mm.MLPBlock(cfg.light_ranker_layers, dropout=dropout), outputs)
+                    mm.MLPBlock(layers, dropout=cfg.ranker_dropout or None),
+                    mm.OutputBlock(schema))     # one BinaryOutput (sigmoid) per target column
+
+
+def _dcn(schema: Schema, cfg: ModelsConfig, layers: list[int]) -> mm.Model:
+    """DCN-V2: `ranker_cross_depth` cross layers beside an MLP -> one head per objective."""
+    return mm.DCNModel(schema, depth=cfg.ranker_cross_depth,
+                       deep_block=mm.MLPBlock(layers, dropout=cfg.ranker_dropout or None),
+                       input_block=ranker_inputs(schema, cfg),
+                       prediction_tasks=mm.OutputBlock(schema))
+
+
+# models.<kind>_ranker_architecture names one of these; a new one is a function and a line
+ARCHITECTURES = {"mlp": _mlp, "dcn": _dcn}
+
+
+def build_ranker(schema: Schema, cfg: ModelsConfig, kind: str) -> mm.Model:
+    """The `kind` ranker in its configured architecture, with its configured layers."""
+    name = getattr(cfg, f"{kind}_ranker_architecture")
+    if name not in ARCHITECTURES:
+        raise ValueError(f"models.{kind}_ranker_architecture {name!r}: choose from "
+                         f"{', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name](schema, cfg, getattr(cfg, f"{kind}_ranker_layers"))
 
 
 class _EpochLog(KeepBestEpoch):
@@ -148,6 +165,7 @@ def train_ranker(kind: str, splits: Splits, cfg: ModelsConfig, out_dir: Path, ve
     write_manifest(model_dir, version, "ranker",
                    schema={c.name: str(c.dtype.to_numpy) for c in features},
                    config={"kind": kind, "objectives": cfg.objectives,
+                           "architecture": getattr(cfg, f"{kind}_ranker_architecture"),
                            RETRIEVAL_SCORE: retrieval if RETRIEVAL_SCORE in features.column_names
                            else None},
                    metrics=log.rows[log.best_index] if log.rows else {})

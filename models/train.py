@@ -20,6 +20,7 @@ from recfunnel.config import ModelsConfig
 from recfunnel.evaluation.topk import topk_metrics
 
 RETRIEVAL = ("two_tower", "mf")
+ITEM_ITEM = ("ease",)
 RANKERS = ("light", "heavy")
 
 
@@ -43,7 +44,7 @@ def train_all(dataset_dir: Path, out_dir: Path, cfg: ModelsConfig, funnel: Funne
     version = new_version()
     root = Path(out_dir) / version
     root.mkdir(parents=True)
-    wanted = only or ("popularity", *RETRIEVAL, *(f"{k}_ranker" for k in RANKERS))
+    wanted = only or ("popularity", *RETRIEVAL, *ITEM_ITEM, *(f"{k}_ranker" for k in RANKERS))
     section = {"version": version, "path": str(root), "models": {}}
     bar = tqdm(wanted, desc="training", unit="model", disable=not progress)
     rankers_ready, score = False, None      # tables and the score, once before the rankers
@@ -51,6 +52,8 @@ def train_all(dataset_dir: Path, out_dir: Path, cfg: ModelsConfig, funnel: Funne
         bar.set_postfix_str(name)
         if name == "popularity":
             section["models"][name] = train_popularity(splits, cfg, root, version)
+        elif name in ITEM_ITEM:
+            section["models"][name] = train_ease(splits, cfg, root, version)
         elif name in RETRIEVAL:
             result = train_retrieval(name, splits, cfg, root, version)
             section["models"][name] = _describe(result, root)
@@ -185,6 +188,36 @@ def train_popularity(splits: Splits, cfg: ModelsConfig, root: Path, version: str
     write_manifest(folder, version, "popularity", metrics=metrics)
     return {"kind": "candidate_fallback", "parameters": int(len(popularity.item_ids)),
             "history": [metrics], "path": str(folder.relative_to(root.parent))}
+
+
+def train_ease(splits: Splits, cfg: ModelsConfig, root: Path, version: str) -> dict:
+    """EASE (models.peers) on the training positives as a candidate source: its item-item
+    matrix B [items, items] over the categorified ids; a user's scores are the sum of B's rows
+    of the items they have (models.components.ItemItemSource). n_items^2 floats, so a
+    catalogue above `ease_max_items` gets none (the source is then refused by name)."""
+    import time
+
+    from models.peers import EASE
+
+    positives = splits.positives(splits.train, cfg.retrieval_positive)
+    n_items = int(max(splits.train["item_id"].max(), splits.valid["item_id"].max(),
+                      splits.test["item_id"].max())) + 1
+    if n_items > cfg.ease_max_items:
+        return {"kind": "item_item", "parameters": 0, "history": [],
+                "skipped": f"{n_items} items > models.ease_max_items {cfg.ease_max_items}"}
+    users = positives["user_id"].to_numpy()
+    start = time.perf_counter()
+    model = EASE(cfg.ease_regularization).fit(users, positives["item_id"].to_numpy(),
+                                              int(users.max()) + 1 if len(users) else 1, n_items)
+    seconds = round(time.perf_counter() - start, 2)
+    folder = root / "ease"
+    folder.mkdir()
+    np.save(folder / "weights.npy", model.weights_)
+    np.save(folder / "fitted_items.npy", model.fitted_items_)
+    write_manifest(folder, version, "item_item",
+                   config={"regularization": cfg.ease_regularization, "items": n_items})
+    return {"kind": "item_item", "parameters": int(n_items * n_items), "train_seconds": seconds,
+            "history": [], "path": str(folder.relative_to(root.parent))}
 
 
 RANKINGS = {"click only": "click", "watch_75 (naive)": "watch_75",

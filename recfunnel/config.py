@@ -165,6 +165,9 @@ class ModelsConfig:
     retrieval_positive: str = "click"     # which label makes a (user, item) pair a positive
     mf_epochs: int = 3
     mf_learning_rate: float | None = None # None: retrieval_learning_rate
+    ease_regularization: float = 250.0    # EASE's lambda (the candidate source `ease`; 250: the
+                                          # ML-100K validation optimum, BENCHMARKS.md)
+    ease_max_items: int = 20_000          # EASE holds items^2 floats: none above this size
     retrieval_patience: int = 0           # > 0: stop after this many epochs without a better
                                           # validation recall and keep the best epoch's weights
     # Each ranker has one head per objective; watch_75 is a diagnostic head (no blend weight)
@@ -187,13 +190,15 @@ class ModelsConfig:
     light_ranker_group_features: bool = True   # also the user's history with the item's
                                           # category (user_category_click_rate, _events) when
                                           # the data set has item categories
+    light_ranker_architecture: str = "mlp"   # mlp | dcn (models.ranking.ARCHITECTURES)
     light_ranker_layers: list = field(default_factory=lambda: [32])
     heavy_ranker_features: list | None = None   # None: every user and item feature
     ranker_embedding_dim: int | None = None   # None: Merlin's size per id cardinality
     ranker_l2_reg: float = 0.0            # L2 penalty on the embedding rows of each batch
     ranker_dropout: float = 0.0           # dropout in the rankers' MLPs
+    heavy_ranker_architecture: str = "dcn"   # mlp | dcn
     heavy_ranker_layers: list = field(default_factory=lambda: [128, 64])
-    heavy_ranker_cross_depth: int = 2
+    ranker_cross_depth: int = 2           # cross layers of a dcn ranker
     eval_k: int = 10
     window_sweep_days: list = field(default_factory=lambda: [1, 3, 7, 14, 21])
     window_sweep_models: list = field(default_factory=lambda: ["two_tower", "heavy_ranker"])
@@ -307,7 +312,8 @@ class Config:
 # Settings that moved when the funnel became declared (config `funnel:`)
 MOVED = {("models", "candidates_k"): "funnel.candidates_k", ("models", "index"): "funnel.index",
          ("models", "blend_weights"): "funnel.blend",
-         ("models", "light_ranker_keep"): "funnel.rankers (the light_ranker's keep)"}
+         ("models", "light_ranker_keep"): "funnel.rankers (the light_ranker's keep)",
+         ("models", "heavy_ranker_cross_depth"): "models.ranker_cross_depth"}
 
 
 def _build(cls, values: dict, where: str):

@@ -129,8 +129,8 @@ def evaluation_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -
         def relevance_rows(idx):
             return world.relevance_matrix(idx, day)
 
-        lists = {n: predictions.lists[n] for n in ("two_tower", "mf", "popularity", "funnel")
-                 if n in predictions.lists}
+        lists = {n: predictions.lists[n] for n in ("two_tower", "mf", "ease", "popularity",
+                                                  "funnel") if n in predictions.lists}
         truth = lists_vs_truth(lists, predictions.users["user_id_raw"].to_numpy(),
                                relevance_rows, world.item_truth["is_clickbait"].to_numpy(),
                                cfg.models.eval_k)

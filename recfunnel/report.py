@@ -155,7 +155,8 @@ def render_models(section: dict) -> str:
              "carries it, and serving refuses to mix versions.</p>",
              table_html(rows, ("model", "parameters", "embedding MB", "train s", "examples/s",
                                "last epoch, validation"))]
-    curves = {n: m for n, m in models.items() if len(m["history"]) > 1 or m["kind"] != "candidate_fallback"}
+    curves = {n: m for n, m in models.items()        # the models trained in epochs
+              if any("epoch" in h for h in m["history"])}
     if curves:
         fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False)
         for ax, (name, m) in zip(axes[0], curves.items()):

@@ -4,7 +4,8 @@ Two parts. A contract suite every registered candidate source, filter and ranker
 the spirit of scikit-learn's `parametrize_with_checks`: shapes, -1 padding, exclusions honoured,
 determinism, the training version carried, bad input refused. Then the swaps the config makes
 possible, each served by a real tritonserver and equal to the in-process funnel of the same
-declaration: MF instead of the two-tower, a popularity source beside it, no light ranker.
+declaration: MF instead of the two-tower, a popularity source beside it, no light ranker, an
+item-item source (EASE) beside the two-tower.
 """
 import json
 import time
@@ -186,6 +187,8 @@ SWAPS = {
     "popularity beside the two-tower": {"sources": [{"name": "two_tower", "share": 0.7},
                                                     {"name": "popularity", "share": 0.3}]},
     "no light ranker": {"rankers": [{"name": "heavy_ranker"}]},
+    "EASE beside the two-tower": {"sources": [{"name": "two_tower", "share": 0.5},
+                                              {"name": "ease", "share": 0.5}]},
 }
 
 

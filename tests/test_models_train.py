@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.artifacts import VersionMismatchError, new_version, write_manifest
+from models.artifacts import VersionMismatchError, new_version, read_manifest, write_manifest
 from models.candidates import load_retrieval
 from models.data import Splits, to_tensors
 from models.ranking import RankerScorer, train_ranker
@@ -124,3 +124,15 @@ def test_window_sweep_trains_each_window_on_its_days(splits, tmp_path):
     with pytest.raises(ValueError, match="unknown"):
         window_sweep(tmp_path, train_end, replace(cfg, window_sweep_models=["nope"]),
                      splits=splits)
+
+
+def test_a_ranker_architecture_is_a_setting(splits, tmp_path):
+    as_dcn = replace(CFG, light_ranker_architecture="dcn", ranker_epochs=1)
+    result = train_ranker("light", splits, as_dcn, tmp_path / "dcn", new_version())
+    assert read_manifest(result.model_dir, kind="ranker")["config"]["architecture"] == "dcn"
+    as_mlp = train_ranker("light", splits, replace(as_dcn, light_ranker_architecture="mlp"),
+                          tmp_path / "mlp", new_version())
+    assert result.parameters != as_mlp.parameters           # the cross layers are there
+    with pytest.raises(ValueError, match="choose from mlp, dcn"):
+        train_ranker("light", splits, replace(CFG, light_ranker_architecture="gbdt"),
+                     tmp_path / "bad", new_version())

@@ -26,7 +26,7 @@ from recfunnel.evaluation.stages import (EXPOSURE_LISTS, Stage, exposure_report,
                                          stage_report)
 from recfunnel.evaluation.topk import topk_metrics, topk_per_user
 
-CANDIDATE_MODELS = ("two_tower", "mf", "popularity")
+CANDIDATE_MODELS = ("two_tower", "mf", "ease", "popularity")
 LISTS = (*CANDIDATE_MODELS, "funnel")
 
 

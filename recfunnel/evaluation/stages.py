@@ -29,7 +29,7 @@ class Stage:
 
 STAGES = (Stage("light ranker", "funnel_candidates", "funnel_light"),
           Stage("heavy ranker", "funnel_light", "funnel"))
-EXPOSURE_LISTS = ("two_tower", "mf", "popularity", "funnel_light", "funnel")
+EXPOSURE_LISTS = ("two_tower", "mf", "ease", "popularity", "funnel_light", "funnel")
 
 
 def paired_difference_interval(differences, resamples: int = BOOTSTRAP_RESAMPLES,
