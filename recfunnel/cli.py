@@ -1,8 +1,9 @@
 """The `recfunnel` command: every pipeline step as a batch job with a config file.
 
-Exit codes a scheduler understands: 0 done; 2 bad config or bad input (the message says what to
-fix); 1 anything else (a traceback follows); `retrain` also 3 (a step failed for good) and 4
-(the quality gate refused the new version).
+Exit codes a scheduler understands: 0 done; 2 bad config or bad input (a `RecfunnelError`, or a
+missing file a step needs: one line on stderr says what to fix, no traceback); 1 anything else
+(a traceback follows); `retrain` also 3 (a step failed for good) and 4 (the quality gate refused
+the new version).
 """
 from __future__ import annotations
 
@@ -14,16 +15,11 @@ import sys
 import warnings
 from pathlib import Path
 
-from recfunnel.config import ConfigError, load_config, merge, parse_override
-from recfunnel.data.validation import DataSourceError, SchemaError
+from recfunnel.config import load_config, merge, parse_override
+from recfunnel.errors import ConfigError, RecfunnelError
 
-USER_ERRORS = (ConfigError, DataSourceError, SchemaError, FileNotFoundError)
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors whose message tells the user what to fix (exit 2); the dataset's loud checks too."""
-    dataset = sys.modules.get("workflows.dataset")
-    return USER_ERRORS + ((dataset.DatasetCheckError,) if dataset else ())
+# errors whose message tells the user what to fix: exit 2, one line
+USER_ERRORS = (RecfunnelError, FileNotFoundError)
 
 
 def _overrides(args) -> dict:
@@ -231,15 +227,10 @@ def cmd_serve(args) -> int:
 
 def cmd_recommend(args) -> int:
     """Asks a running server: `recfunnel recommend --user 42 --k 10`."""
-    from recfunnel.serving import ServingError
     from recfunnel.serving.funnel_client import FunnelClient
 
-    try:
-        with FunnelClient(args.url, args.protocol, timeout_s=args.timeout) as client:
-            print(client.recommend(args.user, args.k).table())
-    except ServingError as e:
-        print(f"recfunnel: error: {e}", file=sys.stderr)
-        return 2
+    with FunnelClient(args.url, args.protocol, timeout_s=args.timeout) as client:
+        print(client.recommend(args.user, args.k).table())
     return 0
 
 
@@ -393,9 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--retire", type=int, metavar="N",
                         help="remove Triton version N from every model instead (rollback)")
     export.add_argument("--max-users", type=int,
-                        help="users per request at most (default: serving config, else 64)")
+                        help="users per request at most (default: the run config's "
+                             "serving.max_users)")
     export.add_argument("--keep", type=int,
-                        help="versions kept in the repository (default: serving config, else 2)")
+                        help="versions kept in the repository (default: the run config's "
+                             "serving.keep_versions)")
     export.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a setting of the run's config, e.g. models.candidates_k=300")
     export.set_defaults(func=cmd_export)
@@ -500,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             err = ConfigError(f"the config (file or --set value) is not valid YAML{where}: "
                               f"{getattr(err, 'problem', None) or err}")
-        if not isinstance(err, _user_errors()):
+        if not isinstance(err, USER_ERRORS):
             raise
         print(f"recfunnel: error: {err}", file=sys.stderr)
         return 2

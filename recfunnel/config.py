@@ -1,20 +1,73 @@
 """One typed configuration drives a run: every setting of every stage, with defaults that work.
 
-A YAML file overrides any subset of it (`configs/default.yaml` is the demo's). Unknown keys and
-wrong types are refused with the key's full path, so a typo never silently falls back to a default.
+A YAML file overrides any subset of it (`configs/default.yaml` is the demo's). Unknown keys,
+wrong types, values outside a setting's fixed set and out of its range are refused when the
+config loads, with the key's full path, so a typo never silently falls back to a default and a
+bad value fails before any step runs. Each section declares its checks in `CHECKS`.
+
+A leaf module: every layer may import it; it imports nothing of the project but the other
+leaves (`recfunnel.errors`, `recfunnel.names`).
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, ClassVar
 
 import yaml
 
+from recfunnel.errors import ConfigError
+from recfunnel.names import LABELS, SIGNALS
 
-class ConfigError(ValueError):
-    """A configuration file names an unknown setting or gives one a value of the wrong type."""
+__all__ = ["Config", "ConfigError", "load_config", "merge", "parse_override", "is_given"]
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """A setting with a fixed set of values; `otherwise` (what, test) admits values outside the
+    set that pass the test (e.g. a strftime pattern). A list setting: each of its elements."""
+    choices: tuple
+    otherwise: tuple[str, Callable[[str], bool]] | None = None
+
+    def problem(self, value) -> str | None:
+        if value in self.choices:
+            return None
+        if self.otherwise and isinstance(value, str) and self.otherwise[1](value):
+            return None
+        other = f" or {self.otherwise[0]}" if self.otherwise else ""
+        return f"expected one of {', '.join(map(str, self.choices))}{other}"
+
+
+@dataclass(frozen=True)
+class Range:
+    """A number between `low` and `high` (None: unbounded), the ends included unless open.
+    A list setting: each of its elements."""
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def problem(self, value) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "expected a number"
+        too_low = self.low is not None and (value <= self.low if self.open_low else value < self.low)
+        too_high = self.high is not None and (value >= self.high if self.open_high
+                                              else value > self.high)
+        if not (too_low or too_high):
+            return None
+        if self.high is None:
+            return f"expected {'>' if self.open_low else '>='} {self.low:g}"
+        return (f"expected a value in {'(' if self.open_low else '['}{self.low:g}, "
+                f"{self.high:g}{')' if self.open_high else ']'}")
+
+
+AT_LEAST_ONE = Range(1)
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, open_low=True)
+SHARE = Range(0, 1)
 
 
 @dataclass
@@ -40,9 +93,17 @@ class SyntheticConfig:
     bad_row_share: float = 0.001          # corrupt log rows injected to exercise the quarantine
     max_events_per_chunk: int = 1_000_000
 
+    CHECKS: ClassVar[dict] = {
+        **dict.fromkeys(("n_users", "n_items", "n_events", "n_days", "n_creators",
+                         "n_categories", "latent_dim", "max_events_per_chunk"), AT_LEAST_ONE),
+        "popularity_exponent": POSITIVE,
+        **dict.fromkeys(("clickbait_share", "duplicate_share", "unsafe_share",
+                         "unsafe_flag_recall", "bad_row_share"), SHARE),
+        **dict.fromkeys(("drift", "weak_group_noise", "weak_group_niche"), NON_NEGATIVE)}
 
+
+SOURCES = ("synthetic", "movielens100k", "parquet")
 TIMESTAMP_FORMATS = ("auto", "iso8601", "epoch_s", "epoch_ms")
-SIGNAL_NAMES = ("click", "like", "share")
 
 
 @dataclass
@@ -68,16 +129,16 @@ class DataConfig:
     # without a click column are then all clicks (a rating is an interaction)
     rating_signals: dict = field(default_factory=dict)
 
+    CHECKS: ClassVar[dict] = {
+        "source": OneOf(SOURCES),
+        "timestamp_format": OneOf(TIMESTAMP_FORMATS,
+                                  ("a strftime pattern such as '%d/%m/%Y'", lambda v: "%" in v))}
+
     def __post_init__(self):
-        fmt = self.timestamp_format
-        if fmt not in TIMESTAMP_FORMATS and "%" not in fmt:
-            raise ConfigError(f"setting data.timestamp_format: {fmt!r} is neither one of "
-                              f"{', '.join(TIMESTAMP_FORMATS)} nor a strftime pattern "
-                              "(e.g. '%d/%m/%Y')")
         for signal, threshold in self.rating_signals.items():
-            if signal not in SIGNAL_NAMES:
+            if signal not in SIGNALS:
                 raise ConfigError(f"setting data.rating_signals: {signal!r} is not a signal; "
-                                  f"expected some of {', '.join(SIGNAL_NAMES)}")
+                                  f"expected some of {', '.join(SIGNALS)}")
             if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
                 raise ConfigError(f"setting data.rating_signals.{signal}: expected the lowest "
                                   f"rating that sets it (a number), got {threshold!r}")
@@ -101,6 +162,12 @@ class ValidationConfig:
     max_timestamp: str | None = None      # None: one day after the run starts
     require_known_items: bool = True      # events of items missing from the catalogue are bad
 
+    CHECKS: ClassVar[dict] = {"max_watch_ratio": POSITIVE, "watch_tolerance_seconds": NON_NEGATIVE}
+
+
+CLUSTER_MODES = ("none", "local")
+SCHEDULER_SCHEMES = ("tcp://", "tls://", "ucx://")     # or an existing dask scheduler's address
+
 
 @dataclass
 class ComputeConfig:
@@ -115,6 +182,16 @@ class ComputeConfig:
     memory_limit: str = "4GB"             # per local worker
     cpu: bool | None = None               # None: automatic; true forces pandas even with a GPU
     part_size: str = "256MB"              # Merlin Dataset partition size
+
+    CHECKS: ClassVar[dict] = {
+        "cluster": OneOf(CLUSTER_MODES, ("a scheduler address (tcp://host:8786)",
+                                         lambda v: v.startswith(SCHEDULER_SCHEMES))),
+        "workers": AT_LEAST_ONE, "threads_per_worker": AT_LEAST_ONE}
+
+
+SPLIT_KINDS = ("time", "random", "random_per_user")
+NEGATIVE_SAMPLING = ("popularity", "uniform")
+DURATION_EDGES = (15, 30, 60, 120, 300, 600, 1200, 2400)   # seconds: similar-length buckets
 
 
 @dataclass
@@ -136,7 +213,7 @@ class DatasetConfig:
                                                            {"kind": "title_classifier"}])
     # Labels (L2)
     watch_threshold: float = 0.75         # naive watch_75: watched at least this fraction
-    duration_edges: list = field(default_factory=lambda: [15, 30, 60, 120, 300, 600, 1200, 2400])
+    duration_edges: list = field(default_factory=lambda: list(DURATION_EDGES))
     watch_quantile: float = 0.8           # duration-aware: watch time above this quantile of
                                           # clicked events on items of similar length
     # Negatives (L4.4)
@@ -146,6 +223,16 @@ class DatasetConfig:
     freq_threshold: int = 1               # ids seen fewer times in train share the OOV row
     hash_buckets: int | None = None       # set to bound user/item ids by hashing
     embedding_dim: int = 64               # for the table-size report
+
+    CHECKS: ClassVar[dict] = {
+        "split": OneOf(SPLIT_KINDS), "negative_sampling": OneOf(NEGATIVE_SAMPLING),
+        "random_fractions": SHARE, "valid_days": AT_LEAST_ONE, "test_days": AT_LEAST_ONE,
+        "window_days": AT_LEAST_ONE, "active_min_events": NON_NEGATIVE,
+        "active_window_days": AT_LEAST_ONE, "duplicate_title_similarity": SHARE,
+        "watch_threshold": Range(0, 1, open_low=True), "duration_edges": POSITIVE,
+        "watch_quantile": Range(0, 1, open_low=True, open_high=True),
+        "negatives_per_row": NON_NEGATIVE, "freq_threshold": NON_NEGATIVE,
+        "hash_buckets": AT_LEAST_ONE, "embedding_dim": AT_LEAST_ONE}
 
 
 @dataclass
@@ -204,6 +291,19 @@ class ModelsConfig:
     window_sweep_models: list = field(default_factory=lambda: ["two_tower", "heavy_ranker"])
     seed: int = 0
 
+    CHECKS: ClassVar[dict] = {
+        **dict.fromkeys(("embedding_dim", "retrieval_epochs", "retrieval_batch_size", "mf_epochs",
+                         "ranker_epochs", "ranker_batch_size", "ranker_embedding_dim", "eval_k",
+                         "window_sweep_days"), AT_LEAST_ONE),
+        **dict.fromkeys(("retrieval_learning_rate", "retrieval_temperature", "mf_learning_rate",
+                         "ranker_learning_rate"), POSITIVE),
+        **dict.fromkeys(("retrieval_l2_reg", "ranker_l2_reg", "retrieval_patience",
+                         "ranker_patience", "light_cascade_negatives", "heavy_cascade_negatives",
+                         "heavy_ranker_cross_depth"), NON_NEGATIVE),
+        **dict.fromkeys(("retrieval_dropout", "ranker_dropout"), Range(0, 1, open_high=True)),
+        "retrieval_positive": OneOf(LABELS), "objectives": OneOf(LABELS),
+        "light_ranker_layers": AT_LEAST_ONE, "heavy_ranker_layers": AT_LEAST_ONE}
+
 
 @dataclass
 class EvaluationConfig:
@@ -211,11 +311,30 @@ class EvaluationConfig:
     min_group_users: int = 30             # slices with fewer users are marked too small
     head_share: float = 0.8               # popularity head: items making 80 % of interactions
 
+    CHECKS: ClassVar[dict] = {"min_group_users": AT_LEAST_ONE,
+                              "head_share": Range(0, 1, open_low=True)}
+
 
 @dataclass
 class ServingConfig:
-    """The served funnel (recfunnel.serving, triton_repo/, L6)."""
+    """The served funnel (recfunnel.serving, triton_repo/, L6): the exported repository's
+    sizes (`recfunnel export` reads them as its ServingSettings; its flags override them)."""
     demo_users: int = 20                  # known users the pipeline's serving step asks for
+    max_users: int = 64                   # users per request; more is refused with a clear error
+    router_instances: int = 4             # requests in flight through the stages
+    stage_instances: int = 1              # processes per stage version (each TF one ~650 MB)
+    versions_loaded: int = 2              # Triton versions every stage keeps loaded (rollback)
+    keep_versions: int = 2                # version folders kept on disk after an export
+
+    CHECKS: ClassVar[dict] = {
+        "demo_users": NON_NEGATIVE,
+        **dict.fromkeys(("max_users", "router_instances", "stage_instances", "keep_versions"),
+                        AT_LEAST_ONE),
+        # a rollback needs the previous version still loaded in every stage
+        "versions_loaded": Range(2)}
+
+
+PRIMARY_METRICS = ("watch_seconds", "clicks", "likes", "shares", "sessions")   # per user
 
 
 @dataclass
@@ -243,6 +362,15 @@ class ExperimentsConfig:
     feedback_holdout_share: float = 0.2
     seed: int = 0
 
+    CHECKS: ClassVar[dict] = {
+        "primary_metric": OneOf(PRIMARY_METRICS),
+        **dict.fromkeys(("holdout_share", "feedback_holdout_share"), Range(0, 1, open_high=True)),
+        **dict.fromkeys(("alpha", "power", "srm_threshold"),
+                        Range(0, 1, open_low=True, open_high=True)),
+        "min_detectable_lift": POSITIVE, "sim_users": NON_NEGATIVE,
+        **dict.fromkeys(("sim_days", "sim_k", "aa_runs"), AT_LEAST_ONE),
+        "feedback_rounds": NON_NEGATIVE}
+
 
 @dataclass
 class RetrainConfig:
@@ -263,12 +391,21 @@ class RetrainConfig:
                                           # or the gate refuses (Slack-style {"text": ...})
     alert_timeout_s: float = 10.0
 
+    CHECKS: ClassVar[dict] = {
+        **dict.fromkeys(("retries", "backoff_s", "backoff_max_s", "kill_grace_s"), NON_NEGATIVE),
+        "gate_max_drop": SHARE, "alert_timeout_s": POSITIVE}
+
 
 @dataclass
 class RunConfig:
     name: str | None = None               # None: <source>-<UTC time>
     runs_dir: str = "runs"
-    cache_dir: str | None = None          # None: $RECFUNNEL_CACHE or ~/.cache/recfunnel
+    cache_dir: str | None = None          # None: default_cache_dir()
+
+
+def default_cache_dir() -> Path:
+    """Where downloads and generated data sets are kept: $RECFUNNEL_CACHE or ~/.cache/recfunnel."""
+    return Path(os.environ.get("RECFUNNEL_CACHE") or Path.home() / ".cache" / "recfunnel")
 
 
 @dataclass
@@ -343,8 +480,30 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     if overrides:
         values = merge(values, overrides)
     cfg = _build(Config, values, "")
+    check_values(cfg)
     cfg.given = frozenset(_given_paths(Config, values, ""))
     return cfg
+
+
+def check_values(section, where: str = "") -> None:
+    """Every setting of `section` (and the sections in it) against its section's CHECKS: a
+    ConfigError naming the key, the value and what is allowed. None (a setting's "off" or
+    "automatic") passes; a list setting is checked element by element."""
+    checks = getattr(type(section), "CHECKS", {})
+    for f in dataclasses.fields(section):
+        value, path = getattr(section, f.name), f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(value):
+            check_values(value, path)
+            continue
+        check = checks.get(f.name)
+        if check is None or value is None:
+            continue
+        for element in value if isinstance(value, list) else [value]:
+            problem = check.problem(element)
+            if problem:
+                listed = f" (in {value!r})" if isinstance(value, list) else ""
+                raise ConfigError(f"setting {path}: {element!r}{listed} is not allowed; "
+                                  f"{problem}")
 
 
 def _given_paths(cls, values: dict, where: str):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from recfunnel.config import Config, ConfigError, is_given
+from recfunnel.config import Config, ConfigError, default_cache_dir, is_given
 from recfunnel.data import files, movielens, schema, sources
 from recfunnel.data.validation import validate_table
 
@@ -51,7 +51,7 @@ def catalogue_for_dataset(cfg: Config, run_dir: Path, steps) -> pd.DataFrame | N
         path = run_dir / "data" / "items.parquet"
         return pd.read_parquet(path) if path.is_file() else None
     if cfg.data.source == "movielens100k":
-        cache = Path(cfg.run.cache_dir) if cfg.run.cache_dir else sources.default_cache_dir()
+        cache = Path(cfg.run.cache_dir) if cfg.run.cache_dir else default_cache_dir()
         return movielens.load(cfg.data.path, cache_dir=cache / "wheels").items
     if cfg.data.source != "parquet" or not cfg.data.path:
         return None
