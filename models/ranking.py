@@ -21,7 +21,7 @@ import tensorflow as tf
 import merlin.models.tf as mm
 from merlin.schema import Schema, Tags
 
-from models.artifacts import write_manifest
+from models.artifacts import read_manifest, write_manifest
 from models.candidates import RETRIEVAL_SCORE, load_retrieval, retrieval_scores
 from models.data import Splits, embedding_tables, to_dataset
 from models.epochs import KeepBestEpoch
@@ -166,8 +166,6 @@ class RankerScorer:
     """
 
     def __init__(self, model_dir: str | Path):
-        from models.artifacts import read_manifest
-
         self.manifest = read_manifest(model_dir, kind="ranker")
         self.version = self.manifest["version"]
         self.features = self.manifest["schema"]           # name -> numpy dtype

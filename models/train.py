@@ -11,13 +11,17 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from models.artifacts import new_version, write_manifest
-from models.candidates import RETRIEVAL_SCORE, PopularityCandidates
+from models.candidates import (RETRIEVAL_SCORE, PopularityCandidates, load_retrieval,
+                               retrieval_scores)
+from models.cascade import StageView, cascade_mix, stage_negatives
 from models.data import Splits
-from models.funnel import FunnelSettings
+from models.features import build_feature_tables, history_events
+from models.funnel import FEATURES, OFFLINE_FEATURES, FunnelSettings
 from recfunnel.config import ModelsConfig
-from recfunnel.evaluation.topk import topk_metrics
+from recfunnel.topk import topk_metrics
 
 RETRIEVAL = ("two_tower", "mf")
 RANKERS = ("light", "heavy")
@@ -34,7 +38,7 @@ def train_all(dataset_dir: Path, out_dir: Path, cfg: ModelsConfig, progress: boo
     from what the stage before it returns (models.cascade), when that stage is in the version."""
     from tqdm.auto import tqdm
 
-    from models.ranking import light_features, train_ranker
+    from models.ranking import light_features, train_ranker     # TensorFlow
     from models.retrieval import train_retrieval
 
     splits = Splits.load(dataset_dir)
@@ -85,9 +89,6 @@ def previous_stage_score(splits: Splits, root: Path, cfg: ModelsConfig):
     column in the splits' schema; None when it is off or the version has no such model."""
     from merlin.schema import ColumnSchema, Schema, Tags
 
-    from models.candidates import load_retrieval, retrieval_scores
-    from models.funnel import FunnelSettings
-
     kind = FunnelSettings.from_models_config(cfg).retrieval
     if not cfg.ranker_retrieval_score or not (root / f"{kind}_query").is_dir():
         return None
@@ -113,9 +114,6 @@ def write_feature_tables(dataset_dir: Path, root: Path, version: str, as_of,
                          offline_as_of=None) -> dict:
     """The version's served tables (every event, as of `as_of`) and the offline evaluation's
     (no test pair's event, none after `offline_as_of`); their part of the models section."""
-    from models.features import build_feature_tables, history_events
-    from models.funnel import FEATURES, OFFLINE_FEATURES
-
     info = build_feature_tables(dataset_dir, root / FEATURES, as_of)
     write_manifest(root / FEATURES, version, "features", config=info)
     out = {"features": {**info, "path": str((root / FEATURES).relative_to(root.parent))}}
@@ -131,11 +129,7 @@ def cascade_rows(kind: str, splits: Splits, dataset_dir: Path, root: Path, cfg: 
     """(train rows, validation rows, their mix) for the `kind` ranker: the splits' rows plus
     negatives from the stage before it (the candidates for the light ranker, the light
     ranker's kept set for the heavy one), when that stage and the offline tables exist."""
-    import pandas as pd
-
-    from models.cascade import StageView, cascade_mix, stage_negatives
-    from models.funnel import OFFLINE_FEATURES, FunnelSettings
-    from models.ranking import RankerScorer
+    from models.ranking import RankerScorer     # TensorFlow
 
     per_row = cfg.light_cascade_negatives if kind == "light" else cfg.heavy_cascade_negatives
     stage = "candidates" if kind == "light" else "light_ranker"
@@ -179,42 +173,6 @@ def train_popularity(splits: Splits, cfg: ModelsConfig, root: Path, version: str
     write_manifest(folder, version, "popularity", metrics=metrics)
     return {"kind": "candidate_fallback", "parameters": int(len(popularity.item_ids)),
             "history": [metrics], "path": str(folder.relative_to(root.parent))}
-
-
-RANKINGS = {"click only": "click", "watch_75 (naive)": "watch_75",
-            "watch duration-aware": "watch_duration_aware"}
-
-
-def ranking_vs_truth(splits: Splits, ranker_dir: Path, world, cfg: ModelsConfig) -> dict:
-    """A ranker on the test split against the synthetic truth: its AUC per objective, and the
-    NDCG@K of true relevance when each user's test candidates (impressions and sampled
-    negatives) are ranked by click only, naive watch_75, the duration-aware label or the blend."""
-    from scipy.stats import spearmanr
-
-    from models.blend import blend
-    from models.ranking import RankerScorer
-    from recfunnel.data.truth_audit import true_relevance_of
-    from recfunnel.evaluation.ranker import ranker_metrics
-    from recfunnel.evaluation.truth import rankings_vs_truth
-
-    test = splits.test
-    scores = RankerScorer(ranker_dir).score(test)
-    relevance = true_relevance_of(test, world)
-    objectives = {}
-    for name, score in scores.items():
-        m = ranker_metrics(test[name].to_numpy(), score)
-        m["spearman_vs_true_relevance"] = float(spearmanr(score, relevance).statistic)
-        objectives[name] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()}
-    rankings = {label: scores[head] for label, head in RANKINGS.items() if head in scores}
-    rankings["blend " + ", ".join(f"{k} {v:g}" for k, v in cfg.blend_weights.items())] = \
-        blend(scores, cfg.blend_weights)
-    item = test["item_id_raw"].to_numpy() - 1
-    table = rankings_vs_truth(test["user_id"].to_numpy(), rankings, relevance,
-                              world.item_truth["is_clickbait"].to_numpy()[item],
-                              world.items["duration_seconds"].to_numpy()[item], k=cfg.eval_k)
-    return {"split": "test", "users": table.attrs["users"], "rows": table.attrs["rows"],
-            "k": cfg.eval_k, "objectives": objectives,
-            "rankings": table.round(4).replace({np.nan: None}).to_dict(orient="records")}
 
 
 def _describe(result, root: Path) -> dict:

@@ -260,7 +260,7 @@ def cmd_experiment_loop(args) -> int:
     `recfunnel experiment loop --run-name demo --rounds 3` (minutes per round)."""
     from recfunnel import report
     from recfunnel.experiments.feedback_loop import run_feedback_loop
-    from recfunnel.pipeline import run_dir_for, write_summary
+    from recfunnel.pipeline import retrain_on_logs, run_dir_for, write_summary
 
     cfg = _config(args)
     run_dir = run_dir_for(cfg)
@@ -268,7 +268,8 @@ def cmd_experiment_loop(args) -> int:
     if not summary_path.is_file():
         raise FileNotFoundError(f"{summary_path} is missing: run the pipeline first "
                                 "(recfunnel pipeline run)")
-    section = run_feedback_loop(run_dir, cfg, args.rounds, progress=not args.quiet)
+    section = run_feedback_loop(run_dir, cfg, retrain_on_logs(cfg, not args.quiet), args.rounds,
+                                progress=not args.quiet)
     summary = json.loads(summary_path.read_text())
     summary.setdefault("experiments", {})["feedback_loop"] = section
     write_summary(run_dir, summary)

@@ -341,8 +341,9 @@ PRIMARY_METRICS = ("watch_seconds", "clicks", "likes", "shares", "sessions")   #
 class ExperimentsConfig:
     """Online experiments (recfunnel.experiments, L7, L8): arms, holdout, simulated users."""
     name: str = "blend-vs-click"          # salts the assignment: a new name reshuffles users
-    # Arms besides the holdout. `blend`: the heavy ranker's objective weights for the arm
-    # (None: the served version's models.blend_weights). Shares and holdout_share sum to 1.
+    # Arms besides the holdout, any names: the analysis tests the second arm (the treatment)
+    # against the first (the control). `blend`: the heavy ranker's objective weights for the
+    # arm (None: the served version's models.blend_weights). Shares and holdout_share sum to 1.
     arms: list = field(default_factory=lambda: [
         {"name": "control", "share": 0.49, "blend": {"click": 1.0}},
         {"name": "treatment", "share": 0.49, "blend": None}])
