@@ -52,7 +52,7 @@ from benchmarks.bench_data import machine, publish  # noqa: E402
 from models.candidates import RETRIEVAL_SCORE, load_retrieval, retrieval_scores  # noqa: E402
 from models.data import Splits  # noqa: E402
 from models.ranking import RankerScorer, train_ranker  # noqa: E402
-from models.train import ranking_vs_truth  # noqa: E402
+from recfunnel.audit import ranking_vs_truth  # noqa: E402
 from recfunnel.config import load_config  # noqa: E402
 from recfunnel.data.synthetic import World  # noqa: E402
 from recfunnel.evaluation.ranker import ranker_metrics  # noqa: E402

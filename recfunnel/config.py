@@ -19,10 +19,8 @@ from typing import Callable, ClassVar
 
 import yaml
 
-from recfunnel.errors import ConfigError
+from recfunnel.errors import ConfigError  # what load_config raises (importable from here too)
 from recfunnel.names import LABELS, SIGNALS
-
-__all__ = ["Config", "ConfigError", "load_config", "merge", "parse_override", "is_given"]
 
 
 @dataclass(frozen=True)
@@ -32,13 +30,14 @@ class OneOf:
     choices: tuple
     otherwise: tuple[str, Callable[[str], bool]] | None = None
 
-    def problem(self, value) -> str | None:
+    def problem(self, path: str, value) -> str | None:
         if value in self.choices:
             return None
         if self.otherwise and isinstance(value, str) and self.otherwise[1](value):
             return None
         other = f" or {self.otherwise[0]}" if self.otherwise else ""
-        return f"expected one of {', '.join(map(str, self.choices))}{other}"
+        allowed = ", ".join(map(str, self.choices))
+        return f"unknown {path} {value!r}; expected one of {allowed}{other}"
 
 
 @dataclass(frozen=True)
@@ -50,18 +49,21 @@ class Range:
     open_low: bool = False
     open_high: bool = False
 
-    def problem(self, value) -> str | None:
+    def problem(self, path: str, value) -> str | None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return "expected a number"
-        too_low = self.low is not None and (value <= self.low if self.open_low else value < self.low)
+            return f"setting {path}: {value!r} is not a number"
+        too_low = self.low is not None and (value <= self.low if self.open_low
+                                            else value < self.low)
         too_high = self.high is not None and (value >= self.high if self.open_high
                                               else value > self.high)
         if not (too_low or too_high):
             return None
         if self.high is None:
-            return f"expected {'>' if self.open_low else '>='} {self.low:g}"
-        return (f"expected a value in {'(' if self.open_low else '['}{self.low:g}, "
-                f"{self.high:g}{')' if self.open_high else ']'}")
+            allowed = f"{'>' if self.open_low else '>='} {self.low:g}"
+        else:
+            allowed = (f"a value in {'(' if self.open_low else '['}{self.low:g}, "
+                       f"{self.high:g}{')' if self.open_high else ']'}")
+        return f"setting {path}: {value!r} is out of range; expected {allowed}"
 
 
 AT_LEAST_ONE = Range(1)
@@ -500,11 +502,10 @@ def check_values(section, where: str = "") -> None:
         if check is None or value is None:
             continue
         for element in value if isinstance(value, list) else [value]:
-            problem = check.problem(element)
+            problem = check.problem(path, element)
             if problem:
-                listed = f" (in {value!r})" if isinstance(value, list) else ""
-                raise ConfigError(f"setting {path}: {element!r}{listed} is not allowed; "
-                                  f"{problem}")
+                listed = f" (the list: {value!r})" if isinstance(value, list) else ""
+                raise ConfigError(problem + listed)
 
 
 def _given_paths(cls, values: dict, where: str):

@@ -14,6 +14,7 @@ import pandas as pd
 from recfunnel.config import Config, ConfigError, default_cache_dir, is_given
 from recfunnel.data import files, movielens, schema, sources
 from recfunnel.data.validation import validate_table
+from recfunnel.experiments.assignment import Experiment, ExperimentError
 
 
 def check(cfg: Config, run_dir: Path, steps: tuple[str, ...]) -> None:
@@ -24,6 +25,20 @@ def check(cfg: Config, run_dir: Path, steps: tuple[str, ...]) -> None:
         items = catalogue_for_dataset(cfg, Path(run_dir), steps)
         if items is not None:
             check_dataset_settings(cfg, items)
+    if "experiments" in steps:
+        check_experiment(cfg)
+
+
+def check_experiment(cfg: Config) -> None:
+    """experiments.arms and holdout_share make a split (Experiment's own checks) with a control
+    and a treatment: the first two arms, which the analysis compares."""
+    try:
+        experiment = Experiment.from_config(cfg.experiments)
+    except (ExperimentError, TypeError) as err:
+        raise ConfigError(f"setting experiments.arms: {err}") from None
+    if len(experiment.arms) < 2:
+        raise ConfigError(f"setting experiments.arms: {[a.name for a in experiment.arms]} has one "
+                          "arm; the analysis compares the first (the control) with the second")
 
 
 def check_own_files(cfg: Config) -> None:

@@ -127,7 +127,8 @@ def test_iso_8601_with_offsets_and_epoch_seconds_are_read_by_default(tmp_path):
 
 
 def test_unknown_timestamp_format_is_a_config_error():
-    with pytest.raises(ConfigError, match="data.timestamp_format: 'dd/mm/yyyy' is neither"):
+    with pytest.raises(ConfigError, match=r"unknown data\.timestamp_format 'dd/mm/yyyy'; "
+                                          "expected one of auto, .* or a strftime pattern"):
         load_config(None, {"data": {"timestamp_format": "dd/mm/yyyy"}})
 
 

@@ -33,7 +33,7 @@ from nvtabular import ops
 
 from recfunnel.config import ComputeConfig, DatasetConfig
 from recfunnel.errors import RecfunnelError
-from recfunnel.names import LABELS
+from recfunnel.names import LABELS, SIGNALS
 from workflows import backend
 from workflows.duplicates import BLOCK_COLUMNS, blocking_columns, canonical_ids
 from workflows.labels import WatchLabels
@@ -42,8 +42,7 @@ from workflows.point_in_time import STAT_NAMES, PointInTimeStats, UserGroupStats
 from workflows.splits import SPLIT_NAMES, TRAIN, AggregatePairs, SplitAssigner
 from workflows.unsafe import build_filters, runnable_filters, unsafe_item_table
 
-EVENT_COLUMNS = ["user_id", "item_id", "timestamp", "click", "like", "share", "watch_seconds",
-                 "duration_seconds"]
+EVENT_COLUMNS = ["user_id", "item_id", "timestamp", *SIGNALS, "watch_seconds", "duration_seconds"]
 HISTORY = "history"              # the safe, canonical events: what point-in-time features read
 GROUP_COLUMN = "category"        # the item attribute whose per-user history is a feature
 HISTORY_COLUMNS = ["user_id", "item_id", "timestamp", "click", "watch_seconds",
