@@ -121,6 +121,7 @@ def test_the_reader_sees_function_local_and_relative_imports(tmp_path):
     "recfunnel.evaluation, recfunnel.evaluation.offline",
     "recfunnel.experiments.ab_test, recfunnel.experiments.feedback_loop",
     "recfunnel.serving.client, recfunnel.serving.funnel_client",
+    "models.blend, models.artifacts, models.features, models.peers",    # as models/ says
 ])
 def test_evaluation_experiments_and_the_client_import_without_tensorflow(modules):
     code = f"import sys, {modules}; print('tensorflow' in sys.modules)"
