@@ -20,7 +20,7 @@ from typing import Callable, ClassVar
 import yaml
 
 from recfunnel.errors import ConfigError  # what load_config raises (importable from here too)
-from recfunnel.names import LABELS, SIGNALS
+from recfunnel.names import LABELS, OUTCOMES, SIGNALS
 
 
 @dataclass(frozen=True)
@@ -336,7 +336,6 @@ class ServingConfig:
         "versions_loaded": Range(2)}
 
 
-PRIMARY_METRICS = ("watch_seconds", "clicks", "likes", "shares", "sessions")   # per user
 
 
 @dataclass
@@ -350,7 +349,7 @@ class ExperimentsConfig:
         {"name": "control", "share": 0.49, "blend": {"click": 1.0}},
         {"name": "treatment", "share": 0.49, "blend": None}])
     holdout_share: float = 0.02           # stays on the model served when the experiment began
-    primary_metric: str = "watch_seconds"  # per user; or clicks, likes, shares, sessions
+    primary_metric: str = "watch_seconds"  # per user: one of recfunnel.names.OUTCOMES
     min_detectable_lift: float = 0.05     # the relative effect the test should be powered for
     alpha: float = 0.05
     power: float = 0.8
@@ -366,7 +365,7 @@ class ExperimentsConfig:
     seed: int = 0
 
     CHECKS: ClassVar[dict] = {
-        "primary_metric": OneOf(PRIMARY_METRICS),
+        "primary_metric": OneOf(OUTCOMES),
         **dict.fromkeys(("holdout_share", "feedback_holdout_share"), Range(0, 1, open_high=True)),
         **dict.fromkeys(("alpha", "power", "srm_threshold"),
                         Range(0, 1, open_low=True, open_high=True)),

@@ -12,3 +12,5 @@ NAIVE_WATCH = "watch_75"
 DURATION_AWARE_WATCH = "watch_duration_aware"
 # every training label (the rankers' objectives are a subset of these)
 LABELS = (*SIGNALS, NAIVE_WATCH, DURATION_AWARE_WATCH)
+# what an online experiment counts per user (the simulator's outcomes; any is a primary metric)
+OUTCOMES = ("sessions", "impressions", "clicks", "likes", "shares", "watch_seconds")

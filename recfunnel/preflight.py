@@ -22,6 +22,7 @@ def check(cfg: Config, run_dir: Path, steps: tuple[str, ...]) -> None:
     if "data" in steps and cfg.data.source == "parquet" and cfg.data.path:
         check_own_files(cfg)
     if "dataset" in steps:
+        check_unsafe_filters(cfg)
         items = catalogue_for_dataset(cfg, Path(run_dir), steps)
         if items is not None:
             check_dataset_settings(cfg, items)
@@ -77,15 +78,21 @@ def catalogue_for_dataset(cfg: Config, run_dir: Path, steps) -> pd.DataFrame | N
     return validate_table(frame, schema.ITEMS, cfg.validation, source="items").kept
 
 
-def check_dataset_settings(cfg: Config, items: pd.DataFrame) -> None:
-    """dataset.unsafe_filters and dataset.duplicate_title_similarity against the catalogue."""
+def check_unsafe_filters(cfg: Config) -> None:
+    """dataset.unsafe_filters name registered filters with the parameters they take."""
     # Imported here: the workflows package loads NVTabular, which only the dataset step needs.
-    from workflows.unsafe import build_filters, runnable_filters
+    from workflows.unsafe import build_filters
 
     try:
         build_filters(cfg.dataset.unsafe_filters)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"setting dataset.unsafe_filters: {err}") from None
+
+
+def check_dataset_settings(cfg: Config, items: pd.DataFrame) -> None:
+    """dataset.unsafe_filters and dataset.duplicate_title_similarity against the catalogue."""
+    from workflows.unsafe import runnable_filters
+
     if is_given(cfg, "dataset.unsafe_filters"):
         _, skipped = runnable_filters(cfg.dataset.unsafe_filters, items)
         if skipped:

@@ -278,9 +278,13 @@ def test_preflight_refuses_only_given_settings():
         preflight.check_dataset_settings(given, items)
     written_out = load_config(None, {"dataset": {"unsafe_filters": default.dataset.unsafe_filters}})
     preflight.check_dataset_settings(written_out, items)   # the default, written out: a default
+
+
+def test_an_unknown_unsafe_filter_stops_any_run_with_a_dataset_step(tmp_path):
+    """Also where the catalogue is not known before the run (the synthetic source)."""
+    bad = load_config(None, {"dataset": {"unsafe_filters": [{"kind": "nsfw"}]}})
     with pytest.raises(ConfigError, match="unsafe filter kind 'nsfw' is unknown"):
-        preflight.check_dataset_settings(
-            load_config(None, {"dataset": {"unsafe_filters": [{"kind": "nsfw"}]}}), items)
+        preflight.check(bad, tmp_path / "run", ("data", "dataset"))
 
 
 def test_slices_without_their_attribute_are_left_out_not_filled_with_unknown():
