@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_data import machine, publish  # noqa: E402
-from recfunnel.evaluation import bias, ranker, slices, topk  # noqa: E402
+from recfunnel import topk  # noqa: E402
+from recfunnel.evaluation import bias, ranker, slices  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "bench_evaluation.json"
 ZIPF_EXPONENT = 1.1          # as SyntheticConfig.popularity_exponent

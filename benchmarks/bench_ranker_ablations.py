@@ -52,7 +52,7 @@ from benchmarks.bench_data import machine, publish  # noqa: E402
 from models.candidates import RETRIEVAL_SCORE, load_retrieval, retrieval_scores  # noqa: E402
 from models.data import Splits  # noqa: E402
 from models.ranking import RankerScorer, train_ranker  # noqa: E402
-from models.train import ranking_vs_truth  # noqa: E402
+from recfunnel.audit import ranking_vs_truth  # noqa: E402
 from recfunnel.config import load_config  # noqa: E402
 from recfunnel.data.synthetic import World  # noqa: E402
 from recfunnel.evaluation.ranker import ranker_metrics  # noqa: E402
@@ -110,7 +110,8 @@ def feature_sets(splits: Splits) -> dict[str, list[str]]:
 
 def ablate(name: str, run: Path, config: str, epochs: int | None, work: Path) -> dict:
     root = models_root(run, config)
-    cfg = load_config(run / "config.yaml").models
+    full = load_config(run / "config.yaml")
+    cfg, weights = full.models, full.funnel.blend
     if epochs is not None:
         cfg = replace(cfg, ranker_epochs=epochs)
     splits = Splits.load(run / "dataset")
@@ -129,14 +130,15 @@ def ablate(name: str, run: Path, config: str, epochs: int | None, work: Path) ->
         folder.mkdir(parents=True, exist_ok=True)
         for part in ("two_tower_query", "two_tower_items"):   # the scorer finds the retrieval
             (folder / part).symlink_to(root.resolve() / part)  # model beside the ranker
-        result = train_ranker("heavy", splits, cfg, folder, root.name, features=features)
+        result = train_ranker("heavy", splits, cfg, folder, root.name, features=features,
+                              blend=weights)
         scores = RankerScorer(folder / "heavy_ranker").score(splits.test)
         row = {"variant": variant, "features": features, "best_epoch": result.best_epoch,
                "epochs_run": len(result.history), "train_seconds": result.train_seconds,
                "roc_auc": {o: round(ranker_metrics(splits.test[o].to_numpy(), s)["roc_auc"], 4)
                            for o, s in scores.items()}}
         if world is not None:
-            judged = ranking_vs_truth(splits, folder / "heavy_ranker", world, cfg)
+            judged = ranking_vs_truth(splits, folder / "heavy_ranker", world, cfg, weights)
             blend_row = next(r for r in judged["rankings"] if r["ranking"].startswith("blend"))
             row["truth_blend"] = {"ranking": blend_row["ranking"], "ndcg": blend_row["ndcg"],
                                   "top_true_relevance": blend_row["top_true_relevance"]}

@@ -114,7 +114,7 @@ class Protocol:
 
     def score(self, top: np.ndarray) -> dict:
         """Metrics of [n_users, K] categorified ids; `_top` keeps the list in raw ids."""
-        from recfunnel.evaluation.topk import topk_metrics
+        from recfunnel.topk import topk_metrics
 
         raw = np.where(top >= 0, self.raw[np.clip(top, 0, None)], -1)
         m = topk_metrics(raw, self.truth, K)
@@ -233,7 +233,7 @@ def whole_funnel(splits, protocols) -> dict:
 
     from models.funnel import OFFLINE_FEATURES, Funnel, FunnelSettings
     from recfunnel.config import load_config
-    from recfunnel.evaluation.topk import topk_metrics
+    from recfunnel.topk import topk_metrics
 
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "recfunnel", "pipeline", "run", "--config",

@@ -267,7 +267,7 @@ def candidate_generator(version_dir: Path, cfg) -> list[dict]:
     from models.data import Splits
     from models.features import load_feature_tables
     from models.funnel import FunnelSettings
-    from recfunnel.evaluation.topk import topk_metrics
+    from recfunnel.topk import topk_metrics
 
     splits = Splits.load(REPO / "runs" / "bench-ml100k" / "dataset")
     label = cfg.models.retrieval_positive

@@ -13,10 +13,12 @@ import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 
+from recfunnel.errors import RecfunnelError
+
 MANIFEST = "manifest.json"
 
 
-class ArtifactError(ValueError):
+class ArtifactError(RecfunnelError, ValueError):
     """An artifact folder is incomplete, altered, or not what the caller expects."""
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from models.artifacts import read_manifest, write_manifest
+
 USER_FEATURES, ITEM_FEATURES = "user_features.parquet", "item_features.parquet"
 PAIR_FEATURES = "user_group_features.parquet"   # (user, item group) statistics
 PAIR_KEY, USER_KEY_COLUMN, ITEM_GROUP = "pair_key", "user_key", "item_group"
@@ -129,8 +131,6 @@ class PairTable:
 
 def load_pair_table(folder: Path) -> PairTable | None:
     """The version's pair features, or None when its data set has no item groups."""
-    from models.artifacts import read_manifest
-
     folder = Path(folder)
     if not (folder / PAIR_FEATURES).is_file():
         return None
@@ -206,8 +206,7 @@ def refresh_feature_tables(dataset_dir: Path, version_dir: Path, new_events=None
     `new_events` (our event schema; their items mapped to canonical ids and unsafe items
     dropped as the build did), as of the midnight after the newest event, without retraining.
     The models are unchanged: only counts, rates and last active days move."""
-    from models.artifacts import read_manifest, write_manifest
-    from models.funnel import FEATURES
+    from models.funnel import FEATURES      # funnel imports this module: a cycle to remove
     from workflows.dataset import HISTORY_COLUMNS
 
     dataset_dir, version_dir = Path(dataset_dir), Path(version_dir)

@@ -28,12 +28,13 @@ from models.components import (FILTERS, POPULARITY, RANKERS, SELECTORS, SOURCES,
                                lookup)
 from models.features import (ITEM_GROUP, REQUEST_DAY, UNKNOWN_USER, USER_KEY_COLUMN, PairTable,
                              load_feature_tables, load_pair_table, recency_feature)
+from recfunnel.config import INDEX_KINDS
+from recfunnel.errors import ConfigError
 
 MODEL, FALLBACK = "model", "fallback"
 # The version's feature tables: `features` as served (every event, refreshed by export), and
 # `features_offline`, what the offline evaluation may know when it ranks for the test split.
 FEATURES, OFFLINE_FEATURES = "features", "features_offline"
-INDEX_KINDS = ("exact", "hnsw")
 
 
 @dataclass
@@ -152,8 +153,8 @@ class FunnelSettings:
         return list(dict.fromkeys(out))
 
 
-class FunnelSpecError(ValueError):
-    """The declared funnel names something unknown or sizes it wrongly."""
+class FunnelSpecError(ConfigError):
+    """The declared funnel names something unknown or sizes it wrongly (exit 2, one line)."""
 
 
 @dataclass

@@ -21,11 +21,11 @@ import tensorflow as tf
 import merlin.models.tf as mm
 from merlin.schema import Schema, Tags
 
-from models.artifacts import write_manifest
+from models.artifacts import read_manifest, write_manifest
 from models.candidates import RETRIEVAL_SCORE, load_retrieval, retrieval_scores
 from models.data import Splits, embedding_tables, to_dataset
 from models.epochs import KeepBestEpoch
-from recfunnel.config import ModelsConfig
+from recfunnel.config import RANKER_ARCHITECTURES, ModelsConfig
 
 
 @dataclass
@@ -95,8 +95,9 @@ def _dcn(schema: Schema, cfg: ModelsConfig, layers: list[int]) -> mm.Model:
                        prediction_tasks=mm.OutputBlock(schema))
 
 
-# models.<kind>_ranker_architecture names one of these; a new one is a function and a line
-ARCHITECTURES = {"mlp": _mlp, "dcn": _dcn}
+# models.<kind>_ranker_architecture names one of these (recfunnel.config.RANKER_ARCHITECTURES
+# lists their names for the config's check); a new one is a function and a line in both
+ARCHITECTURES = dict(zip(RANKER_ARCHITECTURES, (_mlp, _dcn)))
 
 
 def build_ranker(schema: Schema, cfg: ModelsConfig, kind: str) -> mm.Model:
@@ -184,8 +185,6 @@ class RankerScorer:
     """
 
     def __init__(self, model_dir: str | Path):
-        from models.artifacts import read_manifest
-
         self.manifest = read_manifest(model_dir, kind="ranker")
         self.version = self.manifest["version"]
         self.features = self.manifest["schema"]           # name -> numpy dtype

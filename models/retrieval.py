@@ -27,7 +27,7 @@ from models.candidates import ITEM_EMBEDDINGS, ITEM_IDS, EmbeddingIndex
 from models.data import Splits, embedding_tables, to_dataset, to_tensors
 from models.epochs import KeepBestEpoch
 from recfunnel.config import ModelsConfig
-from recfunnel.evaluation.topk import topk_metrics
+from recfunnel.topk import topk_metrics
 
 
 @dataclass

@@ -11,13 +11,17 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from models.artifacts import new_version, write_manifest
-from models.candidates import RETRIEVAL_SCORE, PopularityCandidates
+from models.candidates import (RETRIEVAL_SCORE, PopularityCandidates, load_retrieval,
+                               retrieval_scores)
+from models.cascade import StageView, cascade_mix, stage_negatives
 from models.data import Splits
-from models.funnel import FunnelSettings
+from models.features import build_feature_tables, history_events
+from models.funnel import FEATURES, OFFLINE_FEATURES, FunnelSettings
 from recfunnel.config import ModelsConfig
-from recfunnel.evaluation.topk import topk_metrics
+from recfunnel.topk import topk_metrics
 
 RETRIEVAL = ("two_tower", "mf")
 ITEM_ITEM = ("ease",)
@@ -37,7 +41,7 @@ def train_all(dataset_dir: Path, out_dir: Path, cfg: ModelsConfig, funnel: Funne
     from what the stage before it returns (models.cascade), when that stage is in the version."""
     from tqdm.auto import tqdm
 
-    from models.ranking import light_features, train_ranker
+    from models.ranking import light_features, train_ranker     # TensorFlow
     from models.retrieval import train_retrieval
 
     splits = Splits.load(dataset_dir)
@@ -93,8 +97,6 @@ def previous_stage_score(splits: Splits, root: Path, cfg: ModelsConfig, funnel: 
     such model."""
     from merlin.schema import ColumnSchema, Schema, Tags
 
-    from models.candidates import load_retrieval, retrieval_scores
-
     kind = funnel.learned_source
     if not cfg.ranker_retrieval_score or kind is None or not (root / f"{kind}_query").is_dir():
         return None
@@ -120,9 +122,6 @@ def write_feature_tables(dataset_dir: Path, root: Path, version: str, as_of,
                          offline_as_of=None) -> dict:
     """The version's served tables (every event, as of `as_of`) and the offline evaluation's
     (no test pair's event, none after `offline_as_of`); their part of the models section."""
-    from models.features import build_feature_tables, history_events
-    from models.funnel import FEATURES, OFFLINE_FEATURES
-
     info = build_feature_tables(dataset_dir, root / FEATURES, as_of)
     write_manifest(root / FEATURES, version, "features", config=info)
     out = {"features": {**info, "path": str((root / FEATURES).relative_to(root.parent))}}
@@ -140,11 +139,7 @@ def cascade_rows(kind: str, splits: Splits, dataset_dir: Path, root: Path, cfg: 
     negatives from the stage before it (the funnel's learned source's candidates for the light
     ranker, the light ranker's kept set for the heavy one), when that stage and the offline
     tables exist."""
-    import pandas as pd
-
-    from models.cascade import StageView, cascade_mix, stage_negatives
-    from models.funnel import OFFLINE_FEATURES
-    from models.ranking import RankerScorer
+    from models.ranking import RankerScorer     # TensorFlow
 
     per_row = cfg.light_cascade_negatives if kind == "light" else cfg.heavy_cascade_negatives
     stage = "candidates" if kind == "light" else "light_ranker"
@@ -218,43 +213,6 @@ def train_ease(splits: Splits, cfg: ModelsConfig, root: Path, version: str) -> d
                    config={"regularization": cfg.ease_regularization, "items": n_items})
     return {"kind": "item_item", "parameters": int(n_items * n_items), "train_seconds": seconds,
             "history": [], "path": str(folder.relative_to(root.parent))}
-
-
-RANKINGS = {"click only": "click", "watch_75 (naive)": "watch_75",
-            "watch duration-aware": "watch_duration_aware"}
-
-
-def ranking_vs_truth(splits: Splits, ranker_dir: Path, world, cfg: ModelsConfig,
-                     weights: dict) -> dict:
-    """A ranker on the test split against the synthetic truth: its AUC per objective, and the
-    NDCG@K of true relevance when each user's test candidates (impressions and sampled
-    negatives) are ranked by click only, naive watch_75, the duration-aware label or the blend."""
-    from scipy.stats import spearmanr
-
-    from models.blend import blend
-    from models.ranking import RankerScorer
-    from recfunnel.data.truth_audit import true_relevance_of
-    from recfunnel.evaluation.ranker import ranker_metrics
-    from recfunnel.evaluation.truth import rankings_vs_truth
-
-    test = splits.test
-    scores = RankerScorer(ranker_dir).score(test)
-    relevance = true_relevance_of(test, world)
-    objectives = {}
-    for name, score in scores.items():
-        m = ranker_metrics(test[name].to_numpy(), score)
-        m["spearman_vs_true_relevance"] = float(spearmanr(score, relevance).statistic)
-        objectives[name] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()}
-    rankings = {label: scores[head] for label, head in RANKINGS.items() if head in scores}
-    rankings["blend " + ", ".join(f"{k} {v:g}" for k, v in weights.items())] = \
-        blend(scores, weights)
-    item = test["item_id_raw"].to_numpy() - 1
-    table = rankings_vs_truth(test["user_id"].to_numpy(), rankings, relevance,
-                              world.item_truth["is_clickbait"].to_numpy()[item],
-                              world.items["duration_seconds"].to_numpy()[item], k=cfg.eval_k)
-    return {"split": "test", "users": table.attrs["users"], "rows": table.attrs["rows"],
-            "k": cfg.eval_k, "objectives": objectives,
-            "rankings": table.round(4).replace({np.nan: None}).to_dict(orient="records")}
 
 
 def _describe(result, root: Path) -> dict:

@@ -1,8 +1,9 @@
 """The `recfunnel` command: every pipeline step as a batch job with a config file.
 
-Exit codes a scheduler understands: 0 done; 2 bad config or bad input (the message says what to
-fix); 1 anything else (a traceback follows); `retrain` also 3 (a step failed for good) and 4
-(the quality gate refused the new version).
+Exit codes a scheduler understands: 0 done; 2 bad config or bad input (a `RecfunnelError`, or a
+missing file a step needs: one line on stderr says what to fix, no traceback); 1 anything else
+(a traceback follows); `retrain` also 3 (a step failed for good) and 4 (the quality gate refused
+the new version).
 """
 from __future__ import annotations
 
@@ -14,16 +15,11 @@ import sys
 import warnings
 from pathlib import Path
 
-from recfunnel.config import ConfigError, load_config, merge, parse_override
-from recfunnel.data.validation import DataSourceError, SchemaError
+from recfunnel.config import load_config, merge, parse_override
+from recfunnel.errors import ConfigError, RecfunnelError
 
-USER_ERRORS = (ConfigError, DataSourceError, SchemaError, FileNotFoundError)
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors whose message tells the user what to fix (exit 2); the dataset's loud checks too."""
-    dataset = sys.modules.get("workflows.dataset")
-    return USER_ERRORS + ((dataset.DatasetCheckError,) if dataset else ())
+# errors whose message tells the user what to fix: exit 2, one line
+USER_ERRORS = (RecfunnelError, FileNotFoundError)
 
 
 def _overrides(args) -> dict:
@@ -231,15 +227,10 @@ def cmd_serve(args) -> int:
 
 def cmd_recommend(args) -> int:
     """Asks a running server: `recfunnel recommend --user 42 --k 10`."""
-    from recfunnel.serving import ServingError
     from recfunnel.serving.funnel_client import FunnelClient
 
-    try:
-        with FunnelClient(args.url, args.protocol, timeout_s=args.timeout) as client:
-            print(client.recommend(args.user, args.k).table())
-    except ServingError as e:
-        print(f"recfunnel: error: {e}", file=sys.stderr)
-        return 2
+    with FunnelClient(args.url, args.protocol, timeout_s=args.timeout) as client:
+        print(client.recommend(args.user, args.k).table())
     return 0
 
 
@@ -269,7 +260,7 @@ def cmd_experiment_loop(args) -> int:
     `recfunnel experiment loop --run-name demo --rounds 3` (minutes per round)."""
     from recfunnel import report
     from recfunnel.experiments.feedback_loop import run_feedback_loop
-    from recfunnel.pipeline import run_dir_for, write_summary
+    from recfunnel.pipeline import retrain_on_logs, run_dir_for, write_summary
 
     cfg = _config(args)
     run_dir = run_dir_for(cfg)
@@ -277,7 +268,8 @@ def cmd_experiment_loop(args) -> int:
     if not summary_path.is_file():
         raise FileNotFoundError(f"{summary_path} is missing: run the pipeline first "
                                 "(recfunnel pipeline run)")
-    section = run_feedback_loop(run_dir, cfg, args.rounds, progress=not args.quiet)
+    section = run_feedback_loop(run_dir, cfg, retrain_on_logs(cfg, not args.quiet), args.rounds,
+                                progress=not args.quiet)
     summary = json.loads(summary_path.read_text())
     summary.setdefault("experiments", {})["feedback_loop"] = section
     write_summary(run_dir, summary)
@@ -393,9 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--retire", type=int, metavar="N",
                         help="remove Triton version N from every model instead (rollback)")
     export.add_argument("--max-users", type=int,
-                        help="users per request at most (default: serving config, else 64)")
+                        help="users per request at most (default: the run config's "
+                             "serving.max_users)")
     export.add_argument("--keep", type=int,
-                        help="versions kept in the repository (default: serving config, else 2)")
+                        help="versions kept in the repository (default: the run config's "
+                             "serving.keep_versions)")
     export.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a setting of the run's config, e.g. funnel.candidates_k=300")
     export.set_defaults(func=cmd_export)
@@ -500,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             err = ConfigError(f"the config (file or --set value) is not valid YAML{where}: "
                               f"{getattr(err, 'problem', None) or err}")
-        if not isinstance(err, _user_errors()):
+        if not isinstance(err, USER_ERRORS):
             raise
         print(f"recfunnel: error: {err}", file=sys.stderr)
         return 2

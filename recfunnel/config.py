@@ -1,20 +1,75 @@
 """One typed configuration drives a run: every setting of every stage, with defaults that work.
 
-A YAML file overrides any subset of it (`configs/default.yaml` is the demo's). Unknown keys and
-wrong types are refused with the key's full path, so a typo never silently falls back to a default.
+A YAML file overrides any subset of it (`configs/default.yaml` is the demo's). Unknown keys,
+wrong types, values outside a setting's fixed set and out of its range are refused when the
+config loads, with the key's full path, so a typo never silently falls back to a default and a
+bad value fails before any step runs. Each section declares its checks in `CHECKS`.
+
+A leaf module: every layer may import it; it imports nothing of the project but the other
+leaves (`recfunnel.errors`, `recfunnel.names`).
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, ClassVar
 
 import yaml
 
+from recfunnel.errors import ConfigError  # what load_config raises (importable from here too)
+from recfunnel.names import LABELS, OUTCOMES, SIGNALS
 
-class ConfigError(ValueError):
-    """A configuration file names an unknown setting or gives one a value of the wrong type."""
+
+@dataclass(frozen=True)
+class OneOf:
+    """A setting with a fixed set of values; `otherwise` (what, test) admits values outside the
+    set that pass the test (e.g. a strftime pattern). A list setting: each of its elements."""
+    choices: tuple
+    otherwise: tuple[str, Callable[[str], bool]] | None = None
+
+    def problem(self, path: str, value) -> str | None:
+        if value in self.choices:
+            return None
+        if self.otherwise and isinstance(value, str) and self.otherwise[1](value):
+            return None
+        other = f" or {self.otherwise[0]}" if self.otherwise else ""
+        allowed = ", ".join(map(str, self.choices))
+        return f"unknown {path} {value!r}; expected one of {allowed}{other}"
+
+
+@dataclass(frozen=True)
+class Range:
+    """A number between `low` and `high` (None: unbounded), the ends included unless open.
+    A list setting: each of its elements."""
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def problem(self, path: str, value) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"setting {path}: {value!r} is not a number"
+        too_low = self.low is not None and (value <= self.low if self.open_low
+                                            else value < self.low)
+        too_high = self.high is not None and (value >= self.high if self.open_high
+                                              else value > self.high)
+        if not (too_low or too_high):
+            return None
+        if self.high is None:
+            allowed = f"{'>' if self.open_low else '>='} {self.low:g}"
+        else:
+            allowed = (f"a value in {'(' if self.open_low else '['}{self.low:g}, "
+                       f"{self.high:g}{')' if self.open_high else ']'}")
+        return f"setting {path}: {value!r} is out of range; expected {allowed}"
+
+
+AT_LEAST_ONE = Range(1)
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, open_low=True)
+SHARE = Range(0, 1)
 
 
 @dataclass
@@ -40,9 +95,17 @@ class SyntheticConfig:
     bad_row_share: float = 0.001          # corrupt log rows injected to exercise the quarantine
     max_events_per_chunk: int = 1_000_000
 
+    CHECKS: ClassVar[dict] = {
+        **dict.fromkeys(("n_users", "n_items", "n_events", "n_days", "n_creators",
+                         "n_categories", "latent_dim", "max_events_per_chunk"), AT_LEAST_ONE),
+        "popularity_exponent": POSITIVE,
+        **dict.fromkeys(("clickbait_share", "duplicate_share", "unsafe_share",
+                         "unsafe_flag_recall", "bad_row_share"), SHARE),
+        **dict.fromkeys(("drift", "weak_group_noise", "weak_group_niche"), NON_NEGATIVE)}
 
+
+SOURCES = ("synthetic", "movielens100k", "parquet")
 TIMESTAMP_FORMATS = ("auto", "iso8601", "epoch_s", "epoch_ms")
-SIGNAL_NAMES = ("click", "like", "share")
 
 
 @dataclass
@@ -68,16 +131,16 @@ class DataConfig:
     # without a click column are then all clicks (a rating is an interaction)
     rating_signals: dict = field(default_factory=dict)
 
+    CHECKS: ClassVar[dict] = {
+        "source": OneOf(SOURCES),
+        "timestamp_format": OneOf(TIMESTAMP_FORMATS,
+                                  ("a strftime pattern such as '%d/%m/%Y'", lambda v: "%" in v))}
+
     def __post_init__(self):
-        fmt = self.timestamp_format
-        if fmt not in TIMESTAMP_FORMATS and "%" not in fmt:
-            raise ConfigError(f"setting data.timestamp_format: {fmt!r} is neither one of "
-                              f"{', '.join(TIMESTAMP_FORMATS)} nor a strftime pattern "
-                              "(e.g. '%d/%m/%Y')")
         for signal, threshold in self.rating_signals.items():
-            if signal not in SIGNAL_NAMES:
+            if signal not in SIGNALS:
                 raise ConfigError(f"setting data.rating_signals: {signal!r} is not a signal; "
-                                  f"expected some of {', '.join(SIGNAL_NAMES)}")
+                                  f"expected some of {', '.join(SIGNALS)}")
             if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
                 raise ConfigError(f"setting data.rating_signals.{signal}: expected the lowest "
                                   f"rating that sets it (a number), got {threshold!r}")
@@ -101,6 +164,12 @@ class ValidationConfig:
     max_timestamp: str | None = None      # None: one day after the run starts
     require_known_items: bool = True      # events of items missing from the catalogue are bad
 
+    CHECKS: ClassVar[dict] = {"max_watch_ratio": POSITIVE, "watch_tolerance_seconds": NON_NEGATIVE}
+
+
+CLUSTER_MODES = ("none", "local")
+SCHEDULER_SCHEMES = ("tcp://", "tls://", "ucx://")     # or an existing dask scheduler's address
+
 
 @dataclass
 class ComputeConfig:
@@ -115,6 +184,18 @@ class ComputeConfig:
     memory_limit: str = "4GB"             # per local worker
     cpu: bool | None = None               # None: automatic; true forces pandas even with a GPU
     part_size: str = "256MB"              # Merlin Dataset partition size
+
+    CHECKS: ClassVar[dict] = {
+        "cluster": OneOf(CLUSTER_MODES, ("a scheduler address (tcp://host:8786)",
+                                         lambda v: v.startswith(SCHEDULER_SCHEMES))),
+        "workers": AT_LEAST_ONE, "threads_per_worker": AT_LEAST_ONE}
+
+
+INDEX_KINDS = ("exact", "hnsw")          # the learned candidate sources' item index
+RANKER_ARCHITECTURES = ("mlp", "dcn")    # models.ranking.ARCHITECTURES
+SPLIT_KINDS = ("time", "random", "random_per_user")
+NEGATIVE_SAMPLING = ("popularity", "uniform")
+DURATION_EDGES = (15, 30, 60, 120, 300, 600, 1200, 2400)   # seconds: similar-length buckets
 
 
 @dataclass
@@ -136,7 +217,7 @@ class DatasetConfig:
                                                            {"kind": "title_classifier"}])
     # Labels (L2)
     watch_threshold: float = 0.75         # naive watch_75: watched at least this fraction
-    duration_edges: list = field(default_factory=lambda: [15, 30, 60, 120, 300, 600, 1200, 2400])
+    duration_edges: list = field(default_factory=lambda: list(DURATION_EDGES))
     watch_quantile: float = 0.8           # duration-aware: watch time above this quantile of
                                           # clicked events on items of similar length
     # Negatives (L4.4)
@@ -146,6 +227,16 @@ class DatasetConfig:
     freq_threshold: int = 1               # ids seen fewer times in train share the OOV row
     hash_buckets: int | None = None       # set to bound user/item ids by hashing
     embedding_dim: int = 64               # for the table-size report
+
+    CHECKS: ClassVar[dict] = {
+        "split": OneOf(SPLIT_KINDS), "negative_sampling": OneOf(NEGATIVE_SAMPLING),
+        "random_fractions": SHARE, "valid_days": AT_LEAST_ONE, "test_days": AT_LEAST_ONE,
+        "window_days": AT_LEAST_ONE, "active_min_events": NON_NEGATIVE,
+        "active_window_days": AT_LEAST_ONE, "duplicate_title_similarity": SHARE,
+        "watch_threshold": Range(0, 1, open_low=True), "duration_edges": POSITIVE,
+        "watch_quantile": Range(0, 1, open_low=True, open_high=True),
+        "negatives_per_row": NON_NEGATIVE, "freq_threshold": NON_NEGATIVE,
+        "hash_buckets": AT_LEAST_ONE, "embedding_dim": AT_LEAST_ONE}
 
 
 @dataclass
@@ -204,6 +295,22 @@ class ModelsConfig:
     window_sweep_models: list = field(default_factory=lambda: ["two_tower", "heavy_ranker"])
     seed: int = 0
 
+    CHECKS: ClassVar[dict] = {
+        **dict.fromkeys(("embedding_dim", "retrieval_epochs", "retrieval_batch_size", "mf_epochs",
+                         "ranker_epochs", "ranker_batch_size", "ranker_embedding_dim", "eval_k",
+                         "window_sweep_days"), AT_LEAST_ONE),
+        **dict.fromkeys(("retrieval_learning_rate", "retrieval_temperature", "mf_learning_rate",
+                         "ranker_learning_rate"), POSITIVE),
+        **dict.fromkeys(("retrieval_l2_reg", "ranker_l2_reg", "retrieval_patience",
+                         "ranker_patience", "light_cascade_negatives", "heavy_cascade_negatives",
+                         "ranker_cross_depth"), NON_NEGATIVE),
+        "ease_regularization": POSITIVE, "ease_max_items": AT_LEAST_ONE,
+        **dict.fromkeys(("light_ranker_architecture", "heavy_ranker_architecture"),
+                        OneOf(RANKER_ARCHITECTURES)),
+        **dict.fromkeys(("retrieval_dropout", "ranker_dropout"), Range(0, 1, open_high=True)),
+        "retrieval_positive": OneOf(LABELS), "objectives": OneOf(LABELS),
+        "light_ranker_layers": AT_LEAST_ONE, "heavy_ranker_layers": AT_LEAST_ONE}
+
 
 @dataclass
 class FunnelConfig:
@@ -224,6 +331,9 @@ class FunnelConfig:
     blend: dict = field(default_factory=lambda: {
         "click": 0.1, "like": 0.3, "share": 0.2, "watch_duration_aware": 0.4})
 
+    # names, shares and keeps are checked against the registries (models.funnel, preflight)
+    CHECKS: ClassVar[dict] = {"candidates_k": AT_LEAST_ONE, "index": OneOf(INDEX_KINDS)}
+
 
 @dataclass
 class EvaluationConfig:
@@ -231,24 +341,43 @@ class EvaluationConfig:
     min_group_users: int = 30             # slices with fewer users are marked too small
     head_share: float = 0.8               # popularity head: items making 80 % of interactions
 
+    CHECKS: ClassVar[dict] = {"min_group_users": AT_LEAST_ONE,
+                              "head_share": Range(0, 1, open_low=True)}
+
 
 @dataclass
 class ServingConfig:
-    """The served funnel (recfunnel.serving, triton_repo/, L6)."""
+    """The served funnel (recfunnel.serving, triton_repo/, L6): the exported repository's
+    sizes (`recfunnel export` reads them as its ServingSettings; its flags override them)."""
     demo_users: int = 20                  # known users the pipeline's serving step asks for
+    max_users: int = 64                   # users per request; more is refused with a clear error
+    router_instances: int = 4             # requests in flight through the stages
+    stage_instances: int = 1              # processes per stage version (each TF one ~650 MB)
+    versions_loaded: int = 2              # Triton versions every stage keeps loaded (rollback)
+    keep_versions: int = 2                # version folders kept on disk after an export
+
+    CHECKS: ClassVar[dict] = {
+        "demo_users": NON_NEGATIVE,
+        **dict.fromkeys(("max_users", "router_instances", "stage_instances", "keep_versions"),
+                        AT_LEAST_ONE),
+        # a rollback needs the previous version still loaded in every stage
+        "versions_loaded": Range(2)}
+
+
 
 
 @dataclass
 class ExperimentsConfig:
     """Online experiments (recfunnel.experiments, L7, L8): arms, holdout, simulated users."""
     name: str = "blend-vs-click"          # salts the assignment: a new name reshuffles users
-    # Arms besides the holdout. `blend`: the heavy ranker's objective weights for the arm
-    # (None: the served version's funnel.blend). Shares and holdout_share sum to 1.
+    # Arms besides the holdout, any names: the analysis tests the second arm (the treatment)
+    # against the first (the control). `blend`: the heavy ranker's objective weights for the
+    # arm (None: the served version's funnel.blend). Shares and holdout_share sum to 1.
     arms: list = field(default_factory=lambda: [
         {"name": "control", "share": 0.49, "blend": {"click": 1.0}},
         {"name": "treatment", "share": 0.49, "blend": None}])
     holdout_share: float = 0.02           # stays on the model served when the experiment began
-    primary_metric: str = "watch_seconds"  # per user; or clicks, likes, shares, sessions
+    primary_metric: str = "watch_seconds"  # per user: one of recfunnel.names.OUTCOMES
     min_detectable_lift: float = 0.05     # the relative effect the test should be powered for
     alpha: float = 0.05
     power: float = 0.8
@@ -262,6 +391,15 @@ class ExperimentsConfig:
     # A/B test's 2 % of 3,000 users is 60, too few to see a drift of a few percent)
     feedback_holdout_share: float = 0.2
     seed: int = 0
+
+    CHECKS: ClassVar[dict] = {
+        "primary_metric": OneOf(OUTCOMES),
+        **dict.fromkeys(("holdout_share", "feedback_holdout_share"), Range(0, 1, open_high=True)),
+        **dict.fromkeys(("alpha", "power", "srm_threshold"),
+                        Range(0, 1, open_low=True, open_high=True)),
+        "min_detectable_lift": POSITIVE, "sim_users": NON_NEGATIVE,
+        **dict.fromkeys(("sim_days", "sim_k", "aa_runs"), AT_LEAST_ONE),
+        "feedback_rounds": NON_NEGATIVE}
 
 
 @dataclass
@@ -283,12 +421,21 @@ class RetrainConfig:
                                           # or the gate refuses (Slack-style {"text": ...})
     alert_timeout_s: float = 10.0
 
+    CHECKS: ClassVar[dict] = {
+        **dict.fromkeys(("retries", "backoff_s", "backoff_max_s", "kill_grace_s"), NON_NEGATIVE),
+        "gate_max_drop": SHARE, "alert_timeout_s": POSITIVE}
+
 
 @dataclass
 class RunConfig:
     name: str | None = None               # None: <source>-<UTC time>
     runs_dir: str = "runs"
-    cache_dir: str | None = None          # None: $RECFUNNEL_CACHE or ~/.cache/recfunnel
+    cache_dir: str | None = None          # None: default_cache_dir()
+
+
+def default_cache_dir() -> Path:
+    """Where downloads and generated data sets are kept: $RECFUNNEL_CACHE or ~/.cache/recfunnel."""
+    return Path(os.environ.get("RECFUNNEL_CACHE") or Path.home() / ".cache" / "recfunnel")
 
 
 @dataclass
@@ -374,8 +521,29 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     if overrides:
         values = merge(values, overrides)
     cfg = _build(Config, values, "")
+    check_values(cfg)
     cfg.given = frozenset(_given_paths(Config, values, ""))
     return cfg
+
+
+def check_values(section, where: str = "") -> None:
+    """Every setting of `section` (and the sections in it) against its section's CHECKS: a
+    ConfigError naming the key, the value and what is allowed. None (a setting's "off" or
+    "automatic") passes; a list setting is checked element by element."""
+    checks = getattr(type(section), "CHECKS", {})
+    for f in dataclasses.fields(section):
+        value, path = getattr(section, f.name), f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(value):
+            check_values(value, path)
+            continue
+        check = checks.get(f.name)
+        if check is None or value is None:
+            continue
+        for element in value if isinstance(value, list) else [value]:
+            problem = check.problem(path, element)
+            if problem:
+                listed = f" (the list: {value!r})" if isinstance(value, list) else ""
+                raise ConfigError(problem + listed)
 
 
 def _given_paths(cls, values: dict, where: str):

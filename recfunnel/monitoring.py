@@ -21,6 +21,8 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from recfunnel.errors import RecfunnelError
+
 # Triton's metric names (Triton 2.51) and the server flag that provides each when not default.
 SUCCESS = "nv_inference_request_success"
 FAILURE = "nv_inference_request_failure"            # label reason: BACKEND, CANCELED, ...
@@ -46,7 +48,7 @@ _LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(?
 _UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
 
 
-class MetricsError(ValueError):
+class MetricsError(RecfunnelError, ValueError):
     """The exposition text is malformed, or lacks a metric the computation needs."""
 
 

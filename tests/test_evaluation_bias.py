@@ -8,7 +8,7 @@ from scipy import stats
 from recfunnel.evaluation.bias import (ItemPopularity, concentration_curve, gini_index,
                                        grouped_spearman, popularity_bias_report,
                                        popularity_bias_summary, popularity_opportunity_bias,
-                                       popularity_parity, positive_ranks,
+                                       popularity_parity, positive_ranks, top_items_share,
                                        user_popularity_rank_correlation)
 
 
@@ -148,3 +148,10 @@ def test_report_is_json_ready_and_omits_preference_measures_without_positives(wo
     assert "parity" not in report and "popularity_opportunity" not in report
     json.dumps(report)
     json.dumps(popularity_bias_report(popular[:, :k], popularity, relevant))
+
+
+def test_top_items_share_reads_the_concentration_curve_along_the_catalogue():
+    counts = np.array([1, 6, 0, 3])        # 10 occurrences over 4 catalogue items
+    # the top quarter (the item seen 6 times) takes 6 of 10, the top half 9, the whole catalogue all
+    assert top_items_share(counts, [0, 0.25, 0.5, 1]).tolist() == [0, 0.6, 0.9, 1.0]
+    assert top_items_share(np.zeros(3), [0.5, 1]).tolist() == [0, 0]

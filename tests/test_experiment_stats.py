@@ -253,16 +253,25 @@ def test_power_means_matches_statsmodels(effect, n, ratio):
     ("delta_ratio_test", 2000, 300),
     ("bootstrap_ratio", 300, 200),
 ])
-def test_aa_false_positive_rate_is_alpha(method, n_runs, n_per_arm):
-    result = aa_false_positive_rate(method, n_runs, n_per_arm, seed=11, n_boot=300)
+def test_simulated_aa_false_positive_rate_is_alpha(method, n_runs, n_per_arm):
+    result = simulated_power(method, n_runs, n_per_arm, 0.0, seed=11, n_boot=300)
     assert result.rate == pytest.approx(0.05, abs=_aa_tolerance(0.05, n_runs))
     assert result.ci_low < result.rate < result.ci_high
     assert result.effect == 0 and result.n_runs == n_runs
 
 
 def test_aa_runs_are_deterministic_for_a_seed():
-    first = aa_false_positive_rate("welch_ttest", 500, 50, seed=2)
-    assert first == aa_false_positive_rate("welch_ttest", 500, 50, seed=2)
+    first = simulated_power("welch_ttest", 500, 50, 0.0, seed=2)
+    assert first == simulated_power("welch_ttest", 500, 50, 0.0, seed=2)
+    values = np.random.default_rng(0).gamma(0.3, 1000.0, 400)
+    assert aa_false_positive_rate(values, 50, seed=3) == aa_false_positive_rate(values, 50, seed=3)
+
+
+def test_aa_on_skewed_outcomes_rejects_about_alpha_of_the_time():
+    values = np.random.default_rng(0).gamma(0.3, 1000.0, 3000)     # heavy-tailed, many near 0
+    aa = aa_false_positive_rate(values, 2000, alpha=0.05, seed=0)
+    assert aa.ci_low <= 0.05 <= aa.ci_high + 0.01 and aa.n_per_arm == 1500
+    assert abs(aa.rate - 0.05) < 3 * np.sqrt(0.05 * 0.95 / 2000)
 
 
 def test_simulated_power_at_the_planned_sample_size_is_the_planned_power():
@@ -348,8 +357,9 @@ def test_decide_reads_primary_and_guardrails():
     (lambda: srm_check([100, 100], [0.7, 0.7]), "expected_shares"),
     (lambda: srm_check({"control": 1, "treatment": 2}, {"control": 0.5, "b": 0.5}),
      "expected_shares"),
-    (lambda: aa_false_positive_rate("t_test", 10, 10), "method"),
-    (lambda: aa_false_positive_rate("welch_ttest", 0, 10), "n_runs"),
+    (lambda: simulated_power("t_test", 10, 10, 0.0), "method"),
+    (lambda: aa_false_positive_rate(np.ones(10), 0), "n_runs"),
+    (lambda: aa_false_positive_rate(np.ones(3), 10), "values"),
 ])
 def test_bad_input_is_refused_by_name(call, names):
     with pytest.raises(ValueError, match=names):

@@ -16,7 +16,7 @@ from models.ranking import RankerScorer, train_ranker
 from models.retrieval import retrieval_eval, tower_schemas, train_retrieval
 from recfunnel.config import ComputeConfig, DataConfig, DatasetConfig, ModelsConfig, ValidationConfig
 from recfunnel.data import sources
-from recfunnel.evaluation.topk import topk_metrics
+from recfunnel.topk import topk_metrics
 from workflows.dataset import DatasetBuilder
 
 CFG = ModelsConfig(embedding_dim=16, retrieval_epochs=3, mf_epochs=3, ranker_epochs=2,

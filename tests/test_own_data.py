@@ -127,7 +127,8 @@ def test_iso_8601_with_offsets_and_epoch_seconds_are_read_by_default(tmp_path):
 
 
 def test_unknown_timestamp_format_is_a_config_error():
-    with pytest.raises(ConfigError, match="data.timestamp_format: 'dd/mm/yyyy' is neither"):
+    with pytest.raises(ConfigError, match=r"unknown data\.timestamp_format 'dd/mm/yyyy'; "
+                                          "expected one of auto, .* or a strftime pattern"):
         load_config(None, {"data": {"timestamp_format": "dd/mm/yyyy"}})
 
 
@@ -277,9 +278,13 @@ def test_preflight_refuses_only_given_settings():
         preflight.check_dataset_settings(given, items)
     written_out = load_config(None, {"dataset": {"unsafe_filters": default.dataset.unsafe_filters}})
     preflight.check_dataset_settings(written_out, items)   # the default, written out: a default
+
+
+def test_an_unknown_unsafe_filter_stops_any_run_with_a_dataset_step(tmp_path):
+    """Also where the catalogue is not known before the run (the synthetic source)."""
+    bad = load_config(None, {"dataset": {"unsafe_filters": [{"kind": "nsfw"}]}})
     with pytest.raises(ConfigError, match="unsafe filter kind 'nsfw' is unknown"):
-        preflight.check_dataset_settings(
-            load_config(None, {"dataset": {"unsafe_filters": [{"kind": "nsfw"}]}}), items)
+        preflight.check(bad, tmp_path / "run", ("data", "dataset"))
 
 
 def test_slices_without_their_attribute_are_left_out_not_filled_with_unknown():

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from recfunnel.evaluation.topk import (hits_matrix, sampled_topk_metrics, topk_metrics,
+from recfunnel.topk import (hits_matrix, sampled_topk_metrics, topk_metrics,
                                        topk_per_user)
 
 

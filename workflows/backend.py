@@ -12,7 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
-from recfunnel.config import ComputeConfig
+from recfunnel.config import CLUSTER_MODES, SCHEDULER_SCHEMES, ComputeConfig
 from workflows import merlin_cpu_fixes
 
 
@@ -61,10 +61,10 @@ def dask_client(compute: ComputeConfig) -> Iterator[object | None]:
                                    memory_limit=compute.memory_limit, processes=True,
                                    dashboard_address=None, host="127.0.0.1")
         client = Client(cluster)
-    elif compute.cluster.startswith(("tcp://", "tls://", "ucx://")):
+    elif compute.cluster.startswith(SCHEDULER_SCHEMES):
         client = Client(compute.cluster)
     else:
-        raise ValueError(f"compute.cluster must be 'none', 'local' or a scheduler address "
+        raise ValueError(f"compute.cluster must be one of {CLUSTER_MODES} or a scheduler address "
                          f"(tcp://host:8786), got {compute.cluster!r}")
     merlin_cpu_fixes.register_on_client(client)
     set_dask_client(client)

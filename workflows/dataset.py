@@ -32,6 +32,8 @@ from merlin.schema import Tags
 from nvtabular import ops
 
 from recfunnel.config import ComputeConfig, DatasetConfig
+from recfunnel.errors import RecfunnelError
+from recfunnel.names import LABELS, SIGNALS
 from workflows import backend
 from workflows.duplicates import BLOCK_COLUMNS, blocking_columns, canonical_ids
 from workflows.labels import WatchLabels
@@ -40,18 +42,16 @@ from workflows.point_in_time import STAT_NAMES, PointInTimeStats, UserGroupStats
 from workflows.splits import SPLIT_NAMES, TRAIN, AggregatePairs, SplitAssigner
 from workflows.unsafe import build_filters, runnable_filters, unsafe_item_table
 
-EVENT_COLUMNS = ["user_id", "item_id", "timestamp", "click", "like", "share", "watch_seconds",
-                 "duration_seconds"]
+EVENT_COLUMNS = ["user_id", "item_id", "timestamp", *SIGNALS, "watch_seconds", "duration_seconds"]
 HISTORY = "history"              # the safe, canonical events: what point-in-time features read
 GROUP_COLUMN = "category"        # the item attribute whose per-user history is a feature
 HISTORY_COLUMNS = ["user_id", "item_id", "timestamp", "click", "watch_seconds",
                    "duration_seconds"]
-LABELS = ["click", "like", "share", "watch_75", "watch_duration_aware"]
 DAY = pd.Timedelta(days=1)
 AGE_BOUNDARIES = [18, 25, 35, 45, 55]
 
 
-class DatasetCheckError(AssertionError):
+class DatasetCheckError(RecfunnelError, AssertionError):
     """The built training set breaks one of the L5.4 rules; the build stops."""
 
 
@@ -307,7 +307,7 @@ class DatasetBuilder:
         if "item_duration" in items:
             attributes += (item_attrs["item_duration"] >> ops.LogOp()
                            >> ops.AddTags([Tags.CONTINUOUS]) >> ops.TagAsItemFeatures())
-        labels = LABELS >> ops.AddTags([Tags.TARGET, Tags.BINARY_CLASSIFICATION])
+        labels = list(LABELS) >> ops.AddTags([Tags.TARGET, Tags.BINARY_CLASSIFICATION])
         passthrough = ["split", "timestamp", "sampled_negative", "events", "watch_seconds"]
         return attributes + raw_ids + user_stats + item_stats + labels + passthrough
 

@@ -14,6 +14,8 @@ from merlin.dag.ops.stat_operator import StatOperator
 from merlin.schema import Tags
 from nvtabular.ops.operator import ColumnSelector, Operator
 
+from recfunnel.config import DURATION_EDGES
+from recfunnel.names import DURATION_AWARE_WATCH, NAIVE_WATCH
 from workflows.backend import host_array
 
 WATCH_COLUMNS = ["click", "watch_seconds", "duration_seconds"]
@@ -65,9 +67,8 @@ class WatchLabels(StatOperator):
     Fit on training events: it learns the per-bucket watch-time thresholds.
     """
 
-    def __init__(self, threshold: float = 0.75, edges=(15, 30, 60, 120, 300, 600, 1200, 2400),
-                 quantile: float = 0.8, naive_name: str = "watch_75",
-                 aware_name: str = "watch_duration_aware"):
+    def __init__(self, threshold: float = 0.75, edges=DURATION_EDGES, quantile: float = 0.8,
+                 naive_name: str = NAIVE_WATCH, aware_name: str = DURATION_AWARE_WATCH):
         super().__init__()
         self.threshold, self.edges, self.quantile = threshold, list(edges), quantile
         self.naive_name, self.aware_name = naive_name, aware_name

@@ -14,9 +14,8 @@ import pandas as pd
 from merlin.dag.ops.stat_operator import StatOperator
 from nvtabular.ops.operator import ColumnSelector
 
+from recfunnel.config import NEGATIVE_SAMPLING
 from workflows.backend import host_frame
-
-LABELS = ("click", "like", "share", "watch_75", "watch_duration_aware")
 
 
 def sample_for_user(rng: np.random.Generator, n: int, touched: np.ndarray, candidates: np.ndarray,
@@ -65,8 +64,8 @@ class NegativeSampler(StatOperator):
 
     def __init__(self, ratio: float, mode: str = "popularity", seed: int = 0):
         super().__init__()
-        if mode not in ("popularity", "uniform"):
-            raise ValueError(f"negative_sampling must be 'popularity' or 'uniform', got {mode!r}")
+        if mode not in NEGATIVE_SAMPLING:
+            raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got {mode!r}")
         self.ratio, self.mode, self.seed = ratio, mode, seed
         self.candidates: np.ndarray | None = None
         self.probs: np.ndarray | None = None

@@ -15,12 +15,12 @@ import pandas as pd
 
 from nvtabular.ops.operator import ColumnSelector, Operator
 
+from recfunnel.config import SPLIT_KINDS
+from recfunnel.names import LABELS
 from workflows.backend import host_frame
 
 TRAIN, VALID, TEST = 0, 1, 2
 SPLIT_NAMES = {TRAIN: "train", VALID: "valid", TEST: "test"}
-SPLIT_KINDS = ("time", "random", "random_per_user")
-SIGNALS = ["click", "like", "share", "watch_75", "watch_duration_aware"]
 
 
 def time_split(timestamp_ns: np.ndarray, train_end_ns: int, valid_end_ns: int) -> np.ndarray:
@@ -84,7 +84,7 @@ def random_per_user_split(user, item, fractions, seed: int) -> np.ndarray:
 
 def aggregate_pairs(events: pd.DataFrame) -> pd.DataFrame:
     """One row per (user_id, item_id, split): signals' max, first timestamp, event count."""
-    present = [s for s in SIGNALS if s in events]
+    present = [s for s in LABELS if s in events]
     agg = {s: "max" for s in present}
     agg.update({"timestamp": "min", "watch_seconds": "max", "duration_seconds": "first"})
     grouped = events.groupby(["user_id", "item_id", "split"], sort=True)
@@ -144,7 +144,7 @@ class AggregatePairs(Operator):
         return type(df).from_pandas(out) if hasattr(df, "to_pandas") else out
 
     def column_mapping(self, col_selector):
-        names = ["user_id", "item_id", "split", *[s for s in SIGNALS if s in col_selector.names],
+        names = ["user_id", "item_id", "split", *[s for s in LABELS if s in col_selector.names],
                  "timestamp", "watch_seconds", "duration_seconds", "events", "sampled_negative"]
         return {n: [n] if n in col_selector.names else list(col_selector.names) for n in names}
 

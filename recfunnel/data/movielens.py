@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recfunnel.config import default_cache_dir
 from recfunnel.data.validation import DataSourceError
 
 RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"
@@ -130,8 +131,6 @@ def _read_recbole(wheel: Path):
 
 
 def _recbole_wheel(cache_dir: str | Path | None) -> Path:
-    from recfunnel.data.sources import default_cache_dir
-
     folder = Path(cache_dir) if cache_dir else default_cache_dir() / "wheels"
     wheel = folder / RECBOLE_WHEEL
     if not wheel.is_file():

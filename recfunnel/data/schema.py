@@ -103,4 +103,3 @@ ITEMS = Table(
 )
 
 TABLES = {t.name: t for t in (EVENTS, USERS, ITEMS)}
-SIGNALS = ("click", "like", "share")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,16 +19,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from recfunnel.config import Config, DataConfig, ValidationConfig
+from recfunnel.config import SOURCES, Config, DataConfig, ValidationConfig, default_cache_dir
 from recfunnel.data import files, movielens, schema, synthetic
 from recfunnel.data.validation import (DataSourceError, QuarantineLedger, SchemaError, SeenEvents,
                                        validate_table)
-
-SOURCES = ("synthetic", "movielens100k", "parquet")
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("RECFUNNEL_CACHE") or Path.home() / ".cache" / "recfunnel")
 
 
 @dataclass(frozen=True)

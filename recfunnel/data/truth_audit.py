@@ -11,8 +11,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from recfunnel.data.synthetic import World
-
-LABELS = ("click", "like", "share", "watch_75", "watch_duration_aware")
+from recfunnel.names import DURATION_AWARE_WATCH, LABELS, NAIVE_WATCH
 
 
 def duplicate_pairs(mapping: pd.DataFrame) -> set[tuple[int, int]]:
@@ -78,7 +77,7 @@ def label_audit(examples: pd.DataFrame, world: World, duration_edges) -> dict:
     short, long_ = names[0], names[-1]
     out["short_to_long_ratio"] = {
         label: (round(r[short] / r[long_], 2) if r.get(long_) else None)
-        for label, r in rates.items() if label in ("watch_75", "watch_duration_aware")}
+        for label, r in rates.items() if label in (NAIVE_WATCH, DURATION_AWARE_WATCH)}
     return out
 
 

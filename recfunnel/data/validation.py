@@ -15,14 +15,15 @@ import numpy as np
 import pandas as pd
 
 from recfunnel.config import ValidationConfig
+from recfunnel.errors import RecfunnelError
 from recfunnel.data import schema as S
 
 
-class SchemaError(ValueError):
+class SchemaError(RecfunnelError, ValueError):
     """A table lacks a required column or holds a column that cannot be of its schema type."""
 
 
-class DataSourceError(ValueError):
+class DataSourceError(RecfunnelError, ValueError):
     """A file cannot be read as a table at all (empty, truncated, corrupt, unknown format)."""
 
 

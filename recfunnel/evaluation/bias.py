@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from recfunnel.evaluation.topk import key_range, pair_keys, relevant_pairs
+from recfunnel.topk import key_range, pair_keys, relevant_pairs
 
 HEAD_SHARE = 0.8        # the head is the most popular items making up 80 % of training interactions
 CURVE_SHARES = tuple(np.round(np.arange(1, 11) / 10, 1))   # 10 %, 20 %, ..., 100 %
@@ -104,6 +104,17 @@ def concentration_curve(item_ids, shares: Sequence[float] = CURVE_SHARES) -> pd.
     items = np.searchsorted(cumulative, shares * total - 1e-9 * max(total, 1)) + 1 \
         if total else np.zeros(len(shares), int)
     return pd.DataFrame({"share": shares, "items": np.asarray(items, dtype=np.int64)})
+
+
+def top_items_share(counts, fractions: Sequence[float]) -> np.ndarray:
+    """[len(fractions)] share of all occurrences taken by the most frequent `fraction` of the
+    catalogue (`counts`: one per catalogue item, zeros included; fractions in [0, 1]): the
+    concentration curve read along its other axis, 0 at 0 and 1 at 1 (0 everywhere when no
+    item occurs)."""
+    ordered = np.sort(np.asarray(counts, dtype=float).ravel())[::-1]
+    cumulative = np.concatenate([[0.0], np.cumsum(ordered) / max(ordered.sum(), 1.0)])
+    at = np.round(np.asarray(fractions, dtype=float) * len(ordered)).astype(int)
+    return cumulative[np.clip(at, 0, len(ordered))]
 
 
 def gini_index(counts) -> float:

@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 
 from models.components import DEFAULT_STAGE_LISTS, STAGES_FILE
-from recfunnel.evaluation.bias import (ItemPopularity, concentration_curve,
+from recfunnel.evaluation.bias import (ItemPopularity, concentration_curve, gini_index,
                                        popularity_bias_report, popularity_opportunity_bias)
 from recfunnel.evaluation.ranker import pr_curve, ranker_metrics, roc_curve
 from recfunnel.evaluation.slices import slice_metrics, user_groups, worst_groups
 from recfunnel.evaluation.stages import (EXPOSURE_LISTS, Stage, exposure_report, shown_items,
                                          stage_report)
-from recfunnel.evaluation.topk import topk_metrics, topk_per_user
+from recfunnel.topk import topk_metrics, topk_per_user
 
 CANDIDATE_MODELS = ("two_tower", "mf", "ease", "popularity")
 LISTS = (*CANDIDATE_MODELS, "funnel")
@@ -218,8 +218,6 @@ def _neg(value):
 
 
 def _gini_of_training(popularity: ItemPopularity) -> float:
-    from recfunnel.evaluation.bias import gini_index
-
     return round(gini_index(popularity.counts), 4)
 
 

@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from recfunnel.evaluation.topk import hits_matrix, key_range, pair_keys, relevant_pairs
+from recfunnel.topk import hits_matrix, key_range, pair_keys, relevant_pairs
 from recfunnel.evaluation.truth import list_relevance, relevance_chunks
 
 BOOTSTRAP_RESAMPLES = 1000      # paired bootstrap of the per-user NDCG difference

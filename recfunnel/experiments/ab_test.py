@@ -21,11 +21,18 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
+from recfunnel.data.synthetic import World
+from recfunnel.evaluation.truth import lists_vs_truth
 from recfunnel.experiments import stats
-from recfunnel.experiments.assignment import EXPERIMENT_FILE, HOLDOUT, Experiment
+from recfunnel.experiments.assignment import (EXPERIMENT_FILE, HOLDOUT, Experiment,
+                                              ExperimentError)
 from recfunnel.experiments.simulator import (SimulationSettings, list_recommender,
                                              online_metrics, served_recommender,
                                              shown_relevance, simulate)
+from recfunnel.serving.export import export_run, stage_environment, versions_in
+from recfunnel.serving.funnel_client import FunnelClient
+from recfunnel.serving.server import TritonServer
+from recfunnel.topk import topk_metrics
 
 # per-user outcome -> (test, direction); the primary metric is chosen in the config
 GUARDRAILS = {"churned": False, "likes": True}
@@ -52,9 +59,18 @@ def simulated_users(world, cfg) -> np.ndarray:
 
 
 # ---- the analysis (numpy/scipy) ----------------------------------------------------------------
-def analyze(outcomes: pd.DataFrame, experiment: Experiment, cfg, control: str = "control",
-            treatment: str = "treatment") -> dict:
-    """The decision and everything it rests on, from the per-user outcomes of a simulation."""
+def analyze(outcomes: pd.DataFrame, experiment: Experiment, cfg, control: str | None = None,
+            treatment: str | None = None) -> dict:
+    """The decision and everything it rests on, from the per-user outcomes of a simulation.
+
+    `control` and `treatment` are arm names; by default the experiment's first arm is the
+    control and its second the treatment (experiments.arms in the config)."""
+    if control is None or treatment is None:
+        if len(experiment.arms) < 2:
+            raise ExperimentError(f"experiment {experiment.name!r} has one arm; the analysis "
+                                  "compares its first arm (the control) with its second")
+        control = control or experiment.arms[0].name
+        treatment = treatment or experiment.arms[1].name
     counts = outcomes["arm"].value_counts()
     expected = experiment.expected_shares()
     unexpected = sorted(set(counts.index) - set(expected))
@@ -90,7 +106,7 @@ def analyze(outcomes: pd.DataFrame, experiment: Experiment, cfg, control: str = 
         "decision": decision.to_dict(),
         "secondary": [t.to_dict() for t in secondary],
         "power": power_at_sample(a[metric].to_numpy(float), min(len(a), len(b)), cfg),
-        "aa": aa_splits(a[metric].to_numpy(float), cfg.aa_runs, cfg.alpha, cfg.seed),
+        "aa": aa_section(a[metric].to_numpy(float), cfg),
         "holdout": holdout_comparison(outcomes, treatment, metric, cfg.alpha),
     }
 
@@ -101,26 +117,20 @@ def power_at_sample(control_values: np.ndarray, n_per_arm: int, cfg) -> dict:
     mean, sd = float(control_values.mean()), float(control_values.std(ddof=1))
     mde = cfg.min_detectable_lift * mean
     plan = stats.sample_size_means(sd, mde, alpha=cfg.alpha, power=cfg.power, baseline=mean)
-    return {"n_per_arm": int(n_per_arm), "mde_relative": cfg.min_detectable_lift,
+    return {"n_per_arm": int(n_per_arm), "planned_power": cfg.power,
+            "mde_relative": cfg.min_detectable_lift,
             "mde_absolute": round(mde, 4), "sd": round(sd, 4),
             "power": round(stats.power_means(sd, mde, n_per_arm, alpha=cfg.alpha), 4),
             "needed_per_arm": plan.n_control}
 
 
-def aa_splits(values: np.ndarray, runs: int, alpha: float, seed: int) -> dict:
-    """A/A tests on real outcomes: the control's own users split at random into two halves
-    `runs` times, Welch's test each time; a sound test rejects in about `alpha` of them,
-    whatever the metric's (skewed, zero-heavy) distribution."""
-    rng = np.random.default_rng(seed)
-    n = values.size // 2 * 2
-    order = np.argsort(rng.random((runs, values.size)), axis=1)[:, :n]
-    halves = values[order].reshape(runs, 2, n // 2)
-    p = scipy_stats.ttest_ind(halves[:, 0], halves[:, 1], axis=1, equal_var=False).pvalue
-    rejections = int((p < alpha).sum())
-    low, high = scipy_stats.binomtest(rejections, runs).proportion_ci(0.95)
-    return {"runs": runs, "n_per_arm": n // 2, "alpha": alpha, "rejections": rejections,
-            "false_positive_rate": round(rejections / runs, 4),
-            "ci95": [round(low, 4), round(high, 4)]}
+def aa_section(control_values: np.ndarray, cfg) -> dict:
+    """The analysis' `aa`: `aa_runs` A/A tests on the control's own users
+    (stats.aa_false_positive_rate), the rate with its 95 % Clopper-Pearson interval."""
+    aa = stats.aa_false_positive_rate(control_values, cfg.aa_runs, cfg.alpha, cfg.seed)
+    return {"runs": aa.n_runs, "n_per_arm": aa.n_per_arm, "alpha": aa.alpha,
+            "rejections": aa.rejections, "false_positive_rate": round(aa.rate, 4),
+            "ci95": [round(aa.ci_low, 4), round(aa.ci_high, 4)]}
 
 
 def holdout_comparison(outcomes: pd.DataFrame, treatment: str, metric: str, alpha: float
@@ -152,9 +162,6 @@ def offline_vs_online(run_dir: Path, world, cfg, progress: bool = True) -> dict:
     funnel) shown once to the same simulated test users on the first day after the data;
     its offline metrics (logged test clicks; the truth's share of the ideal list) next to the
     online ones, and their rank correlation across the lists."""
-    from recfunnel.evaluation.topk import topk_metrics
-    from recfunnel.evaluation.truth import lists_vs_truth
-
     predictions = Path(run_dir) / "evaluation" / "predictions"
     if not (predictions / "lists.npz").is_file():
         raise FileNotFoundError(f"{predictions} holds no lists: run the evaluation step first "
@@ -204,11 +211,6 @@ def run_ab_test(run_dir: str | Path, cfg, progress: bool = True, address: str | 
     The server is started on the run's repository and stopped after, unless `address` (gRPC
     host:port) names one that already serves it. The experiment file is in the repository only
     while the simulation runs; one that was there before is put back."""
-    from recfunnel.data.synthetic import World
-    from recfunnel.serving.export import export_run, stage_environment, versions_in
-    from recfunnel.serving.funnel_client import FunnelClient
-    from recfunnel.serving.server import TritonServer
-
     run_dir = Path(run_dir).resolve()
     truth = run_dir / "data" / "truth"
     if not (truth / "world.json").is_file():

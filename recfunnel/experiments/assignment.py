@@ -18,13 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from recfunnel.errors import RecfunnelError
+
 HOLDOUT = "holdout"
 HOLDOUT_SALT = "recfunnel-long-term-holdout"
 EXPERIMENT_FILE = "experiment.json"          # in the served repository's root
 _BUCKETS = 1 << 32
 
 
-class ExperimentError(ValueError):
+class ExperimentError(RecfunnelError, ValueError):
     """An experiment definition that cannot split users as written."""
 
 

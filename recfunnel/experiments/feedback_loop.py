@@ -14,36 +14,39 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
+from models.funnel import Funnel, FunnelSettings
 from recfunnel.data import schema
+from recfunnel.data.synthetic import World
+from recfunnel.evaluation.bias import gini_index, top_items_share
 from recfunnel.experiments import stats
 from recfunnel.experiments.assignment import HOLDOUT, in_holdout
 from recfunnel.experiments.simulator import (SimulationSettings, online_metrics,
                                              shown_relevance, simulate)
+from recfunnel.serving.export import exclusions_from_dataset
 
 # % of the catalogue (most shown first) at which the concentration curve is read: dense at the
 # head, where a funnel's impressions are (on the demo all of them fall in the top 10 %)
 CURVE_AT_PERCENT = (0, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100)
+# retrains the funnel on a folder of logged tables (the parquet source's layout) into
+# <runs_dir>/<name> and returns that run's folder: the pipeline's data, dataset and models steps
+Retrain = Callable[[Path, Path, str], Path]
 
 
 def concentration(items: np.ndarray, n_catalogue: int) -> dict:
-    """Popularity concentration of impressions: the cumulative share of impressions taken by
-    the most-shown items (0..100 % of the catalogue), Gini, coverage and the top-10 % share."""
-    counts = np.bincount(items, minlength=n_catalogue + 1)[1:].astype(float)
-    ordered = np.sort(counts)[::-1]
-    total = max(ordered.sum(), 1.0)
-    cumulative = np.concatenate([[0.0], np.cumsum(ordered) / total])
-    at = (np.array(CURVE_AT_PERCENT) / 100 * n_catalogue).round().astype(int)
-    ascending = ordered[::-1]
-    n = ascending.size
-    gini = float((2 * np.arange(1, n + 1) - n - 1) @ ascending / (n * total))
-    return {"concentration": np.round(cumulative[at] * 100, 2).tolist(),
+    """Popularity concentration of impressions (recfunnel.evaluation.bias): the cumulative % of
+    impressions taken by the most-shown items (0..100 % of the catalogue), Gini over the
+    catalogue, coverage and the top-10 % items' share."""
+    counts = np.bincount(items, minlength=n_catalogue + 1)[1:]
+    curve = top_items_share(counts, np.array(CURVE_AT_PERCENT) / 100)
+    return {"concentration": np.round(curve * 100, 2).tolist(),
             "concentration_at_percent": list(CURVE_AT_PERCENT),
-            "gini": round(gini, 4), "coverage": round(float((counts > 0).mean()), 4),
-            "top10pct_share": round(float(cumulative[max(1, n_catalogue // 10)]), 4)}
+            "gini": _round(gini_index(counts)), "coverage": round(float((counts > 0).mean()), 4),
+            "top10pct_share": round(float(top_items_share(counts, [0.1])[0]), 4)}
 
 
 class InProcessFunnel:
@@ -51,9 +54,6 @@ class InProcessFunnel:
     exclusions: the version's dataset positives and unsafe items)."""
 
     def __init__(self, run_dir: Path, cfg):
-        from models.funnel import Funnel, FunnelSettings
-        from recfunnel.serving.export import exclusions_from_dataset
-
         summary = json.loads((run_dir / "summary.json").read_text())
         seen, unsafe = exclusions_from_dataset(run_dir / "dataset",
                                                cfg.models.retrieval_positive)
@@ -72,14 +72,11 @@ class InProcessFunnel:
         return out
 
 
-def run_feedback_loop(run_dir: str | Path, cfg, rounds: int | None = None,
+def run_feedback_loop(run_dir: str | Path, cfg, retrain: Retrain, rounds: int | None = None,
                       progress: bool = True) -> dict:
-    """`rounds` retrains (default experiments.feedback_rounds) after round 0; writes
+    """`rounds` retrains (default experiments.feedback_rounds) after round 0, each by `retrain`
+    (the CLI passes the pipeline's, recfunnel.pipeline.retrain_on_logs); writes
     `experiments/feedback_loop/` (per round: its run, logs, metrics) and returns the section."""
-    from recfunnel.config import load_config, merge
-    from recfunnel.data.synthetic import World
-    from recfunnel.pipeline import run_pipeline
-
     run_dir = Path(run_dir).resolve()
     rounds = cfg.experiments.feedback_rounds if rounds is None else rounds
     world = World.load(run_dir / "data" / "truth")
@@ -96,16 +93,10 @@ def run_feedback_loop(run_dir: str | Path, cfg, rounds: int | None = None,
     settings = SimulationSettings(days=cfg.experiments.sim_days, k=cfg.experiments.sim_k,
                                   seed=cfg.experiments.seed)
     first = current = InProcessFunnel(run_dir, cfg)
-    round_cfg = load_config(None, merge(cfg.to_dict(), {
-        "data": {"source": "parquet", "path": str(logs)},
-        "run": {"runs_dir": str(out / "runs")}}))
     results = []
     for r in range(rounds + 1):
         if r > 0:                   # retrain on everything logged so far
-            round_cfg.run.name = f"round-{r}"
-            round_run = run_pipeline(round_cfg, steps=("data", "dataset", "models"),
-                                     progress=progress)
-            current = InProcessFunnel(round_run, cfg)
+            current = InProcessFunnel(retrain(logs, out / "runs", f"round-{r}"), cfg)
         start_day = world.config.n_days + r * settings.days
         served = {"treated": current, HOLDOUT: first}
 

@@ -7,9 +7,23 @@ import html
 import matplotlib.pyplot as plt
 import numpy as np
 
-from recfunnel.report import figure_html, table_html
+from recfunnel.experiments.assignment import HOLDOUT
+from recfunnel.html import figure_html, table_html
 
-ARM_COLORS = {"control": "#888888", "treatment": "#76b900", "holdout": "#1f77b4"}
+# arms by their place in experiments.arms (the first is the control); the holdout apart
+ARM_PALETTE = ("#888888", "#76b900", "#ff7f0e", "#9467bd", "#8c564b")
+HOLDOUT_COLOR = "#1f77b4"
+
+
+def arm_colors(section: dict) -> dict[str, str]:
+    arms = [a["name"] for a in section.get("experiment", {}).get("arms", [])]
+    return {**{name: ARM_PALETTE[i % len(ARM_PALETTE)] for i, name in enumerate(arms)},
+            HOLDOUT: HOLDOUT_COLOR}
+
+
+def confidence(alpha: float) -> str:
+    """'95 %' for alpha 0.05: the level of the intervals a test at `alpha` reports."""
+    return f"{(1 - alpha) * 100:.3g} %"
 
 
 def render_experiments(section: dict) -> str:
@@ -34,7 +48,8 @@ def _decision_html(section: dict) -> str:
     low, high = section["lift_ci"]
     return (f"<p><b>Decision: {html.escape(section['outcome'])}</b> — "
             f"{html.escape(section['reason'])}.<br>{html.escape(section['primary_metric'])}: "
-            f"lift {section['lift']:+.2%} (95 % CI {low:+.2%} to {high:+.2%}), "
+            f"lift {section['lift']:+.2%} ({confidence(section['decision']['primary']['alpha'])}"
+            f" CI {low:+.2%} to {high:+.2%}), "
             f"p = {section['p_value']:.3g}.</p>"
             f"<p>Experiment <code>{html.escape(str(experiment.get('name')))}</code>: {arms}; "
             f"holdout {experiment.get('holdout_share', 0):.0%} on Triton version "
@@ -48,12 +63,13 @@ def _arms_html(section: dict) -> str:
     online = section["online"]
     columns = [c for c in online[0] if c != "arm"]
     rows = [(r["arm"], *[r[c] for c in columns]) for r in online]
+    colors = arm_colors(section)
     fig, axes = plt.subplots(1, 4, figsize=(12, 2.8))
     for ax, metric in zip(axes, ("watch_seconds_per_user", "likes_per_user", "ctr",
                                  "churn_rate")):
         names = [r["arm"] for r in online]
         ax.bar(names, [r[metric] for r in online],
-               color=[ARM_COLORS.get(n, "#999") for n in names])
+               color=[colors.get(n, "#999") for n in names])
         ax.set_title(metric, fontsize=9)
         ax.tick_params(labelsize=8)
     fig.tight_layout()
@@ -70,9 +86,10 @@ def _tests_html(section: dict) -> str:
              _pct(t["lift"]), f"{_pct(t['lift_ci_low'])} to {_pct(t['lift_ci_high'])}",
              f"{t['p_value']:.3g}", "yes" if t["significant"] else "no") for role, t in tests]
     srm = decision.get("srm") or {}
+    level = confidence(decision["primary"]["alpha"])
     return ("<h3>Tests (treatment against control)</h3>"
             + table_html(rows, ("role", "metric", "test", "control", "treatment", "lift",
-                                "95 % CI of lift", "p", "significant"))
+                                f"{level} CI of lift", "p", "significant"))
             + f"<p>Sample-ratio check: {html.escape(srm.get('message', 'not run'))} "
               f"(p = {srm.get('p_value', float('nan')):.3g}).</p>")
 
@@ -82,8 +99,8 @@ def _planning_html(section: dict) -> str:
     holdout = section.get("holdout")
     text = (f"<h3>Power and A/A</h3><p>With {power['n_per_arm']:,} users per arm the test had "
             f"power {power['power']:.2f} to detect a {power['mde_relative']:.0%} lift "
-            f"({power['mde_absolute']:.4g}; per-user sd {power['sd']:.4g}); 80 % power would "
-            f"need {power['needed_per_arm']:,} users per arm. A/A: {aa['runs']:,} random splits "
+            f"({power['mde_absolute']:.4g}; per-user sd {power['sd']:.4g}); "
+            f"{power.get('planned_power', 0.8):.0%} power would need {power['needed_per_arm']:,} users per arm. A/A: {aa['runs']:,} random splits "
             f"of the control's own users ({aa['n_per_arm']:,} a side) rejected in "
             f"{aa['false_positive_rate']:.2%} (95 % CI {aa['ci95'][0]:.2%} to "
             f"{aa['ci95'][1]:.2%}) at alpha {aa['alpha']}.</p>")

@@ -18,12 +18,11 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from recfunnel.data.synthetic import World
+from recfunnel.names import OUTCOMES
 
 # recommend(users_raw [n], day, k_needed) -> (items [n, >= k_needed] raw ids best first, -1 pads;
 #                                             arm [n] str; model_version [n] int)
 Recommender = Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
-
-OUTCOME_COLUMNS = ("sessions", "impressions", "clicks", "likes", "shares", "watch_seconds")
 
 
 @dataclass
@@ -65,7 +64,7 @@ def simulate(world: World, recommend: Recommender, users_raw, start_day: int,
     active = np.ones(n, bool)
     shown = [set() for _ in range(n)]
     arms = np.full(n, "", dtype=object)
-    totals = {c: np.zeros(n) for c in OUTCOME_COLUMNS}
+    totals = {c: np.zeros(n) for c in OUTCOMES}
     frames = []
     start = pd.Timestamp(world.config.start_date, tz="UTC")
     duration = world.items["duration_seconds"].to_numpy()
@@ -104,7 +103,7 @@ def simulate(world: World, recommend: Recommender, users_raw, start_day: int,
         active[who] = rng.random(who.size) < p_return
     events = (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
     outcomes = pd.DataFrame({"user_id": users_raw, "arm": arms.astype(str),
-                             **{c: totals[c] for c in OUTCOME_COLUMNS},
+                             **{c: totals[c] for c in OUTCOMES},
                              "churned": (~active).astype(np.int8)})
     return SimulationLog(events, outcomes, settings, start_day)
 

@@ -743,17 +743,29 @@ def simulated_power(method: str, n_runs: int, n_per_arm: int, effect: float, *,
         _simulated_p_values(method, rng, min(chunk, n_runs - start), n_per_arm, effect, alpha,
                             baseline, sd, impressions_per_user, n_boot) < alpha))
         for start in range(0, n_runs, chunk))
+    return _simulation_result(method, n_runs, n_per_arm, effect, alpha, rejections, seed)
+
+
+def aa_false_positive_rate(values, n_runs: int, alpha: float = 0.05, seed: int = 0
+                           ) -> SimulationResult:
+    """Share of `n_runs` A/A tests on real outcomes in which Welch's test rejects at `alpha`:
+    `values` (one per unit, e.g. the control's users) split at random into two halves each
+    time. A sound test rejects in about `alpha` of them, whatever the metric's (skewed,
+    zero-heavy) distribution; `simulated_power` with effect 0 asks the same of drawn values."""
+    values = _check_values(values, "values", min_len=4)
+    alpha = _check_alpha(alpha)
+    n_runs = _check_count(n_runs, "n_runs", 1)
+    rng = np.random.default_rng(seed)
+    n = values.size // 2
+    order = np.argsort(rng.random((n_runs, values.size)), axis=1)[:, :2 * n]
+    halves = values[order].reshape(n_runs, 2, n)
+    p = stats.ttest_ind(halves[:, 0], halves[:, 1], axis=1, equal_var=False).pvalue
+    return _simulation_result("welch_ttest", n_runs, n, 0.0, alpha, int((p < alpha).sum()),
+                              seed)
+
+
+def _simulation_result(method: str, n_runs: int, n_per_arm: int, effect: float, alpha: float,
+                       rejections: int, seed: int) -> SimulationResult:
     low, high = stats.binomtest(rejections, n_runs).proportion_ci(0.95, method="exact")
     return SimulationResult(method, n_runs, n_per_arm, float(effect), alpha, rejections,
                             rejections / n_runs, float(low), float(high), seed)
-
-
-def aa_false_positive_rate(method: str, n_runs: int, n_per_arm: int, *, alpha: float = 0.05,
-                           seed: int = 0, baseline: float = 0.1, sd: float = 1.0,
-                           impressions_per_user: float = SIM_IMPRESSIONS_PER_USER,
-                           n_boot: int = 500) -> SimulationResult:
-    """Share of `n_runs` simulated A/A tests (both arms drawn alike, see `simulated_power`) in
-    which `method` rejects at `alpha`: a sound test rejects in about `alpha` of them."""
-    return simulated_power(method, n_runs, n_per_arm, 0.0, alpha=alpha, seed=seed,
-                           baseline=baseline, sd=sd, impressions_per_user=impressions_per_user,
-                           n_boot=n_boot)

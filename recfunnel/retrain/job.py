@@ -21,6 +21,7 @@ from recfunnel.config import Config, ConfigError, RetrainConfig
 from recfunnel.retrain.alert import send_alert
 from recfunnel.retrain.gate import QualityGate
 from recfunnel.retrain.steps import Attempt, RetryPolicy, Step, run_with_retries
+from recfunnel.serving.export import export_run
 
 PIPELINE_STEPS = ("data", "dataset", "models", "evaluation")
 # Exit codes a scheduler understands (2 stays the CLI's "bad config or input").
@@ -101,8 +102,6 @@ class RetrainJob:
         return self._promote()
 
     def _promote(self) -> Outcome:
-        from recfunnel.serving.export import export_run
-
         try:
             result = export_run(self.candidate_run, self.repo)
         except Exception as e:  # noqa: BLE001 - any failure here is the job's; the candidate

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from recfunnel.errors import RecfunnelError
+
 PROTOCOLS = ("http", "grpc")
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # as tritonclient
 
 
-class ServingError(RuntimeError):
+class ServingError(RecfunnelError, RuntimeError):
     """Triton refused or failed a request, or could not be reached; str() is Triton's message.
 
     `status` is Triton's status: an HTTP code ("400") or a gRPC code ("StatusCode.INTERNAL").

@@ -5,11 +5,15 @@ request (USER_ID INT64 [n], optional K INT32 [1]; see triton_repo/README.md).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from recfunnel.serving.client import TritonClient
+from recfunnel.serving.client import ServingError, TritonClient
+from recfunnel.serving.export import export_run, stage_environment
+from recfunnel.serving.server import TritonServer
 
 FUNNEL_MODEL = "funnel"
 
@@ -104,10 +108,6 @@ def ask_funnel(address: str, users, k: int | None = None, protocol: str = "grpc"
 
     For `make demo`'s serving section; the load benchmark is benchmarks/bench_serving.py.
     """
-    import time
-
-    from recfunnel.serving.client import ServingError
-
     latencies, failures, paths, served = [], [], {}, None
     with FunnelClient(address, protocol) as client:
         for user in users:
@@ -132,11 +132,6 @@ def ask_funnel(address: str, users, k: int | None = None, protocol: str = "grpc"
 def serving_summary(run_dir, users, k: int | None = None) -> dict:
     """Exports a run's trained version, serves it, asks it for `users`, stops: the run's
     `serving` section (`make demo` ends with it)."""
-    from pathlib import Path
-
-    from recfunnel.serving.export import export_run, stage_environment
-    from recfunnel.serving.server import TritonServer
-
     exported = export_run(run_dir)
     with TritonServer(exported.repo, model_control_mode="poll", env=stage_environment(),
                       log_path=Path(run_dir) / "tritonserver.log") as server:

@@ -50,6 +50,9 @@ import urllib.request
 from importlib import metadata
 from pathlib import Path
 
+from recfunnel.config import default_cache_dir
+from recfunnel.errors import RecfunnelError
+
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 SYSTEM_TRITON = Path("/opt/tritonserver")
 # Flags every start gets: CPU only, fail fast, "ready" only when every model is ready.
@@ -64,7 +67,7 @@ HARMLESS_ERRORS = ("CudaDriverHelper has not been initialized",)   # every start
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # loopback, direct
 
 
-class TritonServerError(RuntimeError):
+class TritonServerError(RecfunnelError, RuntimeError):
     """tritonserver could not be found, started, made ready or stopped."""
 
 
@@ -114,7 +117,6 @@ def pip_python_backend_dir(cache_dir: Path | None = None) -> Path:
         raise TritonServerError(f"nvidia-pytriton has no python backend stub for Python {py} "
                                 f"(it has {', '.join(have)}); run with one of those")
     if cache_dir is None:
-        from recfunnel.data.sources import default_cache_dir
         cache_dir = default_cache_dir()
     key = hashlib.sha256(str(root).encode()).hexdigest()[:8]
     version = metadata.version("nvidia-pytriton")

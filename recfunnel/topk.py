@@ -5,6 +5,10 @@ without any are counted apart, not scored as zeros). Recall@K divides by all of 
 items, as RecBole does; NDCG@K uses the ideal DCG of min(K, relevant) hits. The lists rank the
 full catalogue (the default everywhere); `sampled_topk_metrics` ranks each positive among a few
 sampled negatives instead, only when asked, and says so in every key it returns.
+
+A leaf module (numpy and pandas only): the models' validation (early stopping, the fallback's
+validation metrics) and the offline evaluation (`recfunnel.evaluation` re-exports it) score lists
+with the same definitions.
 """
 from __future__ import annotations
 
