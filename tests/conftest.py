@@ -8,6 +8,7 @@ test reusing them lands in its tier without a marker of its own.
 `small_run` and `small_repo` are built once per session and shared read-only: a test that changes
 a run or a repository copies it first (`shutil.copytree`) or makes its own.
 """
+import fcntl
 import json
 import os
 import random
@@ -64,14 +65,35 @@ class SmallRun:
     version: str                            # its training version
 
 
-@pytest.fixture(scope="session")
-def small_run(tmp_path_factory) -> SmallRun:
-    """One small run for the session (about 2 minutes): read-only, copy it to change it."""
-    root = tmp_path_factory.mktemp("small-run")
-    done = recfunnel("pipeline", "run", "-c", str(REPO / "configs" / "default.yaml"), "-q",
-                     "--set", f"run.runs_dir={root / 'runs'}",
-                     "--set", f"run.cache_dir={root / 'cache'}", *SMALL, cwd=root, timeout=900)
+def once_per_session(tmp_path_factory, config, name: str,
+                     command) -> tuple[Path, subprocess.CompletedProcess]:
+    """`command(folder)` run once for the whole session, even under `make test`'s two workers
+    (the first to ask runs it, the other waits for it): the folder and what the command did."""
+    base = tmp_path_factory.getbasetemp()
+    if hasattr(config, "workerinput"):        # an xdist worker: the session's folder is above
+        base = base.parent
+    folder, record = base / name, base / f"{name}.json"
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.is_file():
+            folder.mkdir()
+            done = command(folder)
+            record.write_text(json.dumps({"args": done.args, "returncode": done.returncode,
+                                          "stdout": done.stdout, "stderr": done.stderr}))
+    done = subprocess.CompletedProcess(**json.loads(record.read_text()))
     assert done.returncode == 0, done.stderr[-5000:]
+    return folder, done
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory, pytestconfig) -> SmallRun:
+    """One small run for the session (about 2 minutes): read-only, copy it to change it."""
+    def pipeline(root):
+        return recfunnel("pipeline", "run", "-c", str(REPO / "configs" / "default.yaml"), "-q",
+                         "--set", f"run.runs_dir={root / 'runs'}",
+                         "--set", f"run.cache_dir={root / 'cache'}", *SMALL, cwd=root,
+                         timeout=900)
+    root, done = once_per_session(tmp_path_factory, pytestconfig, "small-run", pipeline)
     run_dir = root / "runs" / "demo"
     cfg = load_config(run_dir / "config.yaml")
     models = json.loads((run_dir / "summary.json").read_text())["models"]
@@ -86,15 +108,15 @@ class SmallRepo:
 
 
 @pytest.fixture(scope="session")
-def small_repo(small_run, tmp_path_factory) -> SmallRepo:
+def small_repo(small_run, tmp_path_factory, pytestconfig) -> SmallRepo:
     """A Triton repository of the small run (version 1, MAX_USERS per request): read-only, copy
     it to serve or change it (`copy_repo`)."""
-    path = tmp_path_factory.mktemp("small-repo") / "triton_repo"
-    done = recfunnel("export", "--run-name", small_run.dir.name, "--runs-dir",
-                     str(small_run.dir.parent), "--repo", str(path), "--max-users",
-                     str(MAX_USERS), timeout=300)
-    assert done.returncode == 0, done.stderr[-5000:]
-    return SmallRepo(done, path)
+    def export(folder):
+        return recfunnel("export", "--run-name", small_run.dir.name, "--runs-dir",
+                         str(small_run.dir.parent), "--repo", str(folder / "triton_repo"),
+                         "--max-users", str(MAX_USERS), timeout=300)
+    folder, done = once_per_session(tmp_path_factory, pytestconfig, "small-repo", export)
+    return SmallRepo(done, folder / "triton_repo")
 
 
 def copy_run(run: SmallRun, to: Path, repo: Path | None = None) -> Path:
@@ -119,12 +141,20 @@ def pytest_addoption(parser):
                           "with SEED: shows a test that depends on another having run first")
 
 
+def uses_the_small_run(item) -> bool:
+    return bool(TRAINED_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
-    # Before the others: -m sees these markers. After them: the order pytest settled is shuffled.
+    # Before the other hooks, so that -m sees the markers; after them, the shuffle.
     for item in items:
-        if TRAINED_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if uses_the_small_run(item):
             item.add_marker(pytest.mark.training)
+    # Under `make test`'s two workers (--dist loadscope: a module stays on one worker), the
+    # modules sharing the small run start first: they are the longest chain.
+    sharing = {item.module for item in items if uses_the_small_run(item)}
+    items.sort(key=lambda item: item.module not in sharing)
     yield
     seed = config.getoption("--shuffle")
     if seed is not None:
