@@ -10,8 +10,11 @@ VENV ?= $(RECFUNNEL_HOME)/venv-py311-$(LOCK_HASH)
 RUN := PYTHONPATH=$(CURDIR) PATH=$(VENV)/bin:$$PATH $(VENV)/bin/python
 CONFIG ?= configs/default.yaml
 PYTEST_ARGS ?=
+# Two pytest workers (pytest-xdist) for the two cores; TEST_WORKERS=0 runs the tests in one process.
+TEST_WORKERS ?= 2
+PYTEST := $(RUN) -m pytest -n $(TEST_WORKERS) --dist loadscope
 
-.PHONY: env demo run test bench lock shell kernel clean-env
+.PHONY: env demo run test test-fast bench lock shell kernel clean-env
 env: $(VENV)/.complete
 
 ifeq ($(origin VENV),command line)
@@ -31,8 +34,12 @@ demo: env  ## the whole pipeline on the embedded default data set
 run: env  ## any recfunnel command: make run ARGS="schema"
 	$(RUN) -m recfunnel $(ARGS)
 
-test: env  ## the test suite
-	$(RUN) -m pytest $(PYTEST_ARGS)
+test: env  ## the test suite, every tier
+	$(PYTEST) $(PYTEST_ARGS)
+
+# The tiers are pytest markers (pyproject.toml); PYTEST_ARGS='-m server' runs one tier alone.
+test-fast: env  ## the suite without training, servers or the container image (minutes)
+	$(PYTEST) -m "not training and not server and not slow" $(PYTEST_ARGS)
 
 bench: env  ## every benchmark; results go to benchmarks/results/ and BENCHMARKS.md
 	$(RUN) benchmarks/bench_data.py

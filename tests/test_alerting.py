@@ -29,6 +29,8 @@ from recfunnel.serving import ServingError, TritonClient, TritonServer
 from recfunnel.serving.server import free_ports
 from test_triton_server import python_model_config, wait_for
 
+pytestmark = pytest.mark.server
+
 REPO = Path(__file__).resolve().parents[1]
 MONITORING = REPO / "monitoring"
 RULE_WINDOW = "15s"        # for the rules' [5m] rate windows

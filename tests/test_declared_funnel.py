@@ -23,37 +23,19 @@ from recfunnel.serving.server import TritonServer
 
 
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    """A small run made by the pipeline: data, dataset and models steps."""
-    from conftest import REPO
-    from test_pipeline import SMALL
-
-    from recfunnel.config import load_config, merge, parse_override
-    from recfunnel.pipeline import run_pipeline
-
-    root = tmp_path_factory.mktemp("declared")
-    overrides = {}
-    for text in [*SMALL[1::2], f"run.runs_dir={root / 'runs'}", f"run.cache_dir={root / 'cache'}"]:
-        overrides = merge(overrides, parse_override(text))
-    cfg = load_config(REPO / "configs" / "default.yaml", overrides)
-    run_dir = run_pipeline(cfg, steps=("data", "dataset", "models"), progress=False)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    return {"dir": run_dir, "cfg": cfg, "version_dir": run_dir / summary["models"]["path"],
-            "version": summary["models"]["version"]}
-
-
-@pytest.fixture(scope="module")
 def trained(small_run):
-    """The small run's version opened as the export opens it (its exclusions), by settings."""
-    seen, unsafe = exclusions_from_dataset(small_run["dir"] / "dataset",
-                                           small_run["cfg"].models.retrieval_positive)
+    """The session's small run (conftest) opened as the export opens it (its exclusions), under
+    any declaration."""
+    seen, unsafe = exclusions_from_dataset(small_run.dir / "dataset",
+                                           small_run.cfg.models.retrieval_positive)
     by_user = {int(u): i.to_numpy() for u, i in seen.groupby("user_id_raw")["item_id_raw"]}
 
     def open_(settings=None):
-        return Funnel(small_run["version_dir"],
-                      settings or FunnelSettings.from_config(small_run["cfg"]),
+        return Funnel(small_run.version_dir,
+                      settings or FunnelSettings.from_config(small_run.cfg),
                       unsafe_raw=unsafe, seen=by_user)
-    return {**small_run, "open": open_, "seen": seen, "unsafe": unsafe}
+    return {"dir": small_run.dir, "cfg": small_run.cfg, "version_dir": small_run.version_dir,
+            "open": open_, "seen": seen, "unsafe": unsafe}
 
 
 def some_users(funnel, n=4):
@@ -192,6 +174,7 @@ SWAPS = {
 }
 
 
+@pytest.mark.server
 def test_each_swap_is_a_config_change_served_as_declared(trained, tmp_path):
     """One server; each swap exported as the next Triton version of the same trained version
     (with `recfunnel export --set` it is the same call): the server moves to it, and what it

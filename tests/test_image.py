@@ -13,8 +13,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO
-from test_pipeline import SMALL
+from conftest import REPO, SMALL
 
 pytestmark = pytest.mark.slow
 PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
@@ -75,6 +74,8 @@ def test_a_bad_config_inside_the_image_is_exit_2_with_one_line(image, runs):
         "('synthetic', 'movielens100k', 'parquet')"]
 
 
+@pytest.mark.training
+@pytest.mark.server
 def test_the_images_tritonserver_serves_the_funnel_it_exported(image, runs, batch):
     assert batch.returncode == 0, batch.stderr[-3000:]
     done = in_image(image, runs, "pipeline", "run", "-c", "configs/default.yaml", "-q",

@@ -161,6 +161,7 @@ def test_an_empty_partition_keeps_the_columns_an_op_creates():
     assert out["price_x2"].tolist() == [6.0, 8.0]
 
 
+@pytest.mark.training
 def test_a_reloaded_dcn_scores_like_the_trained_one(tmp_path):
     """Keras reload of a depth-2 DCN must keep its cross layers' wiring (fix d)."""
     import merlin.models.tf as mm

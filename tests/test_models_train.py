@@ -22,6 +22,8 @@ from workflows.dataset import DatasetBuilder
 CFG = ModelsConfig(embedding_dim=16, retrieval_epochs=3, mf_epochs=3, ranker_epochs=2,
                    retrieval_batch_size=256, ranker_batch_size=512, retrieval_learning_rate=0.01)
 
+pytestmark = pytest.mark.training
+
 
 @pytest.fixture(scope="module")
 def splits(tmp_path_factory, small_synthetic):

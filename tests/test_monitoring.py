@@ -310,6 +310,7 @@ def scrape_when_counted(client: TritonClient, before, model: str, requests: int)
         time.sleep(0.05)
 
 
+@pytest.mark.server
 def test_every_expression_names_a_triton_metric_or_a_recorded_rule(server):
     with TritonClient.for_server(server) as client:
         exposed = {sample.name for sample in scrape(client).samples}
@@ -326,6 +327,7 @@ def test_every_expression_names_a_triton_metric_or_a_recorded_rule(server):
             "nv_cpu_memory_used_bytes", "nv_inference_request_failure"} <= used & exposed
 
 
+@pytest.mark.server
 def test_window_counts_exactly_what_a_real_server_answered(server):
     bad = np.random.default_rng(5).permutation([False] * N_GOOD + [True] * N_BAD)
     with TritonClient.for_server(server) as client:
@@ -359,6 +361,7 @@ def test_window_counts_exactly_what_a_real_server_answered(server):
     assert 0 < window.cpu_utilization <= 1 and 0 < window.memory_used_fraction < 1
 
 
+@pytest.mark.server
 def test_what_tritons_failure_counter_does_not_see(server):
     """Triton 2.51: a python model's error response is a success, and a request Triton
     refuses before the model is counted nowhere (triton-inference-server/server#7713)."""

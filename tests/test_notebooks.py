@@ -76,7 +76,16 @@ def stop_servers_left_on(runs) -> list[int]:
     return [p.pid for p in left]
 
 
-@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def tier(path):
+    """01 builds the data set; 02 and 03 train (when run alone, the steps before too); 04 and
+    05 also start a tritonserver."""
+    marks = [] if path.stem == "01_dataset" else [pytest.mark.training]
+    if path.stem in (SERVES, AB_TEST):
+        marks.append(pytest.mark.server)
+    return pytest.param(path, marks=marks, id=path.stem)
+
+
+@pytest.mark.parametrize("path", [tier(p) for p in PATHS])
 def test_notebook_runs_top_to_bottom(path, notebook_env):
     specs, runs = notebook_env
     nb = nbformat.read(path, as_version=4)

@@ -346,6 +346,8 @@ def doc_blocks(kind: str) -> list[str]:
     return re.findall(rf"```{kind}\n(.*?)```", text, flags=re.S)
 
 
+@pytest.mark.training
+@pytest.mark.server
 def test_own_data_doc_runs_a_rating_log_into_a_full_run(tmp_path):
     write_rating_log(tmp_path / "my_ratings")
     (tmp_path / "my_ratings.yaml").write_text(doc_blocks("yaml")[0])

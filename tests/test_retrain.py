@@ -2,18 +2,16 @@
 whole process group, the quality gate, atomic promotion, the webhook alert, exit codes.
 
 One real `recfunnel retrain` on the SMALL settings (the pipeline's steps as child processes,
-first deployment: promoted) makes the module's trained run and served repository. The failure
-tests run the job with injected steps (small real scripts: fails twice then succeeds, hangs,
-always fails) against a copy of that repository and a local HTTP receiver for the alert; the
-gate tests use copies of the trained run whose recorded evaluation metric is lowered or raised.
+first deployment: promoted) is checked on its own. The failure tests run the job with injected
+steps (small real scripts: fails twice then succeeds, hangs, always fails) against a copy of the
+session's small repository (tests/conftest.py: `small_repo`, Triton version 1 of `small_run`)
+and a local HTTP receiver for the alert; the gate tests use copies of the small run whose
+recorded evaluation metric is lowered or raised.
 """
 import hashlib
 import json
-import os
 import re
-import shutil
 import socket
-import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,8 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import REPO
-from test_pipeline import SMALL
+from conftest import REPO, SMALL, copy_repo, copy_run, recfunnel
 from test_triton_server import live_processes_in_group, wait_for
 
 from recfunnel.config import ConfigError, load_config
@@ -35,21 +32,16 @@ from recfunnel.serving.export import VERSIONS_FILE, models_in, versions_in
 METRIC = "funnel.ndcg@10"
 
 
-def recfunnel_cli(*args, cwd, timeout=1200):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "recfunnel", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def retrained(tmp_path_factory):
     """`recfunnel retrain` with the real steps into an empty runs folder: the served run
     `served` gets its first version, trained in the new run <served>-retrain-<time>."""
     root = tmp_path_factory.mktemp("retrain")
-    done = recfunnel_cli("retrain", "-c", str(REPO / "configs" / "default.yaml"), *SMALL,
-                         "--set", f"run.runs_dir={root / 'runs'}",
-                         "--set", f"run.cache_dir={root / 'cache'}",
-                         "--set", "retrain.backoff_s=1", "--run-name", "served", cwd=root)
+    done = recfunnel("retrain", "-c", str(REPO / "configs" / "default.yaml"), *SMALL,
+                     "--set", f"run.runs_dir={root / 'runs'}",
+                     "--set", f"run.cache_dir={root / 'cache'}",
+                     "--set", "retrain.backoff_s=1", "--run-name", "served", cwd=root,
+                     timeout=1200)
     jobs = list((root / "runs" / "served" / "retrain").glob("*/job.json"))
     record = json.loads(jobs[0].read_text()) if jobs else {}
     return SimpleNamespace(done=done, root=root, record=record, job_json=jobs[0] if jobs else None,
@@ -58,12 +50,10 @@ def retrained(tmp_path_factory):
 
 
 @pytest.fixture
-def served(retrained, tmp_path):
-    """A copy of the served repository (version 1) for one test to run a job against."""
-    assert retrained.done.returncode == 0, retrained.done.stderr
-    repo = tmp_path / "served" / "triton_repo"
-    shutil.copytree(retrained.repo, repo)
-    return repo
+def served(small_repo, tmp_path):
+    """A copy of the small repository (version 1, the small run's) for one test to run a job
+    against."""
+    return copy_repo(small_repo, tmp_path / "served" / "triton_repo")
 
 
 @pytest.fixture
@@ -115,11 +105,10 @@ def injected_job(steps, tmp_path, repo, candidate=None, webhook=None, retries=2,
                       alert_timeout_s=5, out=out)
 
 
-def candidate_copy(retrained, tmp_path, name: str, scale: float) -> Path:
-    """The trained run copied as a new candidate whose recorded gate metric is `scale` times
+def candidate_copy(small_run, tmp_path, name: str, scale: float) -> Path:
+    """The small run copied as a new candidate whose recorded gate metric is `scale` times
     the real one (the gate reads the recorded metric, so this makes a better or worse run)."""
-    run = tmp_path / "runs" / name
-    shutil.copytree(retrained.candidate, run)
+    run = copy_run(small_run, tmp_path / "runs" / name)
     summary = json.loads((run / "summary.json").read_text())
     summary["evaluation"]["models"]["funnel"]["ndcg@10"] *= scale
     (run / "summary.json").write_text(json.dumps(summary))
@@ -150,6 +139,7 @@ TOUCH = "import sys; open(sys.argv[1], 'w').close()"
 
 
 # ---- the real job through the CLI --------------------------------------------------------------
+@pytest.mark.training
 def test_retrain_command_runs_the_pipeline_steps_and_promotes_a_first_version(retrained):
     done = retrained.done
     assert done.returncode == PROMOTED, done.stderr
@@ -187,12 +177,12 @@ def test_retrain_command_runs_the_pipeline_steps_and_promotes_a_first_version(re
 def test_retrain_command_exits_3_and_alerts_when_a_real_step_fails_for_good(
         served, receiver, tmp_path):
     before = snapshot(served)
-    done = recfunnel_cli("retrain", "-c", str(REPO / "configs" / "default.yaml"),
-                         "--set", "data.source=parquet", "--set", f"data.path={tmp_path / 'none'}",
-                         "--set", f"run.runs_dir={tmp_path / 'runs'}", "--set", "retrain.retries=1",
-                         "--set", "retrain.backoff_s=0.01", "--run-name", "served",
-                         "--repo", str(served), "--webhook", receiver.url, cwd=tmp_path,
-                         timeout=300)
+    done = recfunnel("retrain", "-c", str(REPO / "configs" / "default.yaml"),
+                     "--set", "data.source=parquet", "--set", f"data.path={tmp_path / 'none'}",
+                     "--set", f"run.runs_dir={tmp_path / 'runs'}", "--set", "retrain.retries=1",
+                     "--set", "retrain.backoff_s=0.01", "--run-name", "served",
+                     "--repo", str(served), "--webhook", receiver.url, cwd=tmp_path,
+                     timeout=300)
     assert done.returncode == STEP_FAILED
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith("recfunnel retrain: failed for good at step data after 2 "
@@ -212,9 +202,9 @@ def test_retrain_command_exits_3_and_alerts_when_a_real_step_fails_for_good(
 
 # ---- injected failures ---------------------------------------------------------------------------
 def test_a_step_failing_twice_then_succeeding_is_retried_and_the_job_goes_on(
-        retrained, served, receiver, tmp_path):
+        small_run, served, receiver, tmp_path):
     counter, marker = tmp_path / "counter", tmp_path / "next-step-ran"
-    candidate = candidate_copy(retrained, tmp_path, "flaky-run", 1.0)
+    candidate = candidate_copy(small_run, tmp_path, "flaky-run", 1.0)
     out = StringIO()
     job = injected_job([python_step("models", FLAKY, counter), python_step("after", TOUCH, marker)],
                        tmp_path, served, candidate, receiver.url, out=out)
@@ -299,13 +289,13 @@ def test_an_unreachable_webhook_is_logged_and_the_job_still_fails(served, tmp_pa
 
 # ---- the quality gate and the promotion ----------------------------------------------------------
 def test_a_worse_candidate_is_not_promoted_and_the_repository_is_unchanged(
-        retrained, served, receiver, tmp_path):
-    candidate = candidate_copy(retrained, tmp_path, "worse-run", 0.8)
+        small_run, served, receiver, tmp_path):
+    candidate = candidate_copy(small_run, tmp_path, "worse-run", 0.8)
     before = snapshot(served)
     out = StringIO()
     outcome = injected_job([], tmp_path, served, candidate, receiver.url, out=out).run()
     assert outcome.exit_code == GATE_REFUSED and outcome.status == "gate_refused"
-    served_value = json.loads((retrained.candidate / "summary.json").read_text())[
+    served_value = json.loads((small_run.dir / "summary.json").read_text())[
         "evaluation"]["models"]["funnel"]["ndcg@10"]
     gate = receiver.received[0]["payload"]["gate"]
     assert not gate["promote"] and gate["served_version"] == 1
@@ -317,8 +307,8 @@ def test_a_worse_candidate_is_not_promoted_and_the_repository_is_unchanged(
     assert snapshot(served) == before
 
 
-def test_a_good_candidate_is_promoted_as_a_new_version(retrained, served, tmp_path):
-    candidate = candidate_copy(retrained, tmp_path, "better-run", 1.1)
+def test_a_good_candidate_is_promoted_as_a_new_version(small_run, served, tmp_path):
+    candidate = candidate_copy(small_run, tmp_path, "better-run", 1.1)
     version_1 = version_files(served, 1)
     job = injected_job([], tmp_path, served, candidate)
     outcome = job.run()

@@ -1,9 +1,11 @@
 """The funnel served by a real tritonserver: export, serve, parity, bad input, rollout, shutdown.
 
-One small run is made by the pipeline (data, dataset and models steps, SMALL settings), exported
-with `recfunnel export` and served with `recfunnel serve` on free loopback ports; the tests ask
-it over HTTP and gRPC and compare with the same artifacts run in-process (models.funnel).
+The session's small run (tests/conftest.py: `small_run`, exported once by `recfunnel export` as
+`small_repo`) is served from a copy with `recfunnel serve` on free loopback ports; the tests ask
+it over HTTP and gRPC and compare with the same artifacts run in-process (models.funnel). Tests
+that change the served repository put it back as it was; the shutdown test has its own server.
 """
+import contextlib
 import json
 import os
 import re
@@ -19,8 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO
-from test_pipeline import SMALL
+from conftest import MAX_USERS, REPO, copy_repo, copy_run, recfunnel
 from test_triton_server import live_processes_in_group, port_is_free, wait_for
 
 from recfunnel.serving import ServingError, TritonClient
@@ -30,47 +31,14 @@ from recfunnel.serving.export import (exclusions_from_dataset, export_version, m
 from recfunnel.serving.funnel_client import FunnelClient, ask_funnel
 from recfunnel.serving.server import free_ports
 
-MAX_USERS = 64
+pytestmark = pytest.mark.server
 
 
-def recfunnel_cli(*args, timeout=300, **kwargs):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "recfunnel", *args], env=env, text=True,
-                          capture_output=True, timeout=timeout, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A small run made by the pipeline: its folder, config and trained version."""
-    from recfunnel.config import load_config, merge, parse_override
-    from recfunnel.pipeline import run_pipeline
-
-    root = tmp_path_factory.mktemp("serving")
-    overrides = {}
-    for text in [*SMALL[1::2], f"run.runs_dir={root / 'runs'}", f"run.cache_dir={root / 'cache'}"]:
-        overrides = merge(overrides, parse_override(text))
-    cfg = load_config(REPO / "configs" / "default.yaml", overrides)
-    run_dir = run_pipeline(cfg, steps=("data", "dataset", "models"), progress=False)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    return {"dir": run_dir, "cfg": cfg, "version_dir": run_dir / summary["models"]["path"],
-            "version": summary["models"]["version"]}
-
-
-@pytest.fixture(scope="module")
-def repo(run):
-    repo = run["dir"] / "triton_repo"
-    done = recfunnel_cli("export", "--run-name", run["dir"].name, "--runs-dir",
-                         str(run["dir"].parent), "--max-users", str(MAX_USERS))
-    assert done.returncode == 0, done.stderr
-    assert f"as Triton version 1 to {repo}" in done.stdout
-    return repo
-
-
-@pytest.fixture(scope="module")
-def server(repo, tmp_path_factory):
-    """`recfunnel serve` in its own process, polling the repository every second."""
+@contextlib.contextmanager
+def recfunnel_serve(repo: Path, log: Path):
+    """`recfunnel serve` in its own process, polling the repository every second, until the
+    block ends (then SIGTERM, if the block did not stop it)."""
     ports = free_ports(3)
-    log = tmp_path_factory.mktemp("serve") / "tritonserver.log"
     cli = subprocess.Popen(
         [sys.executable, "-m", "recfunnel", "serve", "--repo", str(repo), "--poll-secs", "1",
          "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port",
@@ -84,25 +52,42 @@ def server(repo, tmp_path_factory):
                 break
         assert cli.poll() is None, f"recfunnel serve exited: {''.join(lines)}"
         pid = int(re.search(r"tritonserver pid (\d+)", "".join(lines)).group(1))
-        yield {"cli": cli, "ports": ports, "log": log, "pid": pid, "stdout": lines,
+        yield {"cli": cli, "ports": ports, "log": log, "pid": pid, "stdout": lines, "repo": repo,
                "http": f"127.0.0.1:{ports[0]}", "grpc": f"127.0.0.1:{ports[1]}"}
     finally:
         if cli.poll() is None:
             cli.send_signal(signal.SIGTERM)
-            cli.wait(timeout=60)
+            cli.wait(timeout=90)
 
 
 @pytest.fixture(scope="module")
-def in_process(run):
+def repo(small_repo, tmp_path_factory):
+    """The module's own copy of the small repository, the one its server serves."""
+    return copy_repo(small_repo, tmp_path_factory.mktemp("serving") / "triton_repo")
+
+
+@pytest.fixture(scope="module")
+def server(repo):
+    with recfunnel_serve(repo, repo.parent / "tritonserver.log") as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def in_process(small_run):
     """The trained version as the pipeline wrote it, opened in this process with the same
     exclusions as the export: what the served answers must equal."""
     from models.funnel import Funnel, FunnelSettings
 
-    seen, unsafe = exclusions_from_dataset(run["dir"] / "dataset",
-                                           run["cfg"].models.retrieval_positive)
+    seen, unsafe = exclusions_from_dataset(small_run.dir / "dataset",
+                                           small_run.cfg.models.retrieval_positive)
     by_user = {int(u): i.to_numpy() for u, i in seen.groupby("user_id_raw")["item_id_raw"]}
-    return Funnel(run["version_dir"], FunnelSettings.from_config(run["cfg"]),
+    return Funnel(small_run.version_dir, FunnelSettings.from_config(small_run.cfg),
                   unsafe_raw=unsafe, seen=by_user), seen, unsafe
+
+
+def test_export_command_writes_triton_version_1(small_repo):
+    assert f"as Triton version 1 to {small_repo.path}" in small_repo.done.stdout
+    assert versions_in(small_repo.path) == [1]
 
 
 def test_serve_prints_its_addresses_on_loopback(server):
@@ -112,7 +97,7 @@ def test_serve_prints_its_addresses_on_loopback(server):
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_served_funnel_equals_the_in_process_funnel(server, run, in_process, protocol):
+def test_served_funnel_equals_the_in_process_funnel(server, small_run, in_process, protocol):
     funnel, seen, unsafe = in_process
     known = funnel.users.index.to_numpy()
     users = np.concatenate([known[known >= 0][:5], [10**9]])          # the last is unknown
@@ -125,14 +110,14 @@ def test_served_funnel_equals_the_in_process_funnel(server, run, in_process, pro
     for name, scores in expected.objectives.items():
         np.testing.assert_allclose(served.objectives[name], scores, rtol=1e-6, atol=1e-7)
     assert served.path.tolist() == ["model"] * 5 + ["fallback"]
-    assert served.version == expected.version == run["version"] and served.model_version == 1
+    assert served.version == expected.version == small_run.version and served.model_version == 1
     # nothing the user has already seen, nothing unsafe
     for user, items in zip(users, served.items):
         assert not set(items) & set(seen.loc[seen.user_id_raw == user, "item_id_raw"])
         assert not set(items) & set(unsafe)
 
 
-def test_served_feature_row_equals_the_offline_build_at_that_time(server, run, in_process):
+def test_served_feature_row_equals_the_offline_build_at_that_time(server, small_run, in_process):
     """One feature definition (L5.3): the row the served user_features stage answers for a user
     at a time is the row the dataset build's workflow computes for an example then."""
     from models.features import example_rows
@@ -146,7 +131,7 @@ def test_served_feature_row_equals_the_offline_build_at_that_time(server, run, i
         out = client.infer("user_features", {"USER_ID": np.array([user], np.int64),
                                              "TIME": np.array([at], np.int64)})
     served = pd.Series(out["USER_FEATURES"][0], index=funnel.users.columns)
-    offline = example_rows(run["dir"] / "dataset", [user], [int(funnel.items.index[0])],
+    offline = example_rows(small_run.dir / "dataset", [user], [int(funnel.items.index[0])],
                            [pd.Timestamp(at, unit="s")]).iloc[0]
     model_inputs = [c for c in funnel.users.columns if c in offline.index]
     assert "user_days_since_last" in model_inputs and "user_events" in model_inputs
@@ -161,7 +146,7 @@ def test_served_feature_row_equals_the_offline_build_at_that_time(server, run, i
     np.testing.assert_allclose(answer.score, expected.score, rtol=1e-6, atol=1e-7)
 
 
-def test_ranker_input_rows_equal_the_offline_build_at_that_time(run, in_process):
+def test_ranker_input_rows_equal_the_offline_build_at_that_time(small_run, in_process):
     """What the rankers score for (user, candidate) at a time, user, item and (user, item group)
     features included, is the dataset build's row for an example of that pair then."""
     from models.features import example_rows
@@ -175,7 +160,7 @@ def test_ranker_input_rows_equal_the_offline_build_at_that_time(run, in_process)
     rows, _ = funnel.user_rows(users, day)
     served = pair_rows(rows, funnel.items, np.tile(items, (len(users), 1)), funnel.pairs)
     raw_items = funnel.raw_ids(np.tile(items, (len(users), 1))).reshape(-1)
-    offline = example_rows(run["dir"] / "dataset", np.repeat(users, len(items)), raw_items,
+    offline = example_rows(small_run.dir / "dataset", np.repeat(users, len(items)), raw_items,
                            np.full(len(raw_items), pd.Timestamp(day * 86_400 + 60, unit="s")))
     features = list(funnel.ranker("heavy_ranker").scorer.features)
     assert any(f.startswith("user_category_") for f in features)
@@ -184,14 +169,13 @@ def test_ranker_input_rows_equal_the_offline_build_at_that_time(run, in_process)
                                    rtol=1e-6, atol=1e-6, err_msg=f)
 
 
-def test_features_refresh_counts_new_events_without_retraining(run, tmp_path):
+def test_features_refresh_counts_new_events_without_retraining(small_run, tmp_path):
     """`recfunnel features refresh --events`: a known user's new clicks two days after the data
     raise their counts and move their last active day; the models stay as they were."""
     from models.features import load_feature_tables
 
-    copy = tmp_path / "runs" / run["dir"].name
-    shutil.copytree(run["dir"], copy, ignore=shutil.ignore_patterns("triton_repo"))
-    version = copy / run["version_dir"].relative_to(run["dir"])
+    copy = copy_run(small_run, tmp_path / "runs" / small_run.dir.name)
+    version = copy / small_run.version_dir.relative_to(small_run.dir)
     users, items = load_feature_tables(version / "features")
     user = int(users.index[users.index >= 0][0])
     item = int(items.index[0])
@@ -201,7 +185,7 @@ def test_features_refresh_counts_new_events_without_retraining(run, tmp_path):
                         "duration_seconds": [20.0] * 3})
     new.to_parquet(tmp_path / "new.parquet")
     heavy = (version / "heavy_ranker" / "manifest.json").read_text()
-    done = recfunnel_cli("features", "refresh", "--run-name", copy.name, "--runs-dir",
+    done = recfunnel("features", "refresh", "--run-name", copy.name, "--runs-dir",
                          str(copy.parent), "--events", str(tmp_path / "new.parquet"))
     assert done.returncode == 0, done.stderr
     assert "(3 new)" in done.stdout
@@ -221,10 +205,10 @@ def test_a_time_before_the_served_tables_is_refused(server, in_process):
     assert funnel.as_of_day > 0
 
 
-def test_default_k_comes_from_the_exported_config(server, run):
+def test_default_k_comes_from_the_exported_config(server, small_run):
     with FunnelClient(server["http"]) as client:
         served = client.recommend([1])
-    assert served.items.shape == (1, run["cfg"].models.eval_k)
+    assert served.items.shape == (1, small_run.cfg.models.eval_k)
 
 
 @pytest.mark.parametrize("inputs, message", [
@@ -258,26 +242,26 @@ def test_a_full_batch_is_served(server):
     assert served.items.shape == (MAX_USERS, 3) and set(served.path) <= {"model", "fallback"}
 
 
-def test_recommend_command_prints_the_list_with_objective_scores(server, run):
-    done = recfunnel_cli("recommend", "--user", "1", "--user", "999999999", "--k", "3",
+def test_recommend_command_prints_the_list_with_objective_scores(server, small_run):
+    done = recfunnel("recommend", "--user", "1", "--user", "999999999", "--k", "3",
                          "--url", server["grpc"], "--protocol", "grpc", timeout=60)
     assert done.returncode == 0, done.stderr
     assert "user 1: path model" in done.stdout
     assert "user 999999999: path fallback  (unknown to the models" in done.stdout
     assert "watch_duration_aware" in done.stdout
-    assert f"training version {run['version']} (Triton version 1)" in done.stdout
+    assert f"training version {small_run.version} (Triton version 1)" in done.stdout
     assert len(re.findall(r"^\s+[123]\s+\d+\s+0\.\d{4}", done.stdout, re.M)) == 6
-    done = recfunnel_cli("recommend", "--user", "1", "--k", "0", "--url", server["http"],
+    done = recfunnel("recommend", "--user", "1", "--k", "0", "--url", server["http"],
                          timeout=60)
     assert done.returncode == 2 and "K must be at least 1" in done.stderr
 
 
-def test_ask_funnel_gives_the_demo_its_serving_section(server, run, in_process):
+def test_ask_funnel_gives_the_demo_its_serving_section(server, small_run, in_process):
     known = in_process[0].users.index.to_numpy()
     summary = ask_funnel(server["grpc"], [*known[known >= 0][:3], 10**9], k=3)
     assert summary["requests"] == 4 and summary["errors"] == 0
     assert summary["paths"] == {"model": 3, "fallback": 1}
-    assert summary["version"] == run["version"] and len(summary["example"]["items"]) == 3
+    assert summary["version"] == small_run.version and len(summary["example"]["items"]) == 3
     assert 0 < summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"]
 
 
@@ -301,12 +285,12 @@ def relabelled_copy(version_dir: Path, out: Path, version: str) -> Path:
     return out
 
 
-def test_the_server_assigns_experiment_arms_and_serves_each_its_variant(server, run, repo,
+def test_the_server_assigns_experiment_arms_and_serves_each_its_variant(server, small_run, repo,
                                                                        in_process):
     from recfunnel.experiments.assignment import EXPERIMENT_FILE, Experiment
 
     funnel, _, _ = in_process
-    done = recfunnel_cli("experiment", "start", "--repo", str(repo))
+    done = recfunnel("experiment", "start", "--repo", str(repo))
     assert done.returncode == 0 and "holdout on Triton version 1" in done.stdout, done.stderr
     experiment = Experiment.load(repo / EXPERIMENT_FILE)
     known = funnel.users.index.to_numpy()
@@ -315,7 +299,7 @@ def test_the_server_assigns_experiment_arms_and_serves_each_its_variant(server, 
         with FunnelClient(server["grpc"], "grpc") as client:
             served = client.recommend(users, k=7)
     finally:
-        stopped = recfunnel_cli("experiment", "stop", "--repo", str(repo))
+        stopped = recfunnel("experiment", "stop", "--repo", str(repo))
     assert stopped.returncode == 0, stopped.stderr
     arms = experiment.assign(users)
     assert served.arm.tolist() == arms.tolist()
@@ -361,44 +345,46 @@ def test_a_server_side_failure_is_counted_in_the_metrics_a_client_error_is_not(s
     metrics.close()
 
 
-def test_simulated_ab_test_through_the_served_funnel(server, run, repo):
+def test_simulated_ab_test_through_the_served_funnel(server, small_run, repo, tmp_path):
     from recfunnel.config import load_config, merge
     from recfunnel.data import schema
     from recfunnel.experiments.ab_test import run_ab_test
     from recfunnel.experiments.assignment import EXPERIMENT_FILE
 
-    cfg = run["cfg"]
+    cfg = small_run.cfg
     small = merge(cfg.to_dict(), {"experiments": {"sim_users": 150, "sim_days": 2,
                                                   "aa_runs": 200}})
-    section = run_ab_test(run["dir"], load_config(None, small), progress=False,
-                          address=server["grpc"])
+    run = copy_run(small_run, tmp_path / "demo", repo)       # its triton_repo: the served one
+    section = run_ab_test(run, load_config(None, small), progress=False, address=server["grpc"])
     assert section["outcome"] in ("ship treatment", "keep control",
                                   "no decision: not significant")
     assert sum(section["arms"].values()) == 150 and section["served"]["model_versions"] == [1]
     assert section["decision"]["srm"]["blocked"] is False
     assert {row["arm"] for row in section["online"]} <= {"control", "treatment", "holdout"}
     assert 0 <= section["aa"]["false_positive_rate"] <= 1 and section["power"]["n_per_arm"] > 0
-    logged = pd.read_parquet(run["dir"] / "experiments" / "events.parquet")
+    logged = pd.read_parquet(run / "experiments" / "events.parquet")
     assert set(schema.EVENTS.names) <= set(logged.columns)
     assert set(logged["day"]) <= {cfg.data.synthetic.n_days, cfg.data.synthetic.n_days + 1}
-    assert json.loads((run["dir"] / "experiments" / "analysis.json").read_text())["arms"] == \
+    assert json.loads((run / "experiments" / "analysis.json").read_text())["arms"] == \
         section["arms"]
     assert not (repo / EXPERIMENT_FILE).exists()          # the repository is as it was
 
 
-def test_feedback_loop_retrains_on_the_logs_it_produced(run):
+def test_feedback_loop_retrains_on_the_logs_it_produced(small_run, tmp_path):
     """One retrain on the system's own logs: the round-1 model is trained on the original
     events plus round 0's simulated ones; the holdout stays on round 0's version."""
     from recfunnel.config import load_config, merge
     from recfunnel.experiments.feedback_loop import run_feedback_loop
+    from recfunnel.pipeline import retrain_on_logs
 
-    cfg = load_config(None, merge(run["cfg"].to_dict(), {"experiments": {"sim_days": 2}}))
-    section = run_feedback_loop(run["dir"], cfg, rounds=1, progress=False)
+    cfg = load_config(None, merge(small_run.cfg.to_dict(), {"experiments": {"sim_days": 2}}))
+    run = copy_run(small_run, tmp_path / "demo")
+    section = run_feedback_loop(run, cfg, retrain_on_logs(cfg, False), rounds=1, progress=False)
     first, second = section["rounds"]
-    assert first["version"] == run["version"] != second["version"]
-    loop = run["dir"] / "experiments" / "feedback_loop"
+    assert first["version"] == small_run.version != second["version"]
+    loop = run / "experiments" / "feedback_loop"
     logged = pd.read_parquet(loop / "data" / "events" / "round-0.parquet")
-    original = json.loads((run["dir"] / "summary.json").read_text())["data"]["events"]
+    original = json.loads((run / "summary.json").read_text())["data"]["events"]
     retrained = json.loads((loop / "runs" / "round-1" / "summary.json").read_text())
     assert retrained["data"]["events"] + retrained["data"]["quarantined_rows"] == \
         original + len(logged)
@@ -413,21 +399,21 @@ def test_feedback_loop_retrains_on_the_logs_it_produced(run):
     assert json.loads((loop / "feedback_loop.json").read_text()) == section
 
 
-def test_export_refuses_altered_and_mixed_artifacts(run, tmp_path):
+def test_export_refuses_altered_and_mixed_artifacts(small_run, tmp_path):
     from models.funnel import FunnelSettings
 
-    settings = FunnelSettings.from_config(run["cfg"])
+    settings = FunnelSettings.from_config(small_run.cfg)
     repo = tmp_path / "repo"
-    altered = relabelled_copy(run["version_dir"], tmp_path / "altered", "v-altered")
+    altered = relabelled_copy(small_run.version_dir, tmp_path / "altered", "v-altered")
     with open(altered / "light_ranker" / "saved_model.pb", "ab") as f:
         f.write(b"\0")
     with pytest.raises(ArtifactError, match="saved_model.pb does not match its sha256"):
-        export_version(altered, run["dir"] / "dataset", repo, settings)
-    mixed = relabelled_copy(run["version_dir"], tmp_path / "mixed", "v-mixed")
+        export_version(altered, small_run.dir / "dataset", repo, settings)
+    mixed = relabelled_copy(small_run.version_dir, tmp_path / "mixed", "v-mixed")
     shutil.rmtree(mixed / "heavy_ranker")
     shutil.copytree(altered / "heavy_ranker", mixed / "heavy_ranker")
     with pytest.raises(VersionMismatchError, match="cannot be mixed"):
-        export_version(mixed, run["dir"] / "dataset", repo, settings)
+        export_version(mixed, small_run.dir / "dataset", repo, settings)
     assert not repo.exists() or versions_in(repo) == []
     assert not list(tmp_path.glob(".repo.staging-*"))        # nothing half-written left behind
 
@@ -467,27 +453,27 @@ class ContinuousRequests:
         self._thread.join()
 
 
-def test_rollout_and_rollback_under_load_without_failed_requests(server, run, repo, tmp_path):
+def test_rollout_and_rollback_under_load_without_failed_requests(server, small_run, repo, tmp_path):
     from models.funnel import FunnelSettings
 
-    retrained = relabelled_copy(run["version_dir"], tmp_path / "v2", "20991231T000000Z-aaaaaa")
+    retrained = relabelled_copy(small_run.version_dir, tmp_path / "v2", "20991231T000000Z-aaaaaa")
     with ContinuousRequests(server["grpc"]) as asking:
         asking.wait_for_answers(1, 30)
-        result = export_version(retrained, run["dir"] / "dataset", repo,
-                                FunnelSettings.from_config(run["cfg"]))
+        result = export_version(retrained, small_run.dir / "dataset", repo,
+                                FunnelSettings.from_config(small_run.cfg))
         assert result.triton_version == 2 and versions_in(repo) == [1, 2]
         asking.wait_for_answers(2, 200)          # three TensorFlow stages load meanwhile
         holdout_stays_on_version_1(server, repo)
-        done = recfunnel_cli("export", "--repo", str(repo), "--retire", "2", timeout=60)
+        done = recfunnel("export", "--repo", str(repo), "--retire", "2", timeout=60)
         assert done.returncode == 0 and "versions left: [1]" in done.stdout, done.stderr
         asking.wait_for_answers(1, 60)
     assert asking.failures == []
     answers = asking.answers
-    assert set(answers) == {(1, run["version"]), (2, "20991231T000000Z-aaaaaa")}   # not mixed
+    assert set(answers) == {(1, small_run.version), (2, "20991231T000000Z-aaaaaa")}   # not mixed
     switches = [b for a, b in zip(answers, answers[1:]) if a[0] != b[0]]
     assert [s[0] for s in switches] == [2, 1]
     record = json.loads((repo / "versions.json").read_text())
-    assert "retired" in record["2"] and record["1"]["training_version"] == run["version"]
+    assert "retired" in record["2"] and record["1"]["training_version"] == small_run.version
 
 
 def holdout_stays_on_version_1(server, repo):
@@ -510,11 +496,21 @@ def holdout_stays_on_version_1(server, repo):
     assert served.model_versions.tolist() == [1, 2]
 
 
-def test_sigterm_stops_the_server_cleanly(server):
-    cli = server["cli"]
-    cli.send_signal(signal.SIGTERM)
-    assert cli.wait(timeout=90) == 0
-    # "stopped" alone: tritonserver exited by itself with code 0, not killed at the timeout
-    assert cli.stdout.read().strip().endswith("\nstopped")
+def test_sigterm_stops_the_server_cleanly(small_repo, tmp_path):
+    """Its own server (the module's serves the other tests), asked as they ask it, then
+    stopped: tritonserver exits by itself with code 0, frees its ports, and no stub is left."""
+    repo = copy_repo(small_repo, tmp_path / "triton_repo")
+    with recfunnel_serve(repo, tmp_path / "tritonserver.log") as server:
+        with FunnelClient(server["grpc"], "grpc") as client:
+            assert set(client.recommend(np.arange(MAX_USERS), k=3).path) <= {"model", "fallback"}
+        with FunnelClient(server["http"]) as client:
+            client.recommend([1, 10**9], k=5)
+            with pytest.raises(ServingError, match="K must be at least 1"):
+                client.recommend([1], k=0)
+        cli = server["cli"]
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(timeout=90) == 0, server["log"].read_text()[-3000:]
+        # "stopped" alone: tritonserver exited by itself with code 0, not killed at the timeout
+        assert cli.stdout.read().strip().endswith("\nstopped")
     assert all(port_is_free(p) for p in server["ports"])
     wait_for(lambda: not live_processes_in_group(server["pid"]), 10, "the stage stubs to end")

@@ -22,6 +22,7 @@ import pytest
 from recfunnel.serving import ServingError, TritonClient, TritonServer, TritonServerError
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.server          # every test but one starts a tritonserver
 
 
 def python_model_config(tensor_in: str, tensor_out: str) -> str:
