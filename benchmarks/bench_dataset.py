@@ -61,8 +61,8 @@ def child(spec: dict) -> dict:
     if kind == "pandas":
         from benchmarks.pandas_dataset import PandasDatasetBuilder
     else:
-        from workflows.backend import dask_client
-        from workflows.dataset import DatasetBuilder
+        from recfunnel.workflows.backend import dask_client
+        from recfunnel.workflows.dataset import DatasetBuilder
     cfg = DatasetConfig(**spec["dataset"])
     data, out = Path(spec["data"]), Path(spec["out"])
     result = {"import_s": time.perf_counter() - t0,

@@ -49,14 +49,14 @@ sys.path.insert(0, str(REPO))
 from merlin.schema import ColumnSchema, Schema, Tags  # noqa: E402
 
 from benchmarks.bench_data import machine, publish  # noqa: E402
-from models.candidates import RETRIEVAL_SCORE, load_retrieval, retrieval_scores  # noqa: E402
-from models.data import Splits  # noqa: E402
-from models.ranking import RankerScorer, train_ranker  # noqa: E402
+from recfunnel.models.candidates import RETRIEVAL_SCORE, load_retrieval, retrieval_scores  # noqa: E402
+from recfunnel.models.data import Splits  # noqa: E402
+from recfunnel.models.ranking import RankerScorer, train_ranker  # noqa: E402
 from recfunnel.audit import ranking_vs_truth  # noqa: E402
 from recfunnel.config import load_config  # noqa: E402
 from recfunnel.data.synthetic import World  # noqa: E402
 from recfunnel.evaluation.ranker import ranker_metrics  # noqa: E402
-from workflows.point_in_time import STAT_NAMES  # noqa: E402
+from recfunnel.workflows.point_in_time import STAT_NAMES  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "ranker_ablations.json"
 VARIANTS = ("ids", "+ attributes", "+ point-in-time statistics", "+ user's category history",

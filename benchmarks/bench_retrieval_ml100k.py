@@ -122,14 +122,14 @@ class Protocol:
                 "users": m["users_scored"], "_top": raw}
 
     def rank(self, user_vectors: np.ndarray, item_ids: np.ndarray, item_vectors: np.ndarray):
-        from models.candidates import EmbeddingIndex
+        from recfunnel.models.candidates import EmbeddingIndex
 
         top, _ = EmbeddingIndex(item_ids, item_vectors).search(user_vectors, K, self.exclude)
         return self.score(top)
 
 
 def popularity(splits, protocols) -> dict:
-    from models.candidates import PopularityCandidates
+    from recfunnel.models.candidates import PopularityCandidates
 
     start = time.perf_counter()
     pop = PopularityCandidates.fit(splits.positives(splits.train, "click")["item_id"].to_numpy())
@@ -174,7 +174,7 @@ def implicit_model(kind: str, splits, protocols) -> dict:
 def item_item(kind: str, splits, protocols) -> dict:
     from threadpoolctl import threadpool_limits
 
-    from models.peers import EASE, ItemKNN
+    from recfunnel.models.peers import EASE, ItemKNN
 
     train = splits.positives(splits.train, "click")
     shape = (int(splits.train["user_id"].max()) + 1, int(splits.train["item_id"].max()) + 1)
@@ -193,8 +193,8 @@ def item_item(kind: str, splits, protocols) -> dict:
 
 
 def ours(kind: str, splits, protocols, base_cfg) -> dict:
-    from models.data import to_tensors
-    from models.retrieval import tower_schemas, train_retrieval
+    from recfunnel.models.data import to_tensors
+    from recfunnel.models.retrieval import tower_schemas, train_retrieval
 
     tried = []
     for params in GRIDS[kind]:
@@ -231,7 +231,7 @@ def whole_funnel(splits, protocols) -> dict:
     they have (for the test split: train and validation), the peer row from train alone."""
     from dataclasses import replace as with_
 
-    from models.funnel import OFFLINE_FEATURES, Funnel, FunnelSettings
+    from recfunnel.models.funnel import OFFLINE_FEATURES, Funnel, FunnelSettings
     from recfunnel.config import load_config
     from recfunnel.topk import topk_metrics
 
@@ -344,7 +344,7 @@ def run(rebuild: bool, only: list[str] | None) -> dict:
     if not only or {"implicit_als", "implicit_bpr"} & set(only):
         ensure_peers()
     dataset = build_dataset(rebuild)
-    from models.data import Splits
+    from recfunnel.models.data import Splits
     from recfunnel.config import load_config
 
     splits = Splits.load(dataset)

@@ -54,8 +54,8 @@ def trained_version(cfg, retrain: bool) -> tuple[Path, float | None]:
     import pandas as pd
 
     from benchmarks.bench_retrieval_ml100k import build_dataset
-    from models.funnel import FunnelSettings
-    from models.train import train_all
+    from recfunnel.models.funnel import FunnelSettings
+    from recfunnel.models.train import train_all
 
     dataset = build_dataset(rebuild=False)
     done = sorted((RUN_DIR / "models").glob("*/features/manifest.json"))
@@ -75,7 +75,7 @@ def trained_version(cfg, retrain: bool) -> tuple[Path, float | None]:
 # ---- the whole funnel under load ---------------------------------------------------------------
 def request_users(version_dir: Path, n: int, seed: int = 0) -> np.ndarray:
     """Raw ids of test users (known to the models) with a share of unknown ones."""
-    from models.features import UNKNOWN_USER, load_feature_tables
+    from recfunnel.models.features import UNKNOWN_USER, load_feature_tables
 
     users, _ = load_feature_tables(version_dir / "features")
     known = users.index.to_numpy()
@@ -181,7 +181,7 @@ def model_call_ms(artifacts_dir: Path) -> dict:
     candidates as the funnel gives it: what the model itself costs in its stage."""
     import tensorflow as tf
 
-    from models.funnel import pair_rows
+    from recfunnel.models.funnel import pair_rows
     from recfunnel.serving.export import open_served_version
 
     funnel = open_served_version(artifacts_dir)
@@ -206,7 +206,7 @@ def model_call_ms(artifacts_dir: Path) -> dict:
 
 
 def serve_and_load(version_dir: Path, cfg) -> dict:
-    from models.funnel import FunnelSettings
+    from recfunnel.models.funnel import FunnelSettings
     from recfunnel.serving import TritonClient, TritonServer
     from recfunnel.serving.export import export_version, stage_environment
 
@@ -243,9 +243,9 @@ def serve_and_load(version_dir: Path, cfg) -> dict:
 # ---- the candidate generator per dimension and index -----------------------------------------
 def retrieval_dirs(version_dir: Path, cfg, dim: int) -> tuple[Path, Path, float | None]:
     """The query tower and item embeddings at `dim`: the funnel's own, or one trained here."""
-    from models.artifacts import new_version
-    from models.data import Splits
-    from models.retrieval import train_retrieval
+    from recfunnel.models.artifacts import new_version
+    from recfunnel.models.data import Splits
+    from recfunnel.models.retrieval import train_retrieval
 
     if dim == cfg.models.embedding_dim:
         return version_dir / "two_tower_query", version_dir / "two_tower_items", None
@@ -263,10 +263,10 @@ def retrieval_dirs(version_dir: Path, cfg, dim: int) -> tuple[Path, Path, float 
 def candidate_generator(version_dir: Path, cfg) -> list[dict]:
     import pandas as pd
 
-    from models.candidates import EmbeddingIndex, load_retrieval
-    from models.data import Splits
-    from models.features import load_feature_tables
-    from models.funnel import FunnelSettings
+    from recfunnel.models.candidates import EmbeddingIndex, load_retrieval
+    from recfunnel.models.data import Splits
+    from recfunnel.models.features import load_feature_tables
+    from recfunnel.models.funnel import FunnelSettings
     from recfunnel.topk import topk_metrics
 
     splits = Splits.load(REPO / "runs" / "bench-ml100k" / "dataset")
@@ -318,7 +318,7 @@ def candidate_generator(version_dir: Path, cfg) -> list[dict]:
 
 
 def run(retrain: bool) -> dict:
-    from models.funnel import FunnelSettings
+    from recfunnel.models.funnel import FunnelSettings
 
     from recfunnel.config import load_config
 

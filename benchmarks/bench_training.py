@@ -44,9 +44,9 @@ def dataset_for(config: Path) -> tuple[Path, object]:
 
 
 def run(config: Path, batch_sizes: list[int]) -> dict:
-    import workflows  # noqa: F401  (Merlin fixes)
-    from models.funnel import FunnelSettings
-    from models.train import train_all
+    import recfunnel.workflows  # noqa: F401  (Merlin fixes)
+    from recfunnel.models.funnel import FunnelSettings
+    from recfunnel.models.train import train_all
 
     dataset, cfg = dataset_for(config)
     rows = []

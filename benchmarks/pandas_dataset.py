@@ -48,16 +48,16 @@ import numpy as np
 import pandas as pd
 
 from recfunnel.config import DatasetConfig
-from workflows.dataset import (AGE_BOUNDARIES, DAY, EVENT_COLUMNS, LABELS, Cutoffs,
+from recfunnel.workflows.dataset import (AGE_BOUNDARIES, DAY, EVENT_COLUMNS, LABELS, Cutoffs,
                                _attributes, check_splits, dataset_section,
                                require_nonempty_splits)
-from workflows.duplicates import canonical_ids
-from workflows.labels import bucket_thresholds, duration_aware_label, watch_at_least
-from workflows.negatives import sample_negatives
-from workflows.point_in_time import (cumulative_table, daily_activity, event_day, latest_stats,
+from recfunnel.workflows.duplicates import canonical_ids
+from recfunnel.workflows.labels import bucket_thresholds, duration_aware_label, watch_at_least
+from recfunnel.workflows.negatives import sample_negatives
+from recfunnel.workflows.point_in_time import (cumulative_table, daily_activity, event_day, latest_stats,
                                       lookup)
-from workflows.splits import (SPLIT_KINDS, SPLIT_NAMES, TRAIN, aggregate_pairs, assign_split)
-from workflows.unsafe import build_filters, unsafe_item_table
+from recfunnel.workflows.splits import (SPLIT_KINDS, SPLIT_NAMES, TRAIN, aggregate_pairs, assign_split)
+from recfunnel.workflows.unsafe import build_filters, unsafe_item_table
 
 PASSTHROUGH = ["split", "timestamp", "sampled_negative", "events", "watch_seconds"]
 # Point-in-time counts and day gaps are heavy-tailed: log(1 + x), as the workflow's LogOp.

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from models.artifacts import read_manifest
+from recfunnel.models.artifacts import read_manifest
 
 ITEM_EMBEDDINGS = "item_embeddings.npy"
 ITEM_IDS = "item_ids.npy"
@@ -140,7 +140,7 @@ def load_retrieval(query_dir: str | Path, items_dir: str | Path, kind: str = "ex
     """
     import tensorflow as tf
 
-    from models.artifacts import require_same_version
+    from recfunnel.models.artifacts import require_same_version
 
     query_manifest = read_manifest(query_dir, kind="query_tower")
     items_manifest = read_manifest(items_dir, kind="item_embeddings")

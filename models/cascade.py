@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.candidates import load_retrieval, query_vectors
-from models.features import example_rows, load_feature_tables, load_pair_table
-from models.funnel import rank_candidates
+from recfunnel.models.candidates import load_retrieval, query_vectors
+from recfunnel.models.features import example_rows, load_feature_tables, load_pair_table
+from recfunnel.models.funnel import rank_candidates
 
 CASCADE_STAGES = ("candidates", "light_ranker")   # whose output a ranker's negatives come from
 

@@ -20,9 +20,9 @@ from typing import Callable, Protocol
 import numpy as np
 import pandas as pd
 
-from models.artifacts import read_manifest
-from models.blend import blend
-from models.candidates import (RETRIEVAL_SCORE, EmbeddingIndex, PopularityCandidates,
+from recfunnel.models.artifacts import read_manifest
+from recfunnel.models.blend import blend
+from recfunnel.models.candidates import (RETRIEVAL_SCORE, EmbeddingIndex, PopularityCandidates,
                                query_vectors)
 
 POPULARITY = "popularity"    # the fallback source of users the models do not know (L1.1)
@@ -271,7 +271,7 @@ class TrainedRanker:
     """A multi-task ranker of the version (models.ranking), through its serving signature."""
 
     def __init__(self, name: str, root: Path):
-        from models.ranking import RankerScorer
+        from recfunnel.models.ranking import RankerScorer
 
         self.name = name
         self.scorer = RankerScorer(Path(root) / name)

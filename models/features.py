@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.artifacts import read_manifest, write_manifest
+from recfunnel.models.artifacts import read_manifest, write_manifest
 
 USER_FEATURES, ITEM_FEATURES = "user_features.parquet", "item_features.parquet"
 PAIR_FEATURES = "user_group_features.parquet"   # (user, item group) statistics
@@ -42,9 +42,9 @@ def build_feature_tables(dataset_dir: Path, out_dir: Path, as_of: pd.Timestamp,
     from merlin.io import Dataset
     from merlin.schema import Tags
 
-    import workflows  # noqa: F401  (Merlin's CPU fixes)
-    from workflows.dataset import fit_point_in_time, point_in_time_nodes, read_split
-    from workflows.point_in_time import PointInTimeStats, UserGroupStats, event_day
+    import recfunnel.workflows  # noqa: F401  (Merlin's CPU fixes)
+    from recfunnel.workflows.dataset import fit_point_in_time, point_in_time_nodes, read_split
+    from recfunnel.workflows.point_in_time import PointInTimeStats, UserGroupStats, event_day
 
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     workflow = nvt.Workflow.load(str(dataset_dir / "workflow"))
@@ -155,7 +155,7 @@ def history_events(dataset_dir: Path, before=None, without_split: str | None = N
     """The dataset's safe event history (HISTORY_COLUMNS), optionally only events before
     `before` and without the (user, item) pairs of one split (e.g. "test"): the state an
     offline evaluation may know when it ranks for that split."""
-    from workflows.dataset import HISTORY, read_split
+    from recfunnel.workflows.dataset import HISTORY, read_split
 
     if not list((Path(dataset_dir) / HISTORY).glob("*.parquet")):
         raise FileNotFoundError(f"{Path(dataset_dir) / HISTORY}: no event history; the dataset "
@@ -193,7 +193,7 @@ def example_rows(dataset_dir: Path, user_raw, item_raw, timestamp) -> pd.DataFra
     import nvtabular as nvt
     from merlin.io import Dataset
 
-    import workflows  # noqa: F401  (Merlin's CPU fixes)
+    import recfunnel.workflows  # noqa: F401  (Merlin's CPU fixes)
 
     workflow = nvt.Workflow.load(str(Path(dataset_dir) / "workflow"))
     rows = raw_rows(workflow.input_schema, {"user_id": user_raw, "item_id": item_raw},
@@ -206,8 +206,8 @@ def refresh_feature_tables(dataset_dir: Path, version_dir: Path, new_events=None
     `new_events` (our event schema; their items mapped to canonical ids and unsafe items
     dropped as the build did), as of the midnight after the newest event, without retraining.
     The models are unchanged: only counts, rates and last active days move."""
-    from models.funnel import FEATURES      # funnel imports this module: a cycle to remove
-    from workflows.dataset import HISTORY_COLUMNS
+    from recfunnel.models.funnel import FEATURES      # funnel imports this module: a cycle to remove
+    from recfunnel.workflows.dataset import HISTORY_COLUMNS
 
     dataset_dir, version_dir = Path(dataset_dir), Path(version_dir)
     version = read_manifest(version_dir / FEATURES, kind="features")["version"]
@@ -226,7 +226,7 @@ def refresh_feature_tables(dataset_dir: Path, version_dir: Path, new_events=None
 
 def _as_history(events: pd.DataFrame, dataset_dir: Path) -> pd.DataFrame:
     """New events in the history's terms: canonical item ids, no unsafe item, naive UTC."""
-    from workflows.dataset import HISTORY_COLUMNS
+    from recfunnel.workflows.dataset import HISTORY_COLUMNS
 
     missing = [c for c in HISTORY_COLUMNS if c not in events]
     if missing:

@@ -23,10 +23,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from models.artifacts import read_manifest, require_same_version
-from models.components import (FILTERS, POPULARITY, RANKERS, SELECTORS, SOURCES, Request,
+from recfunnel.models.artifacts import read_manifest, require_same_version
+from recfunnel.models.components import (FILTERS, POPULARITY, RANKERS, SELECTORS, SOURCES, Request,
                                lookup)
-from models.features import (ITEM_GROUP, REQUEST_DAY, UNKNOWN_USER, USER_KEY_COLUMN, PairTable,
+from recfunnel.models.features import (ITEM_GROUP, REQUEST_DAY, UNKNOWN_USER, USER_KEY_COLUMN, PairTable,
                              load_feature_tables, load_pair_table, recency_feature)
 from recfunnel.config import INDEX_KINDS
 from recfunnel.errors import ConfigError

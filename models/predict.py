@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.components import POPULARITY, SOURCES, STAGES_FILE, stage_lists
-from models.data import Splits
-from models.funnel import MODEL, OFFLINE_FEATURES, Funnel, FunnelSettings
+from recfunnel.models.components import POPULARITY, SOURCES, STAGES_FILE, stage_lists
+from recfunnel.models.data import Splits
+from recfunnel.models.funnel import MODEL, OFFLINE_FEATURES, Funnel, FunnelSettings
 
 RETRIEVAL_LISTS = ("two_tower", "mf", "ease", POPULARITY)   # each when the version has it
 
@@ -40,7 +40,7 @@ def write_predictions(dataset_dir: Path, version_dir: Path, out_dir: Path, cfg,
     `funnel_settings` (its lists, stage by stage) and of every candidate source alone."""
     from tqdm.auto import tqdm
 
-    from models.candidates import query_vectors
+    from recfunnel.models.candidates import query_vectors
 
     splits = Splits.load(dataset_dir)
     out_dir = Path(out_dir)

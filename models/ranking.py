@@ -21,10 +21,10 @@ import tensorflow as tf
 import merlin.models.tf as mm
 from merlin.schema import Schema, Tags
 
-from models.artifacts import read_manifest, write_manifest
-from models.candidates import RETRIEVAL_SCORE, load_retrieval, retrieval_scores
-from models.data import Splits, embedding_tables, to_dataset
-from models.epochs import KeepBestEpoch
+from recfunnel.models.artifacts import read_manifest, write_manifest
+from recfunnel.models.candidates import RETRIEVAL_SCORE, load_retrieval, retrieval_scores
+from recfunnel.models.data import Splits, embedding_tables, to_dataset
+from recfunnel.models.epochs import KeepBestEpoch
 from recfunnel.config import RANKER_ARCHITECTURES, ModelsConfig
 
 

@@ -22,10 +22,10 @@ from merlin.models.tf.outputs.base import DotProduct
 from merlin.models.tf.transforms.bias import PopularityLogitsCorrection
 from merlin.schema import Schema, Tags
 
-from models.artifacts import write_manifest
-from models.candidates import ITEM_EMBEDDINGS, ITEM_IDS, EmbeddingIndex
-from models.data import Splits, embedding_tables, to_dataset, to_tensors
-from models.epochs import KeepBestEpoch
+from recfunnel.models.artifacts import write_manifest
+from recfunnel.models.candidates import ITEM_EMBEDDINGS, ITEM_IDS, EmbeddingIndex
+from recfunnel.models.data import Splits, embedding_tables, to_dataset, to_tensors
+from recfunnel.models.epochs import KeepBestEpoch
 from recfunnel.config import ModelsConfig
 from recfunnel.topk import topk_metrics
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.artifacts import new_version, write_manifest
-from models.candidates import (RETRIEVAL_SCORE, PopularityCandidates, load_retrieval,
+from recfunnel.models.artifacts import new_version, write_manifest
+from recfunnel.models.candidates import (RETRIEVAL_SCORE, PopularityCandidates, load_retrieval,
                                retrieval_scores)
-from models.cascade import StageView, cascade_mix, stage_negatives
-from models.data import Splits
-from models.features import build_feature_tables, history_events
-from models.funnel import FEATURES, OFFLINE_FEATURES, FunnelSettings
+from recfunnel.models.cascade import StageView, cascade_mix, stage_negatives
+from recfunnel.models.data import Splits
+from recfunnel.models.features import build_feature_tables, history_events
+from recfunnel.models.funnel import FEATURES, OFFLINE_FEATURES, FunnelSettings
 from recfunnel.config import ModelsConfig
 from recfunnel.topk import topk_metrics
 
@@ -41,8 +41,8 @@ def train_all(dataset_dir: Path, out_dir: Path, cfg: ModelsConfig, funnel: Funne
     from what the stage before it returns (models.cascade), when that stage is in the version."""
     from tqdm.auto import tqdm
 
-    from models.ranking import light_features, train_ranker     # TensorFlow
-    from models.retrieval import train_retrieval
+    from recfunnel.models.ranking import light_features, train_ranker     # TensorFlow
+    from recfunnel.models.retrieval import train_retrieval
 
     splits = Splits.load(dataset_dir)
     version = new_version()
@@ -139,7 +139,7 @@ def cascade_rows(kind: str, splits: Splits, dataset_dir: Path, root: Path, cfg: 
     negatives from the stage before it (the funnel's learned source's candidates for the light
     ranker, the light ranker's kept set for the heavy one), when that stage and the offline
     tables exist."""
-    from models.ranking import RankerScorer     # TensorFlow
+    from recfunnel.models.ranking import RankerScorer     # TensorFlow
 
     per_row = cfg.light_cascade_negatives if kind == "light" else cfg.heavy_cascade_negatives
     stage = "candidates" if kind == "light" else "light_ranker"
@@ -192,7 +192,7 @@ def train_ease(splits: Splits, cfg: ModelsConfig, root: Path, version: str) -> d
     catalogue above `ease_max_items` gets none (the source is then refused by name)."""
     import time
 
-    from models.peers import EASE
+    from recfunnel.models.peers import EASE
 
     positives = splits.positives(splits.train, cfg.retrieval_positive)
     n_items = int(max(splits.train["item_id"].max(), splits.valid["item_id"].max(),

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from models.data import Splits
-from models.train import RETRIEVAL
+from recfunnel.models.data import Splits
+from recfunnel.models.train import RETRIEVAL
 from recfunnel.config import ModelsConfig
 
 
@@ -28,8 +28,8 @@ def window_sweep(dataset_dir: Path, train_end: pd.Timestamp, cfg: ModelsConfig,
     given, stands for the dataset in `dataset_dir`."""
     from tqdm.auto import tqdm
 
-    from models.ranking import train_ranker
-    from models.retrieval import train_retrieval
+    from recfunnel.models.ranking import train_ranker
+    from recfunnel.models.retrieval import train_retrieval
 
     splits = splits or Splits.load(dataset_dir)
     train_end = pd.Timestamp(train_end).tz_localize(None)

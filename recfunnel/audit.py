@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from models.blend import blend
+from recfunnel.models.blend import blend
 from recfunnel.config import Config, ModelsConfig
 from recfunnel.data import truth_audit
 from recfunnel.data.synthetic import World
@@ -56,7 +56,7 @@ class TruthAudit:
 
     def dataset(self, cfg: Config, run_dir: Path, section: dict, world: World) -> None:
         """Duplicate and unsafe detection against the planted ones; labels against true taste."""
-        from workflows.dataset import read_split    # NVTabular: only when a run is audited
+        from recfunnel.workflows.dataset import read_split    # NVTabular: only when a run is audited
 
         out = run_dir / "dataset"
         artifacts = out / "artifacts"
@@ -71,7 +71,7 @@ class TruthAudit:
 
     def models(self, cfg: Config, run_dir: Path, section: dict, world: World) -> None:
         """The heavy ranker on the test split against the truth (`ranking_vs_truth`)."""
-        from models.data import Splits      # Merlin: only when a run is audited
+        from recfunnel.models.data import Splits      # Merlin: only when a run is audited
 
         heavy = run_dir / section.get("path", "") / "heavy_ranker"
         if "path" in section and heavy.is_dir():
@@ -103,7 +103,7 @@ def ranking_vs_truth(splits, ranker_dir: Path, world: World, cfg: ModelsConfig,
     of `weights` (the funnel's)."""
     from scipy.stats import spearmanr
 
-    from models.ranking import RankerScorer     # TensorFlow: loaded only when a run is audited
+    from recfunnel.models.ranking import RankerScorer     # TensorFlow: loaded only when a run is audited
 
     test = splits.test
     scores = RankerScorer(ranker_dir).score(test)

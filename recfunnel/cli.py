@@ -157,7 +157,7 @@ def cmd_features_refresh(args) -> int:
     `recfunnel features refresh --run-name demo [--events new_events.parquet]`."""
     import pandas as pd
 
-    from models.features import refresh_feature_tables
+    from recfunnel.models.features import refresh_feature_tables
 
     run_dir = Path(args.runs_dir) / args.run_name
     summary_path = run_dir / "summary.json"

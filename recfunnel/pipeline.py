@@ -20,6 +20,7 @@ from recfunnel.config import Config, ConfigError, load_config, merge
 from recfunnel.data import sources
 from recfunnel.evaluation.offline import Predictions, evaluate
 from recfunnel.experiments.ab_test import run_ab_test
+from recfunnel.serving.export import export_trained, served_metrics
 from recfunnel.serving.funnel_client import serving_summary
 
 STEPS = ("data", "dataset", "models", "evaluation", "serving", "experiments")
@@ -79,9 +80,9 @@ def data_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> dict
 
 def models_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> dict:
     """Trains every model of the funnel on the run's dataset (models/)."""
-    import workflows  # noqa: F401  (Merlin fixes before any Merlin code runs)
-    from models.funnel import FunnelSettings
-    from models.train import train_all
+    import recfunnel.workflows  # noqa: F401  (Merlin fixes before any Merlin code runs)
+    from recfunnel.models.funnel import FunnelSettings
+    from recfunnel.models.train import train_all
 
     if not (run_dir / "dataset" / "train").is_dir():
         raise FileNotFoundError(f"{run_dir / 'dataset'} has no training split; run the dataset "
@@ -102,9 +103,9 @@ def models_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> di
 def evaluation_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> dict:
     """Every model's predictions on the test split (models/, TensorFlow), then their scoring in
     plain numpy/pandas (recfunnel.evaluation): `evaluation/metrics.json` and the section."""
-    import workflows  # noqa: F401
-    from models.funnel import FunnelSettings
-    from models.predict import write_predictions
+    import recfunnel.workflows  # noqa: F401
+    from recfunnel.models.funnel import FunnelSettings
+    from recfunnel.models.predict import write_predictions
 
     models = summary.get("models")
     if not models or "path" not in models:
@@ -152,8 +153,8 @@ def evaluation_section(metrics: dict) -> dict:
 
 def window_sweep_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> dict:
     """The models trained on growing windows of the run's training data (L1.2)."""
-    import workflows  # noqa: F401
-    from models.window_sweep import window_sweep
+    import recfunnel.workflows  # noqa: F401
+    from recfunnel.models.window_sweep import window_sweep
 
     dataset = summary.get("dataset")
     if not dataset or not (run_dir / "dataset" / "train").is_dir():
@@ -165,8 +166,8 @@ def window_sweep_step(cfg: Config, run_dir: Path, summary: dict, progress: bool)
 
 def dataset_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> dict:
     """The NVTabular dataset build (workflows/)."""
-    from workflows.backend import dask_client
-    from workflows.dataset import DatasetBuilder
+    from recfunnel.workflows.backend import dask_client
+    from recfunnel.workflows.dataset import DatasetBuilder
 
     if not (run_dir / "data" / "events").is_dir():
         raise FileNotFoundError(f"{run_dir / 'data'} has no validated events; run the data step "
@@ -193,7 +194,10 @@ def serving_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> d
                             columns=["user_id_raw"])["user_id_raw"].to_numpy()
     known = known[known >= 0]
     users = [*known[:cfg.serving.demo_users].tolist(), int(known.max()) + 1, int(known.max()) + 2]
-    return serving_summary(run_dir, users, cfg.models.eval_k)
+    exported = export_trained(run_dir / models["path"], run_dir / "dataset", cfg,
+                              run_dir / "triton_repo", origin=f"{run_dir.name}/{models['path']}",
+                              evaluation=served_metrics(summary.get("evaluation")))
+    return serving_summary(exported, run_dir, users, cfg.models.eval_k)
 
 
 def experiments_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> dict:
@@ -206,7 +210,9 @@ def experiments_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) 
     if "path" not in summary.get("models", {}):
         raise FileNotFoundError(f"{run_dir}: no trained models in the summary; run the models "
                                 "step first (recfunnel pipeline run --steps models,experiments)")
-    return run_ab_test(run_dir, cfg, progress=progress)
+    served = summary.get("serving", {})
+    exported = (run_dir / served["repo"], served["triton_version"]) if "repo" in served else None
+    return run_ab_test(run_dir, cfg, progress=progress, exported=exported)
 
 
 def retrain_on_logs(cfg: Config, progress: bool = True):

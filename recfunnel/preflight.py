@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from models.funnel import FunnelSettings
+from recfunnel.models.funnel import FunnelSettings
 from recfunnel.config import Config, ConfigError, default_cache_dir, is_given
 from recfunnel.data import files, movielens, schema, sources
 from recfunnel.data.validation import validate_table
@@ -93,7 +93,7 @@ def catalogue_for_dataset(cfg: Config, run_dir: Path, steps) -> pd.DataFrame | N
 def check_unsafe_filters(cfg: Config) -> None:
     """dataset.unsafe_filters name registered filters with the parameters they take."""
     # Imported here: the workflows package loads NVTabular, which only the dataset step needs.
-    from workflows.unsafe import build_filters
+    from recfunnel.workflows.unsafe import build_filters
 
     try:
         build_filters(cfg.dataset.unsafe_filters)
@@ -103,7 +103,7 @@ def check_unsafe_filters(cfg: Config) -> None:
 
 def check_dataset_settings(cfg: Config, items: pd.DataFrame) -> None:
     """dataset.unsafe_filters and dataset.duplicate_title_similarity against the catalogue."""
-    from workflows.unsafe import runnable_filters
+    from recfunnel.workflows.unsafe import runnable_filters
 
     if is_given(cfg, "dataset.unsafe_filters"):
         _, skipped = runnable_filters(cfg.dataset.unsafe_filters, items)

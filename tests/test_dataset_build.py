@@ -10,8 +10,8 @@ import pytest
 
 from recfunnel.config import ComputeConfig, DataConfig, DatasetConfig, ValidationConfig
 from recfunnel.data import sources
-from workflows.backend import dask_client
-from workflows.dataset import DatasetBuilder, DatasetCheckError, read_split
+from recfunnel.workflows.backend import dask_client
+from recfunnel.workflows.dataset import DatasetBuilder, DatasetCheckError, read_split
 from conftest import REPO
 
 CFG = DatasetConfig(window_days=8, active_min_events=3, active_window_days=5,
@@ -80,7 +80,7 @@ def test_saved_workflow_reloads_in_a_fresh_process(single, tmp_path):
     code = f"""
 import nvtabular as nvt, pandas as pd
 from merlin.io import Dataset
-import workflows  # our Merlin fixes
+import recfunnel.workflows  # our Merlin fixes
 wf = nvt.Workflow.load({str(out / 'workflow')!r})
 out = wf.transform(Dataset(pd.read_parquet({str(tmp_path / 'raw.parquet')!r}), cpu=True)).to_ddf().compute()
 out.to_parquet({str(tmp_path / 'again.parquet')!r})

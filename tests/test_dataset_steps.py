@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflows import duplicates, labels, negatives, point_in_time, splits, unsafe
+from recfunnel.workflows import duplicates, labels, negatives, point_in_time, splits, unsafe
 
 
 # ---- duplicates (L1.3) ------------------------------------------------------------------------

@@ -13,9 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from models.candidates import RETRIEVAL_SCORE
-from models.components import FILTERS, RANKERS, SELECTORS, SOURCES
-from models.funnel import Funnel, FunnelSettings, FunnelSpecError, pair_rows
+from recfunnel.models.candidates import RETRIEVAL_SCORE
+from recfunnel.models.components import FILTERS, RANKERS, SELECTORS, SOURCES
+from recfunnel.models.funnel import Funnel, FunnelSettings, FunnelSpecError, pair_rows
 from recfunnel.serving.export import (exclusions_from_dataset, export_version, stage_environment,
                                       versions_in)
 from recfunnel.serving.funnel_client import FunnelClient
@@ -179,12 +179,14 @@ def test_each_swap_is_a_config_change_served_as_declared(trained, tmp_path):
     """One server; each swap exported as the next Triton version of the same trained version
     (with `recfunnel export --set` it is the same call): the server moves to it, and what it
     answers equals the in-process funnel of that declaration."""
-    base = FunnelSettings.from_config(trained["cfg"])
+    # candidates_k below the small catalogue (200 items), so the sources make a difference
+    base = FunnelSettings(**{**FunnelSettings.from_config(trained["cfg"]).to_dict(),
+                             "candidates_k": 30})
     repo = tmp_path / "repo"
     dataset = trained["dir"] / "dataset"
     label = trained["cfg"].models.retrieval_positive
     export_version(trained["version_dir"], dataset, repo, base, label=label)
-    funnel = trained["open"]()
+    funnel = trained["open"](base)
     users = some_users(funnel)[0]
     before = funnel.recommend(users, k=5).items
     with TritonServer(repo, model_control_mode="poll", repository_poll_secs=1,

@@ -16,8 +16,8 @@ LEAVES = ("recfunnel", "recfunnel.config", "recfunnel.errors", "recfunnel.names"
 # Lowest first: a module may import its own layer, the ones before it and the leaves.
 LAYERS = (
     ("data", ("recfunnel.data",)),
-    ("workflows", ("workflows",)),
-    ("models", ("models",)),
+    ("workflows", ("recfunnel.workflows",)),
+    ("models", ("recfunnel.models",)),
     ("evaluation", ("recfunnel.evaluation",)),
     ("serving", ("recfunnel.serving", "recfunnel.monitoring", "triton_repo")),
     ("experiments", ("recfunnel.experiments",)),
@@ -37,7 +37,10 @@ PACKAGES = ("recfunnel", "workflows", "models", "triton_repo")
 
 
 def module_name(path: Path) -> str:
+    """The import name: models/ and workflows/ are recfunnel.models and recfunnel.workflows."""
     parts = path.relative_to(REPO).with_suffix("").parts
+    if parts[0] in ("models", "workflows"):
+        parts = ("recfunnel", *parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -121,7 +124,8 @@ def test_the_reader_sees_function_local_and_relative_imports(tmp_path):
     "recfunnel.evaluation, recfunnel.evaluation.offline",
     "recfunnel.experiments.ab_test, recfunnel.experiments.feedback_loop",
     "recfunnel.serving.client, recfunnel.serving.funnel_client",
-    "models.blend, models.artifacts, models.features, models.peers",    # as models/ says
+    "recfunnel.models.blend, recfunnel.models.artifacts, recfunnel.models.features, "
+    "recfunnel.models.peers, recfunnel.models.components, recfunnel.models.funnel",
 ])
 def test_evaluation_experiments_and_the_client_import_without_tensorflow(modules):
     code = f"import sys, {modules}; print('tensorflow' in sys.modules)"

@@ -17,7 +17,7 @@ from merlin.io import Dataset
 from nvtabular import ops
 from nvtabular.ops import join_groupby
 
-from workflows import merlin_cpu_fixes
+from recfunnel.workflows import merlin_cpu_fixes
 
 FIXES = ("joingroupby_count_float64", "dask_fit_phase_keeps_subgraph_results",
          "empty_partitions_keep_new_columns", "dcn_cross_saves_output_x0",
@@ -130,7 +130,7 @@ def test_fixes_applied_on_current_and_future_workers(dask_client):
 
         return join_groupby.AGG_DTYPES["count"].__name__, DaskExecutor.fit_phase.__module__
 
-    expected = ("float64", "workflows.merlin_cpu_fixes")
+    expected = ("float64", "recfunnel.workflows.merlin_cpu_fixes")
     assert set(dask_client.run(fixes_in_this_process).values()) == {expected}
 
     # registering again replaces the plugin (no duplicate) ...

@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from models import artifacts
-from models.blend import blend
-from models.candidates import EmbeddingIndex, PopularityCandidates
+from recfunnel.models import artifacts
+from recfunnel.models.blend import blend
+from recfunnel.models.candidates import EmbeddingIndex, PopularityCandidates
 
 
 def test_blend_is_a_normalised_weighted_sum():

@@ -9,15 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.artifacts import VersionMismatchError, new_version, read_manifest, write_manifest
-from models.candidates import load_retrieval
-from models.data import Splits, to_tensors
-from models.ranking import RankerScorer, train_ranker
-from models.retrieval import retrieval_eval, tower_schemas, train_retrieval
+from recfunnel.models.artifacts import VersionMismatchError, new_version, read_manifest, write_manifest
+from recfunnel.models.candidates import load_retrieval
+from recfunnel.models.data import Splits, to_tensors
+from recfunnel.models.ranking import RankerScorer, train_ranker
+from recfunnel.models.retrieval import retrieval_eval, tower_schemas, train_retrieval
 from recfunnel.config import ComputeConfig, DataConfig, DatasetConfig, ModelsConfig, ValidationConfig
 from recfunnel.data import sources
 from recfunnel.topk import topk_metrics
-from workflows.dataset import DatasetBuilder
+from recfunnel.workflows.dataset import DatasetBuilder
 
 CFG = ModelsConfig(embedding_dim=16, retrieval_epochs=3, mf_epochs=3, ranker_epochs=2,
                    retrieval_batch_size=256, ranker_batch_size=512, retrieval_learning_rate=0.01)
@@ -84,7 +84,7 @@ def test_rankers_learn_every_objective_with_probabilities(splits, tmp_path, kind
     for objective in scores:
         np.testing.assert_array_equal(scores[objective], again[objective])
     if kind == "light":
-        from models.ranking import light_features
+        from recfunnel.models.ranking import light_features
         assert result.features == light_features(CFG, splits.schema.column_names)
         assert result.features[:len(CFG.light_ranker_features)] == CFG.light_ranker_features
 
@@ -110,7 +110,7 @@ def test_two_tower_features_are_checked(splits):
 
 
 def test_window_sweep_trains_each_window_on_its_days(splits, tmp_path):
-    from models.window_sweep import window_sweep
+    from recfunnel.models.window_sweep import window_sweep
 
     train_end = pd.to_datetime(splits.valid["timestamp"]).min().normalize().tz_localize(None)
     cfg = replace(CFG, retrieval_epochs=2, window_sweep_models=["two_tower"])

@@ -305,7 +305,7 @@ def test_slices_without_their_attribute_are_left_out_not_filled_with_unknown():
     ("Hamlet (1948)", "Hamlet (1996)"), ("The Godfather Part Two", "The Godfather Part Three"),
 ])
 def test_titles_whose_numbers_differ_are_never_one_item(first, second):
-    from workflows.duplicates import canonical_ids
+    from recfunnel.workflows.duplicates import canonical_ids
 
     items = pd.DataFrame({"item_id": [1, 2], "title": [first, second]})
     mapping = canonical_ids(items, min_similarity=0.5)
@@ -313,14 +313,14 @@ def test_titles_whose_numbers_differ_are_never_one_item(first, second):
 
 
 def test_same_title_with_the_same_numbers_is_one_item_in_any_case():
-    from workflows.duplicates import canonical_ids
+    from recfunnel.workflows.duplicates import canonical_ids
 
     items = pd.DataFrame({"item_id": [1, 2, 3], "title": ["Rocky IV", "rocky iv", "Rocky IV (HD)"]})
     assert canonical_ids(items)["canonical_id"].tolist() == [1, 1, 1]
 
 
 def test_year_is_a_blocking_column():
-    from workflows.duplicates import BLOCK_COLUMNS, canonical_ids
+    from recfunnel.workflows.duplicates import BLOCK_COLUMNS, canonical_ids
 
     assert "year" in BLOCK_COLUMNS
     items = pd.DataFrame({"item_id": [1, 2], "title": ["Psycho", "Psycho"], "year": [1960, 1998]})
@@ -329,7 +329,7 @@ def test_year_is_a_blocking_column():
 
 def test_synthetic_reuploads_are_still_found(tmp_path, small_synthetic):
     from recfunnel.data import synthetic, truth_audit
-    from workflows.duplicates import canonical_ids
+    from recfunnel.workflows.duplicates import canonical_ids
 
     synthetic.generate(small_synthetic, tmp_path / "w", progress=False)
     world = synthetic.World.load(tmp_path / "w" / "truth")

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from models.peers import EASE, ItemKNN
+from recfunnel.models.peers import EASE, ItemKNN
 
 
 def _interactions(x):

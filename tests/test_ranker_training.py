@@ -1,8 +1,8 @@
 """Ranker training rules that need no data set: early stopping and request-time recency."""
 import numpy as np
 
-from models.features import NEVER_DAYS, recency_feature
-from models.ranking import _EpochLog
+from recfunnel.models.features import NEVER_DAYS, recency_feature
+from recfunnel.models.ranking import _EpochLog
 
 
 class _Weights:

@@ -25,7 +25,7 @@ from conftest import MAX_USERS, REPO, copy_repo, copy_run, recfunnel
 from test_triton_server import live_processes_in_group, port_is_free, wait_for
 
 from recfunnel.serving import ServingError, TritonClient
-from models.artifacts import ArtifactError, VersionMismatchError
+from recfunnel.models.artifacts import ArtifactError, VersionMismatchError
 from recfunnel.serving.export import (exclusions_from_dataset, export_version, models_in,
                                       versions_in)
 from recfunnel.serving.funnel_client import FunnelClient, ask_funnel
@@ -76,7 +76,7 @@ def server(repo):
 def in_process(small_run):
     """The trained version as the pipeline wrote it, opened in this process with the same
     exclusions as the export: what the served answers must equal."""
-    from models.funnel import Funnel, FunnelSettings
+    from recfunnel.models.funnel import Funnel, FunnelSettings
 
     seen, unsafe = exclusions_from_dataset(small_run.dir / "dataset",
                                            small_run.cfg.models.retrieval_positive)
@@ -120,7 +120,7 @@ def test_served_funnel_equals_the_in_process_funnel(server, small_run, in_proces
 def test_served_feature_row_equals_the_offline_build_at_that_time(server, small_run, in_process):
     """One feature definition (L5.3): the row the served user_features stage answers for a user
     at a time is the row the dataset build's workflow computes for an example then."""
-    from models.features import example_rows
+    from recfunnel.models.features import example_rows
 
     funnel = in_process[0]
     known = funnel.users.index.to_numpy()
@@ -149,8 +149,8 @@ def test_served_feature_row_equals_the_offline_build_at_that_time(server, small_
 def test_ranker_input_rows_equal_the_offline_build_at_that_time(small_run, in_process):
     """What the rankers score for (user, candidate) at a time, user, item and (user, item group)
     features included, is the dataset build's row for an example of that pair then."""
-    from models.features import example_rows
-    from models.funnel import pair_rows
+    from recfunnel.models.features import example_rows
+    from recfunnel.models.funnel import pair_rows
 
     funnel = in_process[0]
     known = funnel.users.index.to_numpy()
@@ -172,7 +172,7 @@ def test_ranker_input_rows_equal_the_offline_build_at_that_time(small_run, in_pr
 def test_features_refresh_counts_new_events_without_retraining(small_run, tmp_path):
     """`recfunnel features refresh --events`: a known user's new clicks two days after the data
     raise their counts and move their last active day; the models stay as they were."""
-    from models.features import load_feature_tables
+    from recfunnel.models.features import load_feature_tables
 
     copy = copy_run(small_run, tmp_path / "runs" / small_run.dir.name)
     version = copy / small_run.version_dir.relative_to(small_run.dir)
@@ -236,6 +236,54 @@ def test_bad_input_is_a_clear_error_and_the_server_serves_on(server, inputs, mes
         assert client.infer("funnel", {"USER_ID": np.array([1])})["ITEMS"].shape == (1, 10)
 
 
+def _features(n, width):
+    return np.zeros((n, width), np.float64)
+
+
+STAGE_ABUSE = {   # (stage, inputs(width of the user features, candidates_k), message)
+    "user_features-oversized": ("user_features", lambda w, c: {"USER_ID": np.arange(10_000)},
+                                "10000 users in one request; this stage takes 1 to"),
+    "candidates-mixed-batch": ("candidates", lambda w, c: {
+        "USER_ID": np.array([1, 2]), "USER_FEATURES": _features(3, w),
+        "PATH": np.array([b"model", b"model"], dtype=object)}, "batch sizes differ"),
+    "candidates-bad-path": ("candidates", lambda w, c: {
+        "USER_ID": np.array([1]), "USER_FEATURES": _features(1, w),
+        "PATH": np.array([b"admin"], dtype=object)}, "PATH holds values other than"),
+    "ranker-too-many-candidates": ("heavy_ranker", lambda w, c: {
+        "USER_FEATURES": _features(1, w), "CANDIDATES": np.zeros((1, 100_000), np.int64),
+        "KEEP": np.array([10], np.int32)}, r"CANDIDATES has shape \[1, 100000\]"),
+    "ranker-ids-outside": ("light_ranker", lambda w, c: {
+        "USER_FEATURES": _features(1, w), "CANDIDATES": np.array([[10**9]]),
+        "KEEP": np.array([1], np.int32)}, "CANDIDATES holds ids outside"),
+    "ranker-keep-negative": ("heavy_ranker", lambda w, c: {
+        "USER_FEATURES": _features(1, w), "CANDIDATES": np.zeros((1, 5), np.int64),
+        "KEEP": np.array([-1], np.int32)}, "KEEP must be one integer from 1 to 5"),
+    "ranker-blend-nan": ("heavy_ranker", lambda w, c: {
+        "USER_FEATURES": _features(1, w), "CANDIDATES": np.zeros((1, 5), np.int64),
+        "KEEP": np.array([3], np.int32), "BLEND": np.array([b'{"click": NaN}'], dtype=object)},
+        "BLEND weights must be finite numbers >= 0"),
+    "ranker-blend-huge": ("heavy_ranker", lambda w, c: {
+        "USER_FEATURES": _features(1, w), "CANDIDATES": np.zeros((1, 5), np.int64),
+        "KEEP": np.array([3], np.int32),
+        "BLEND": np.array([b'{"click": 1, "x": "' + b"y" * 5_000_000 + b'"}'], dtype=object)},
+        "BLEND must be one JSON object of at most 4096 bytes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STAGE_ABUSE))
+def test_every_stage_guards_itself_and_the_server_serves_on(server, in_process, case):
+    """Each stage model is reachable on the funnel's port: what no router sends is a 400 with a
+    short message that does not echo the payload, and the funnel still answers after it."""
+    stage, make, message = STAGE_ABUSE[case]
+    funnel = in_process[0]
+    inputs = make(len(funnel.users.columns), funnel.settings.candidates_k)
+    with TritonClient(server["http"]) as client:
+        with pytest.raises(ServingError, match=message) as error:
+            client.infer(stage, inputs)
+        assert error.value.status == "400" and len(str(error.value)) < 1000
+        assert client.infer("funnel", {"USER_ID": np.array([1])})["ITEMS"].shape == (1, 10)
+
+
 def test_a_full_batch_is_served(server):
     with FunnelClient(server["grpc"], "grpc") as client:
         served = client.recommend(np.arange(MAX_USERS), k=3)
@@ -276,7 +324,7 @@ def test_every_stage_reports_its_statistics(server, repo):
 
 def relabelled_copy(version_dir: Path, out: Path, version: str) -> Path:
     """The trained version's artifacts under another version id: a stand-in for a retraining."""
-    from models.artifacts import MANIFEST, write_manifest
+    from recfunnel.models.artifacts import MANIFEST, write_manifest
 
     shutil.copytree(version_dir, out)
     for manifest in out.glob(f"*/{MANIFEST}"):
@@ -400,7 +448,7 @@ def test_feedback_loop_retrains_on_the_logs_it_produced(small_run, tmp_path):
 
 
 def test_export_refuses_altered_and_mixed_artifacts(small_run, tmp_path):
-    from models.funnel import FunnelSettings
+    from recfunnel.models.funnel import FunnelSettings
 
     settings = FunnelSettings.from_config(small_run.cfg)
     repo = tmp_path / "repo"
@@ -454,7 +502,7 @@ class ContinuousRequests:
 
 
 def test_rollout_and_rollback_under_load_without_failed_requests(server, small_run, repo, tmp_path):
-    from models.funnel import FunnelSettings
+    from recfunnel.models.funnel import FunnelSettings
 
     retrained = relabelled_copy(small_run.version_dir, tmp_path / "v2", "20991231T000000Z-aaaaaa")
     with ContinuousRequests(server["grpc"]) as asking:

@@ -10,6 +10,7 @@ user table, so the tensors stay the same whatever features a dataset has.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import sys
 import traceback
@@ -26,6 +27,7 @@ import pandas as pd  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 ARTIFACTS = "artifacts"
+MAX_BLEND_BYTES = 4096          # a BLEND is a few weights; anything longer is refused unread
 
 
 class RequestError(ValueError):
@@ -78,6 +80,11 @@ class StageModel:
             ) from None
         folder = Path(args["model_repository"]) / args["model_version"] / ARTIFACTS
         self.funnel = open_served_version(folder)
+        config = json.loads(args["model_config"])
+        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.max_users = int(parameters.get("max_users", 64))
+        # the widest list a stage is sent: the candidates (a ranker's input)
+        self.max_width = min(self.funnel.settings.candidates_k, self.funnel.catalogue_size)
         self.version_tensor = strings([self.funnel.version])
         self.warm_up()
         # With TensorFlow and the version loaded a process holds ~700k objects, and one full
@@ -104,7 +111,9 @@ class StageModel:
         responses = []
         for request in requests:
             try:
-                outputs = self.run({t.name(): t.as_numpy() for t in request.inputs()})
+                inputs = {t.name(): t.as_numpy() for t in request.inputs()}
+                self.check(inputs)
+                outputs = self.run(inputs)
             except RequestError as e:
                 responses.append(error_response(str(e), pb_utils.TritonError.INVALID_ARG))
                 continue
@@ -120,9 +129,54 @@ class StageModel:
                  for name, value in outputs.items()]))
         return responses
 
+    def check(self, inputs: dict[str, np.ndarray]) -> None:
+        """Refuses (400, a short message that never echoes the payload) what no router would
+        send: a batch of no users or more than max_users, tensors of different batch sizes,
+        feature rows of the wrong width, more candidates than candidates_k, ids outside the
+        catalogue, a K or KEEP outside 1 .. the list's width, a path that is not model/fallback."""
+        sizes = {name: len(inputs[name]) for name in ("USER_ID", "USER_FEATURES", "PATH",
+                                                      "CANDIDATES") if name in inputs}
+        if sizes:
+            n = next(iter(sizes.values()))
+            if len(set(sizes.values())) > 1:
+                raise RequestError(f"batch sizes differ: {sizes}; send one row per user in each")
+            if not 1 <= n <= self.max_users:
+                raise RequestError(f"{n} users in one request; this stage takes 1 to "
+                                   f"{self.max_users} (max_users)")
+        if "USER_FEATURES" in inputs:
+            width = len(self.funnel.users.columns)
+            got = inputs["USER_FEATURES"].shape
+            if len(got) != 2 or got[1] != width:
+                raise RequestError(f"USER_FEATURES has shape {list(got)}; expected [n, {width}] "
+                                   f"(this version's user features)")
+        if "PATH" in inputs and not set(inputs["PATH"].astype(str)) <= {"model", "fallback"}:
+            raise RequestError("PATH holds values other than 'model' and 'fallback'")
+        width = None
+        if "CANDIDATES" in inputs:
+            ids = inputs["CANDIDATES"]
+            if ids.ndim != 2 or not 1 <= ids.shape[1] <= self.max_width:
+                raise RequestError(f"CANDIDATES has shape {list(ids.shape)}; expected [n, 1 to "
+                                   f"{self.max_width}] (candidates_k)")
+            top = int(self.funnel.items["item_id"].max())
+            if ids.size and (ids.min() < -1 or ids.max() > top):
+                raise RequestError(f"CANDIDATES holds ids outside -1 .. {top} (this version's "
+                                   "categorified item ids; -1 pads)")
+            width = ids.shape[1]
+        for name in ("K", "KEEP"):
+            if name in inputs:
+                value = inputs[name].reshape(-1)
+                limit = width or self.funnel.catalogue_size
+                if value.size != 1 or not 1 <= int(value[0]) <= limit:
+                    raise RequestError(f"{name} must be one integer from 1 to {limit}")
+        if "BLEND" in inputs:
+            text = inputs["BLEND"].reshape(-1)
+            if text.size != 1 or len(text[0]) > MAX_BLEND_BYTES:
+                raise RequestError(f"BLEND must be one JSON object of at most "
+                                   f"{MAX_BLEND_BYTES} bytes")
+
     # helpers for the stages' warm-up: a user the model knows and a few catalogue items
     def known_user(self) -> np.ndarray:
-        from models.features import UNKNOWN_USER
+        from recfunnel.models.features import UNKNOWN_USER
 
         users = self.funnel.users.index.to_numpy()
         return users[users != UNKNOWN_USER][:1]

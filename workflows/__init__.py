@@ -4,7 +4,7 @@ Importing this package first applies our fixes for Merlin's CPU defects.
 """
 import warnings
 
-from workflows import merlin_cpu_fixes
+from recfunnel.workflows import merlin_cpu_fixes
 
 merlin_cpu_fixes.apply()
 # Said once per Dataset, hundreds of times a run; CPU mode is this project's documented choice.

@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 
 from recfunnel.config import CLUSTER_MODES, SCHEDULER_SCHEMES, ComputeConfig
-from workflows import merlin_cpu_fixes
+from recfunnel.workflows import merlin_cpu_fixes
 
 
 def host_array(series) -> np.ndarray:

@@ -34,13 +34,13 @@ from nvtabular import ops
 from recfunnel.config import ComputeConfig, DatasetConfig
 from recfunnel.errors import RecfunnelError
 from recfunnel.names import LABELS, SIGNALS
-from workflows import backend
-from workflows.duplicates import BLOCK_COLUMNS, blocking_columns, canonical_ids
-from workflows.labels import WatchLabels
-from workflows.negatives import NegativeSampler
-from workflows.point_in_time import STAT_NAMES, PointInTimeStats, UserGroupStats
-from workflows.splits import SPLIT_NAMES, TRAIN, AggregatePairs, SplitAssigner
-from workflows.unsafe import build_filters, runnable_filters, unsafe_item_table
+from recfunnel.workflows import backend
+from recfunnel.workflows.duplicates import BLOCK_COLUMNS, blocking_columns, canonical_ids
+from recfunnel.workflows.labels import WatchLabels
+from recfunnel.workflows.negatives import NegativeSampler
+from recfunnel.workflows.point_in_time import STAT_NAMES, PointInTimeStats, UserGroupStats
+from recfunnel.workflows.splits import SPLIT_NAMES, TRAIN, AggregatePairs, SplitAssigner
+from recfunnel.workflows.unsafe import build_filters, runnable_filters, unsafe_item_table
 
 EVENT_COLUMNS = ["user_id", "item_id", "timestamp", *SIGNALS, "watch_seconds", "duration_seconds"]
 HISTORY = "history"              # the safe, canonical events: what point-in-time features read

@@ -16,7 +16,7 @@ from nvtabular.ops.operator import ColumnSelector, Operator
 
 from recfunnel.config import DURATION_EDGES
 from recfunnel.names import DURATION_AWARE_WATCH, NAIVE_WATCH
-from workflows.backend import host_array
+from recfunnel.workflows.backend import host_array
 
 WATCH_COLUMNS = ["click", "watch_seconds", "duration_seconds"]
 

@@ -15,7 +15,7 @@ from merlin.dag.ops.stat_operator import StatOperator
 from nvtabular.ops.operator import ColumnSelector
 
 from recfunnel.config import NEGATIVE_SAMPLING
-from workflows.backend import host_frame
+from recfunnel.workflows.backend import host_frame
 
 
 def sample_for_user(rng: np.random.Generator, n: int, touched: np.ndarray, candidates: np.ndarray,

@@ -20,7 +20,7 @@ from merlin.dag.ops.stat_operator import StatOperator
 from merlin.schema import Tags
 from nvtabular.ops.operator import ColumnSelector
 
-from workflows.backend import host_array
+from recfunnel.workflows.backend import host_array
 
 DAY_NS = 86_400 * 10**9
 NEVER = 999.0                    # days_since_last when there is no earlier event

@@ -17,7 +17,7 @@ from nvtabular.ops.operator import ColumnSelector, Operator
 
 from recfunnel.config import SPLIT_KINDS
 from recfunnel.names import LABELS
-from workflows.backend import host_frame
+from recfunnel.workflows.backend import host_frame
 
 TRAIN, VALID, TEST = 0, 1, 2
 SPLIT_NAMES = {TRAIN: "train", VALID: "valid", TEST: "test"}

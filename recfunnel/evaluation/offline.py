@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.components import DEFAULT_STAGE_LISTS, STAGES_FILE
+from recfunnel.models.components import DEFAULT_STAGE_LISTS, STAGES_FILE
 from recfunnel.evaluation.bias import (ItemPopularity, concentration_curve, gini_index,
                                        popularity_bias_report, popularity_opportunity_bias)
 from recfunnel.evaluation.ranker import pr_curve, ranker_metrics, roc_curve

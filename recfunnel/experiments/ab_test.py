@@ -203,13 +203,14 @@ def _spearman(x: pd.Series, y: pd.Series) -> float | None:
 
 
 # ---- end to end against the real server ----------------------------------------------------------
-def run_ab_test(run_dir: str | Path, cfg, progress: bool = True, address: str | None = None
-                ) -> dict:
+def run_ab_test(run_dir: str | Path, cfg, progress: bool = True, address: str | None = None,
+                exported: tuple[Path, int] | None = None) -> dict:
     """The run's `experiments` section: the A/B test through a real Triton server, then
     offline vs online. Writes `experiments/` in the run (outcomes, events, analysis.json).
 
     The server is started on the run's repository and stopped after, unless `address` (gRPC
-    host:port) names one that already serves it. The experiment file is in the repository only
+    host:port) names one that already serves it. `exported` (repository, Triton version) is
+    what the pipeline's serving step just exported; without it the run is exported again. The experiment file is in the repository only
     while the simulation runs; one that was there before is put back."""
     run_dir = Path(run_dir).resolve()
     truth = run_dir / "data" / "truth"
@@ -219,10 +220,12 @@ def run_ab_test(run_dir: str | Path, cfg, progress: bool = True, address: str | 
     world = World.load(truth)
     out = run_dir / "experiments"
     out.mkdir(parents=True, exist_ok=True)
-    if address is None:
+    if exported is not None:                # the pipeline's serving step exported it just now
+        repo, served_version = Path(exported[0]), int(exported[1])
+    elif address is None:
         # exported again, so the served code is this checkout's (an older export may predate it)
-        exported = export_run(run_dir)
-        repo, served_version = Path(exported.repo), exported.triton_version
+        done = export_run(run_dir)
+        repo, served_version = Path(done.repo), done.triton_version
     else:                                   # that server serves the run's repository as it is
         repo = run_dir / "triton_repo"
         served_version = max(versions_in(repo))

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from models.funnel import Funnel, FunnelSettings
+from recfunnel.models.funnel import Funnel, FunnelSettings
 from recfunnel.data import schema
 from recfunnel.data.synthetic import World
 from recfunnel.evaluation.bias import gini_index, top_items_share

@@ -33,9 +33,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.artifacts import read_manifest, require_same_version, write_manifest
-from models.features import refresh_feature_tables
-from models.funnel import Funnel, FunnelSettings
+from recfunnel.models.artifacts import read_manifest, require_same_version, write_manifest
+from recfunnel.models.features import refresh_feature_tables
+from recfunnel.models.funnel import Funnel, FunnelSettings
+from recfunnel.config import Config, ConfigError, load_config
 
 FIXED_STAGES = ("user_features", "candidates")   # every funnel's first stages, in request order
 RANKER_SOURCE = "ranker"              # triton_repo/ranker/: one source for every declared ranker
@@ -59,13 +60,13 @@ class ServingSettings:
     versions_loaded: int = 2          # Triton versions every stage keeps loaded (rollback)
     keep_versions: int = 2            # version folders kept on disk after an export
 
-    def __post_init__(self):
-        for name, value in asdict(self).items():
+    def __post_init__(self):      # the config's serving section is checked when it loads;
+        for name, value in asdict(self).items():      # these may come from command flags
             if int(value) < 1:
-                raise ValueError(f"serving setting {name} must be >= 1, got {value}")
+                raise ConfigError(f"serving setting {name} must be >= 1, got {value}")
         if self.versions_loaded < 2:
-            raise ValueError("versions_loaded must be >= 2: a rollback needs the previous "
-                             "version still loaded in every stage")
+            raise ConfigError("versions_loaded must be >= 2: a rollback needs the previous "
+                              "version still loaded in every stage")
 
 
 @dataclass
@@ -90,7 +91,7 @@ def exclusions_from_dataset(dataset_dir: str | Path, label: str = "click"
                             ) -> tuple[pd.DataFrame, np.ndarray]:
     """(seen, unsafe): each user's positives in train, valid and test (user_id_raw,
     item_id_raw; never recommended again) and the raw ids of the unsafe items."""
-    from models.data import Splits
+    from recfunnel.models.data import Splits
 
     dataset_dir = Path(dataset_dir)
     splits = Splits.load(dataset_dir)
@@ -248,14 +249,14 @@ def retire_version(repo: str | Path, triton_version: int) -> list[int]:
 def export_run(run_dir: str | Path, repo: str | Path | None = None, overrides: dict | None = None,
                serving: dict | None = None, triton_version: int | None = None
                ) -> ExportResult:
-    """Exports the trained version a run's summary names (`models.path`) with the run's own
-    config (`runs/<run>/config.yaml`, updated by `overrides`); default repo runs/<run>/triton_repo.
+    """Exports the trained version a run folder's summary names (`models.path`) with the run's
+    own config (`runs/<run>/config.yaml`, updated by `overrides`); default repo
+    runs/<run>/triton_repo. For a command given a run folder (`recfunnel export`, the
+    retraining job); the pipeline's own steps hand `export_trained` what they hold instead.
 
-    ServingSettings come from the config's `serving` section (the fields it has), then from
-    `serving` (e.g. {"max_users": 128}).
+    ServingSettings come from the config's `serving` section, then from `serving` (e.g.
+    {"max_users": 128}).
     """
-    from recfunnel.config import load_config
-
     run_dir = Path(run_dir)
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
@@ -265,23 +266,31 @@ def export_run(run_dir: str | Path, repo: str | Path | None = None, overrides: d
     if "path" not in models:
         raise FileNotFoundError(f"{run_dir}: no trained models in the summary; train first "
                                 "(recfunnel train --run-name ...)")
-    version_dir = run_dir / models["path"]
+    config = run_dir / "config.yaml"
+    cfg = load_config(config if config.is_file() else None, overrides)
+    return export_trained(run_dir / models["path"], run_dir / "dataset", cfg,
+                          repo or run_dir / "triton_repo", serving=serving,
+                          triton_version=triton_version, origin=f"{run_dir.name}/{models['path']}",
+                          evaluation=served_metrics(summary.get("evaluation")))
+
+
+def export_trained(version_dir: str | Path, dataset_dir: str | Path, cfg: Config,
+                   repo: str | Path, serving: dict | None = None,
+                   triton_version: int | None = None, origin: str = "",
+                   evaluation: dict | None = None) -> ExportResult:
+    """A trained version under the config's declared funnel (`funnel:`) and serving sizes
+    (`serving:`, updated by `serving`), its served feature tables first refreshed from the
+    dataset's whole event history (recency is recomputed per request)."""
+    version_dir = Path(version_dir)
     if not (version_dir / "features").is_dir():
         raise FileNotFoundError(f"{version_dir}: no features/ (serving feature tables); "
                                 "retrain with the pipeline's models step, which writes them")
-    # served tables count every event the run knows, recency recomputed per request
-    refresh_feature_tables(run_dir / "dataset", version_dir)
-    config = run_dir / "config.yaml"
-    cfg = load_config(config if config.is_file() else None, overrides)
+    refresh_feature_tables(dataset_dir, version_dir)
     names = {f.name for f in fields(ServingSettings)}
-    section = vars(cfg.serving) if hasattr(cfg, "serving") else {}
-    configured = {k: v for k, v in section.items() if k in names}
-    return export_version(version_dir, run_dir / "dataset", repo or run_dir / "triton_repo",
-                          FunnelSettings.from_config(cfg),
-                          ServingSettings(**{**configured, **(serving or {})}),
-                          triton_version, cfg.models.retrieval_positive,
-                          origin=f"{run_dir.name}/{models['path']}",
-                          evaluation=served_metrics(summary.get("evaluation")))
+    configured = {k: v for k, v in vars(cfg.serving).items() if k in names}
+    return export_version(version_dir, dataset_dir, repo, FunnelSettings.from_config(cfg),
+                          ServingSettings(**{**configured, **(serving or {})}), triton_version,
+                          cfg.models.retrieval_positive, origin=origin, evaluation=evaluation)
 
 
 def served_metrics(evaluation: dict | None) -> dict | None:

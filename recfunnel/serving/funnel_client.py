@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from recfunnel.serving.client import ServingError, TritonClient
-from recfunnel.serving.export import export_run, stage_environment
+from recfunnel.serving.export import ExportResult, stage_environment
 from recfunnel.serving.server import TritonServer
 
 FUNNEL_MODEL = "funnel"
@@ -129,10 +129,9 @@ def ask_funnel(address: str, users, k: int | None = None, protocol: str = "grpc"
                          "score": np.round(served.score[0], 4).tolist()} if served else None)}
 
 
-def serving_summary(run_dir, users, k: int | None = None) -> dict:
-    """Exports a run's trained version, serves it, asks it for `users`, stops: the run's
-    `serving` section (`make demo` ends with it)."""
-    exported = export_run(run_dir)
+def serving_summary(exported: ExportResult, run_dir, users, k: int | None = None) -> dict:
+    """Serves an exported repository, asks it for `users`, stops: the run's `serving` section
+    (`make demo` ends with it)."""
     with TritonServer(exported.repo, model_control_mode="poll", env=stage_environment(),
                       log_path=Path(run_dir) / "tritonserver.log") as server:
         asked = ask_funnel(server.grpc_address, users, k)

@@ -210,7 +210,7 @@ class TritonPythonModel:
         listed = candidates["CANDIDATES"]
         for i, ranker in enumerate(rankers):
             last = i == len(rankers) - 1
-            keep = k if last else max(int(keeps[ranker]), k)
+            keep = min(k if last else max(int(keeps[ranker]), k), listed.as_numpy().shape[1])
             inputs = [user_features, pb_utils.Tensor("CANDIDATES", listed.as_numpy()),
                       pb_utils.Tensor("KEEP", np.array([keep], np.int32))]
             if last and blend is not None:

@@ -12,6 +12,7 @@ Outputs: KEPT INT64 [n, keep] categorified ids; ITEMS INT64 [n, keep] raw ids; S
          [n, keep] blended; OBJECTIVE_SCORES FP64 [n, objectives, keep]; OBJECTIVES BYTES.
 """
 import json
+import math
 
 import numpy as np
 from funnel_stage import RequestError, StageModel, decode_user_rows, strings
@@ -43,11 +44,21 @@ class TritonPythonModel(StageModel):
         try:
             weights = json.loads(text.decode() if isinstance(text, bytes) else text)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RequestError(f"BLEND is not JSON {{objective: weight}}: {e}") from None
+            raise RequestError(f"BLEND is not JSON {{objective: weight}} ({type(e).__name__} "
+                               f"at character {getattr(e, 'pos', getattr(e, 'start', '?'))})"
+                               ) from None
         known = set(self.funnel.ranker(self.name).objectives)
-        if not isinstance(weights, dict) or not weights or not set(weights) <= known:
-            raise RequestError(f"BLEND {weights!r}: expected weights of this version's "
+        if not isinstance(weights, dict) or not weights:
+            raise RequestError(f"BLEND must be a JSON object weighing some of this version's "
                                f"objectives {sorted(known)}")
+        unknown = sorted(map(str, set(weights) - known))
+        if unknown:                       # named, each cut short: the payload is not echoed
+            shown = ", ".join(repr(name[:40]) for name in unknown[:3])
+            raise RequestError(f"BLEND weighs {shown}{' ...' if len(unknown) > 3 else ''}, "
+                               f"not objectives of this version: {sorted(known)}")
+        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
+                   and w >= 0 for w in weights.values()):
+            raise RequestError("BLEND weights must be finite numbers >= 0")
         return {name: float(w) for name, w in weights.items()}
 
     def warm_up(self):
