@@ -71,7 +71,7 @@ def test_a_bad_config_inside_the_image_is_exit_2_with_one_line(image, runs):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "recfunnel: error: unknown data.source 'csv'; expected one of "
-        "('synthetic', 'movielens100k', 'parquet')"]
+        "synthetic, movielens100k, parquet"]
 
 
 @pytest.mark.training

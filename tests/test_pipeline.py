@@ -67,9 +67,10 @@ def test_dataset_writes_three_non_empty_splits_and_its_workflow(small_run, summa
 
 def test_models_section_names_every_model_and_writes_their_manifests(small_run, summary):
     models = summary["models"]
-    assert set(models["models"]) == {"popularity", "two_tower", "mf", "light_ranker",
+    assert set(models["models"]) == {"popularity", "two_tower", "mf", "ease", "light_ranker",
                                      "heavy_ranker"}
-    assert (small_run.dir / models["path"] / "heavy_ranker" / "manifest.json").is_file()
+    for name in models["models"]:
+        assert (small_run.dir / models["path"] / name / "manifest.json").is_file(), name
     assert models["features"]["users"] > 0 and models["features"]["items"] > 0
 
 

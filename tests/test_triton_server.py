@@ -355,8 +355,10 @@ def test_serving_a_repository_whose_stage_refuses_to_load_is_exit_2_with_its_rea
     """`recfunnel serve` on a tampered repository: the checksum error, one line, no traceback."""
     repo = tmp_path / "repo"
     write_model(repo, "funnel", TAMPERED)
-    for model in ("user_features", "candidates", "light_ranker", "heavy_ranker"):
+    stages = ["user_features", "candidates", "light_ranker", "heavy_ranker"]
+    for model in stages:
         write_model(repo, model, ADD_ONE)
+    (repo / "funnel" / "1" / "stages.json").write_text(json.dumps({"stages": stages}))
     from recfunnel.serving.server import free_ports
 
     ports = free_ports(3)
