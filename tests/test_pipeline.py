@@ -69,8 +69,9 @@ def test_models_section_names_every_model_and_writes_their_manifests(small_run, 
     models = summary["models"]
     assert set(models["models"]) == {"popularity", "two_tower", "mf", "ease", "light_ranker",
                                      "heavy_ranker"}
-    for name in models["models"]:
-        assert (small_run.dir / models["path"] / name / "manifest.json").is_file(), name
+    for folder in ("popularity", "two_tower_query", "two_tower_items", "mf_query", "mf_items",
+                   "ease", "light_ranker", "heavy_ranker"):
+        assert (small_run.dir / models["path"] / folder / "manifest.json").is_file(), folder
     assert models["features"]["users"] > 0 and models["features"]["items"] > 0
 
 
