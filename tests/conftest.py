@@ -141,6 +141,18 @@ def pytest_addoption(parser):
                           "with SEED: shows a test that depends on another having run first")
 
 
+# Under `make test`'s two workers (--dist loadscope --no-loadscope-reorder) a module is one unit
+# of work, handed out in the order of the items: the longest modules start first, the one that
+# builds the small run before its other users (so that none waits for it), the rest after.
+LONGEST_FIRST = ("test_pipeline.py", "test_image.py", "test_notebooks.py",
+                 "test_serving_funnel.py", "test_retrain.py", "test_own_data.py")
+
+
+def start_order(item) -> int:
+    name = Path(item.fspath).name
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 def uses_the_small_run(item) -> bool:
     return bool(TRAINED_FIXTURES & set(getattr(item, "fixturenames", ())))
 
@@ -151,10 +163,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if uses_the_small_run(item):
             item.add_marker(pytest.mark.training)
-    # Under `make test`'s two workers (--dist loadscope: a module stays on one worker), the
-    # modules sharing the small run start first: they are the longest chain.
-    sharing = {item.module for item in items if uses_the_small_run(item)}
-    items.sort(key=lambda item: item.module not in sharing)
+    items.sort(key=start_order)
     yield
     seed = config.getoption("--shuffle")
     if seed is not None:
