@@ -12,7 +12,7 @@ CONFIG ?= configs/default.yaml
 PYTEST_ARGS ?=
 # Two pytest workers (pytest-xdist) for the two cores; TEST_WORKERS=0 runs the tests in one process.
 TEST_WORKERS ?= 2
-PYTEST := $(RUN) -m pytest -n $(TEST_WORKERS) --dist loadscope
+PYTEST := $(RUN) -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 .PHONY: env demo run test test-fast bench lock shell kernel clean-env
 env: $(VENV)/.complete

@@ -6,13 +6,17 @@ three out. A test that asks for `small_run` or `small_repo` is marked `training`
 test reusing them lands in its tier without a marker of its own.
 
 `small_run` and `small_repo` are built once per session and shared read-only: a test that changes
-a run or a repository copies it first (`shutil.copytree`) or makes its own.
+a run or a repository copies it first (`copy_run`, `copy_repo`) or makes its own;
+`recfunnel_serve(repo, log)` serves a repository with the real `recfunnel serve`.
 """
+import contextlib
 import fcntl
 import json
 import os
 import random
+import re
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -21,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from recfunnel.config import Config, SyntheticConfig, load_config
+from recfunnel.serving.server import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,7 +92,7 @@ def once_per_session(tmp_path_factory, config, name: str,
 
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory, pytestconfig) -> SmallRun:
-    """One small run for the session (about 2 minutes): read-only, copy it to change it."""
+    """One small run for the session (2-3 minutes): read-only, copy it to change it."""
     def pipeline(root):
         return recfunnel("pipeline", "run", "-c", str(REPO / "configs" / "default.yaml"), "-q",
                          "--set", f"run.runs_dir={root / 'runs'}",
@@ -120,8 +125,8 @@ def small_repo(small_run, tmp_path_factory, pytestconfig) -> SmallRepo:
 
 
 def copy_run(run: SmallRun, to: Path, repo: Path | None = None) -> Path:
-    """A copy of the small run at `to` (a runs folder's <name>), to change; without its
-    triton_repo, or with `repo` linked in its place (what a server of that repo serves)."""
+    """A copy of the small run at `to`, to change: without its triton_repo, or with a link to
+    `repo` in its place (the run whose repository a server of `repo` serves)."""
     shutil.copytree(run.dir, to, ignore=shutil.ignore_patterns("triton_repo"))
     if repo is not None:
         (to / "triton_repo").symlink_to(repo, target_is_directory=True)
@@ -134,11 +139,49 @@ def copy_repo(repo: SmallRepo, to: Path) -> Path:
     return to
 
 
+@contextlib.contextmanager
+def recfunnel_serve(repo: Path, log: Path):
+    """`recfunnel serve` in its own process, polling the repository every second, until the
+    block ends (then SIGTERM, if the block did not stop it)."""
+    ports = free_ports(3)
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "recfunnel", "serve", "--repo", str(repo), "--poll-secs", "1",
+         "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port",
+         str(ports[2]), "--log", str(log)],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in cli.stdout:
+            lines.append(line)
+            if line.startswith("ready in"):
+                break
+        assert cli.poll() is None, f"recfunnel serve exited: {''.join(lines)}"
+        pid = int(re.search(r"tritonserver pid (\d+)", "".join(lines)).group(1))
+        yield {"cli": cli, "ports": ports, "log": log, "pid": pid, "stdout": lines, "repo": repo,
+               "http": f"127.0.0.1:{ports[0]}", "grpc": f"127.0.0.1:{ports[1]}"}
+    finally:
+        if cli.poll() is None:
+            cli.send_signal(signal.SIGTERM)
+            cli.wait(timeout=90)
+
+
 # ---- tiers and order ---------------------------------------------------------------------------
 def pytest_addoption(parser):
     parser.addoption("--shuffle", type=int, metavar="SEED",
                      help="run the modules, and the tests in each module, in an order shuffled "
                           "with SEED: shows a test that depends on another having run first")
+
+
+# Under `make test`'s two workers (--dist loadscope --no-loadscope-reorder) a module is one unit
+# of work, handed out in the order of the items: the longest modules start first, the one that
+# builds the small run before its other users (so that none waits for it), the rest after.
+LONGEST_FIRST = ("test_pipeline.py", "test_image.py", "test_notebooks.py",
+                 "test_serving_funnel.py", "test_retrain.py", "test_own_data.py")
+
+
+def start_order(item) -> int:
+    name = item.path.name
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
 
 def uses_the_small_run(item) -> bool:
@@ -151,10 +194,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if uses_the_small_run(item):
             item.add_marker(pytest.mark.training)
-    # Under `make test`'s two workers (--dist loadscope: a module stays on one worker), the
-    # modules sharing the small run start first: they are the longest chain.
-    sharing = {item.module for item in items if uses_the_small_run(item)}
-    items.sort(key=lambda item: item.module not in sharing)
+    items.sort(key=start_order)
     yield
     seed = config.getoption("--shuffle")
     if seed is not None:

@@ -5,14 +5,10 @@ The session's small run (tests/conftest.py: `small_run`, exported once by `recfu
 it over HTTP and gRPC and compare with the same artifacts run in-process (models.funnel). Tests
 that change the served repository put it back as it was; the shutdown test has its own server.
 """
-import contextlib
 import json
-import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import MAX_USERS, REPO, copy_repo, copy_run, recfunnel
+from conftest import MAX_USERS, copy_repo, copy_run, recfunnel, recfunnel_serve
 from test_triton_server import live_processes_in_group, port_is_free, wait_for
 
 from recfunnel.serving import ServingError, TritonClient
@@ -29,35 +25,8 @@ from recfunnel.models.artifacts import ArtifactError, VersionMismatchError
 from recfunnel.serving.export import (exclusions_from_dataset, export_version, models_in,
                                       versions_in)
 from recfunnel.serving.funnel_client import FunnelClient, ask_funnel
-from recfunnel.serving.server import free_ports
 
 pytestmark = pytest.mark.server
-
-
-@contextlib.contextmanager
-def recfunnel_serve(repo: Path, log: Path):
-    """`recfunnel serve` in its own process, polling the repository every second, until the
-    block ends (then SIGTERM, if the block did not stop it)."""
-    ports = free_ports(3)
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "recfunnel", "serve", "--repo", str(repo), "--poll-secs", "1",
-         "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port",
-         str(ports[2]), "--log", str(log)],
-        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
-    lines = []
-    try:
-        for line in cli.stdout:
-            lines.append(line)
-            if line.startswith("ready in"):
-                break
-        assert cli.poll() is None, f"recfunnel serve exited: {''.join(lines)}"
-        pid = int(re.search(r"tritonserver pid (\d+)", "".join(lines)).group(1))
-        yield {"cli": cli, "ports": ports, "log": log, "pid": pid, "stdout": lines, "repo": repo,
-               "http": f"127.0.0.1:{ports[0]}", "grpc": f"127.0.0.1:{ports[1]}"}
-    finally:
-        if cli.poll() is None:
-            cli.send_signal(signal.SIGTERM)
-            cli.wait(timeout=90)
 
 
 @pytest.fixture(scope="module")
