@@ -176,7 +176,8 @@ def pytest_addoption(parser):
 # of work, handed out in the order of the items: the longest modules start first, the one that
 # builds the small run before its other users (so that none waits for it), the rest after.
 LONGEST_FIRST = ("test_pipeline.py", "test_image.py", "test_notebooks.py",
-                 "test_serving_funnel.py", "test_retrain.py", "test_own_data.py")
+                 "test_serving_funnel.py", "test_retrain.py", "test_own_data.py",
+                 "test_declared_funnel.py")
 
 
 def start_order(item) -> int:
