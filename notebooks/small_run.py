@@ -36,7 +36,9 @@ SMALL = {
 }
 # What each step needs before it can run.
 NEEDS = {"data": (), "dataset": ("data",), "models": ("data", "dataset"),
-         "evaluation": ("data", "dataset", "models"), "serving": ("data", "dataset", "models")}
+         "evaluation": ("data", "dataset", "models"), "serving": ("data", "dataset", "models"),
+         # the A/B test compares the online results with the evaluation's offline metrics
+         "experiments": ("data", "dataset", "models", "evaluation")}
 
 
 def runs_dir() -> Path:
