@@ -1,6 +1,6 @@
 """The small run the notebooks share: settings that finish in minutes on 2 cores, and its folder.
 
-01 builds the run from scratch; 02, 03 and 04 reuse it, and build the steps they need when it
+01 builds the run from scratch; 02 to 05 reuse it, and build the steps they need when it
 is missing. The runs folder is $RECFUNNEL_NOTEBOOK_RUNS when set (the tests point it at a temp
 dir), else `runs/` in the clone; the run itself is `notebook-small` in it.
 """
@@ -36,7 +36,9 @@ SMALL = {
 }
 # What each step needs before it can run.
 NEEDS = {"data": (), "dataset": ("data",), "models": ("data", "dataset"),
-         "evaluation": ("data", "dataset", "models"), "serving": ("data", "dataset", "models")}
+         "evaluation": ("data", "dataset", "models"), "serving": ("data", "dataset", "models"),
+         # the A/B test compares the online results with the evaluation's offline metrics
+         "experiments": ("data", "dataset", "models", "evaluation")}
 
 
 def runs_dir() -> Path:
