@@ -370,3 +370,48 @@ def test_serving_a_repository_whose_stage_refuses_to_load_is_exit_2_with_its_rea
     assert done.returncode == 2, done.stderr
     assert "does not match its sha256" in done.stderr and "cannot be served" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# Loads slowly: a version arriving just before a stop is still loading when the stop comes.
+SLOW_TO_LOAD = (python_model_config("X TYPE_INT32 1", "VERSION TYPE_INT32 1"), """
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        time.sleep(6)
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("VERSION", np.full_like(
+            pb_utils.get_input_tensor_by_name(r, "X").as_numpy(), 2))]) for r in requests]
+""")
+
+
+def test_a_stop_during_a_reload_waits_for_it_and_exits_cleanly(tmp_path):
+    """Triton's shutdown counts a model whose load is in flight as live until its exit
+    timeout (exit code 1 after a rollout, seen on CI): a stop first waits until the
+    repository index shows no model loading or unloading, then sends SIGTERM."""
+    repo = tmp_path / "repo"
+    write_model(repo, "versioned", VERSIONED)
+    server = TritonServer(repo, model_control_mode="poll", repository_poll_secs=1,
+                          log_path=tmp_path / "tritonserver.log").start()
+    try:
+        # a poll reloads every model once after the start (python stubs touch their folders)
+        wait_for(lambda: server.changing_models() == [], 60, "the start's own reload")
+        staged = tmp_path / "staged"
+        (staged / "2").mkdir(parents=True)
+        (staged / "2" / "model.py").write_text(textwrap.dedent(SLOW_TO_LOAD[1]).lstrip())
+        os.rename(staged / "2", repo / "versioned" / "2")          # a rollout: version 2
+        wait_for(lambda: any("LOADING" in m for m in server.changing_models() or []), 30,
+                 "version 2 to start loading")
+    finally:
+        code = server.stop()
+    log = server.log_path.read_text()
+    assert code == 0, log[-3000:]
+    before, after = log.split("Signal (15) received")
+    assert "loading: versioned:2" in before                     # every load ended, then the stop
+    assert before.count("loading: versioned") == before.count("successfully loaded 'versioned'")
+    assert "loading:" not in after

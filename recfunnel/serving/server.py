@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -58,10 +59,18 @@ SYSTEM_TRITON = Path("/opt/tritonserver")
 # Flags every start gets: CPU only, fail fast, "ready" only when every model is ready.
 CPU_FLAGS = ("--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0",
              "--strict-readiness=true", "--exit-on-error=true")
+# Triton's own budget for unloading every model on SIGTERM (its default is 30 s): a stage with
+# TensorFlow loaded takes 10-15 s to unload on a busy machine, and a reload in flight longer.
+EXIT_TIMEOUT_S = 60
+SETTLE_TIMEOUT_S = 60.0     # at most this long, a stop first waits out loads and unloads
 # p50/p95/p99 latency per model on /metrics (nv_inference_*_summary_us, over Triton's sliding
 # window of about a minute); without it Triton exposes only cumulative durations. monitoring/.
 METRICS_FLAGS = ("--metrics-config=summary_latencies=true",)
 # Triton's error lines (glog "E1128 ...", protobuf parse errors, the final "error: ...").
+# a load starts ("loading: funnel:2") and ends ("successfully loaded 'funnel'", "failed to load
+# 'funnel' version 2: ..."), in Triton 2.51's log at its default verbosity
+LOAD_STARTED = re.compile(r'"loading: ([^:"]+):\d+"')
+LOAD_ENDED = re.compile(r"(?:successfully loaded|failed to load) '([^']+)'")
 ERROR_LINE = re.compile(r"^(E\d{4} |\[libprotobuf ERROR|error: )")
 HARMLESS_ERRORS = ("CudaDriverHelper has not been initialized",)   # every start on a CPU
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # loopback, direct
@@ -163,8 +172,11 @@ class TritonServer:
     start), "poll" (watch the repository every `repository_poll_secs` seconds: add a version
     directory to roll out, remove it to roll back) or "explicit" (load `load_models` at start,
     more through the client). The server's stdout and stderr, python models' prints included,
-    go to `log_path` (default: a new file in the temp directory). `stop_timeout_s` outlasts
-    Triton's own 30 s wait for in-flight requests before SIGKILL. `binary` and
+    go to `log_path` (default: a new file in the temp directory). A stop first waits (at most
+    SETTLE_TIMEOUT_S) until no model is loading or unloading, since Triton's shutdown does not
+    wait for a load in flight and then counts it as live until its exit timeout runs out (seen
+    as exit code 1 after a rollout's reload); `stop_timeout_s` outlasts Triton's own
+    EXIT_TIMEOUT_S before SIGKILL. `binary` and
     `backend_directory` override `find_tritonserver`; `env` adds environment variables and
     `extra_args` tritonserver flags (e.g. "--log-verbose=1").
     """
@@ -174,7 +186,7 @@ class TritonServer:
                  metrics_port: int | None = None, model_control_mode: str = "none",
                  repository_poll_secs: int = 2, load_models: tuple[str, ...] = (),
                  log_path: str | os.PathLike | None = None,
-                 startup_timeout_s: float = 120.0, stop_timeout_s: float = 45.0,
+                 startup_timeout_s: float = 120.0, stop_timeout_s: float = EXIT_TIMEOUT_S + 30,
                  binary: str | os.PathLike | None = None,
                  backend_directory: str | os.PathLike | None = None,
                  cache_dir: str | os.PathLike | None = None, env: dict | None = None,
@@ -257,7 +269,7 @@ class TritonServer:
                f"--model-control-mode={self.model_control_mode}",
                *(f"--{kind}-address={self.host}" for kind in ("http", "grpc", "metrics")),
                *(f"--{kind}-port={port}" for kind, port in self.ports.items()),
-               *CPU_FLAGS, *METRICS_FLAGS]
+               *CPU_FLAGS, *METRICS_FLAGS, f"--exit-timeout-secs={EXIT_TIMEOUT_S}"]
         if self.model_control_mode == "poll":
             cmd.append(f"--repository-poll-secs={self.repository_poll_secs}")
         cmd += [f"--load-model={name}" for name in self.load_models]
@@ -331,6 +343,7 @@ class TritonServer:
             return None
         stopping = time.monotonic()
         if self.process.poll() is None:
+            self.wait_until_settled(stopping + SETTLE_TIMEOUT_S)
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(self.stop_timeout_s)
@@ -341,6 +354,52 @@ class TritonServer:
         code = self.process.wait()
         self.shutdown_s = time.monotonic() - stopping
         return code
+
+    def changing_models(self) -> list[str] | None:
+        """Models Triton is loading or unloading now; None when the server does not answer.
+
+        Two sources: the repository index (a model's first load, an unload) and this start's
+        log, whose "loading: name:version" lines without a "successfully loaded"/"failed to
+        load" after them are loads in flight: a poll's reload of a version that stays READY
+        meanwhile, which the index does not show (measured)."""
+        request = urllib.request.Request(f"http://{self.http_address}/v2/repository/index",
+                                         data=b"{}", method="POST")
+        try:
+            with NO_PROXY.open(request, timeout=2) as response:
+                index = json.loads(response.read())
+        except (OSError, ValueError):
+            return None
+        changing = [f"{m.get('name')}:{m.get('version')} {m['state']}" for m in index
+                    if m.get("state") in ("LOADING", "UNLOADING")]
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_offset)
+                text = log.read().decode(errors="replace")
+        except OSError:
+            return changing
+        pending: dict[str, int] = {}
+        for started in LOAD_STARTED.findall(text):
+            pending[started] = pending.get(started, 0) + 1
+        for ended in LOAD_ENDED.findall(text):
+            if pending.get(ended):
+                pending[ended] -= 1
+        return changing + [f"{name} LOADING" for name, n in pending.items() if n > 0]
+
+    def wait_until_settled(self, deadline: float) -> None:
+        """Until no model has been loading or unloading for a whole poll interval (a poll may
+        start a reload any second), or `deadline`; at once when the server does not answer."""
+        quiet_s = self.repository_poll_secs + 0.5 if self.model_control_mode == "poll" else 0
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline and self.process.poll() is None:
+            changing = self.changing_models()
+            if changing is None:
+                return
+            now = time.monotonic()
+            if changing:
+                quiet_since = now
+            elif now - quiet_since >= quiet_s:
+                return
+            time.sleep(0.2)
 
     def serve_forever(self) -> int | None:
         """Start (if needed) and serve until SIGINT or SIGTERM, then stop; the exit code.
