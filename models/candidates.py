@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from recfunnel.models.artifacts import read_manifest
+from recfunnel.models.artifacts import read_manifest, require_same_version
 
 ITEM_EMBEDDINGS = "item_embeddings.npy"
 ITEM_IDS = "item_ids.npy"
@@ -139,8 +139,6 @@ def load_retrieval(query_dir: str | Path, items_dir: str | Path, kind: str = "ex
     Returns (serving signature of the query tower, EmbeddingIndex, version).
     """
     import tensorflow as tf
-
-    from recfunnel.models.artifacts import require_same_version
 
     query_manifest = read_manifest(query_dir, kind="query_tower")
     items_manifest = read_manifest(items_dir, kind="item_embeddings")

@@ -19,6 +19,9 @@ import pandas as pd
 
 from recfunnel.models.artifacts import read_manifest, write_manifest
 
+# A version's feature tables: `features` as served (every event, refreshed by export), and
+# `features_offline`, what the offline evaluation may know when it ranks for the test split.
+FEATURES, OFFLINE_FEATURES = "features", "features_offline"
 USER_FEATURES, ITEM_FEATURES = "user_features.parquet", "item_features.parquet"
 PAIR_FEATURES = "user_group_features.parquet"   # (user, item group) statistics
 PAIR_KEY, USER_KEY_COLUMN, ITEM_GROUP = "pair_key", "user_key", "item_group"
@@ -206,7 +209,6 @@ def refresh_feature_tables(dataset_dir: Path, version_dir: Path, new_events=None
     `new_events` (our event schema; their items mapped to canonical ids and unsafe items
     dropped as the build did), as of the midnight after the newest event, without retraining.
     The models are unchanged: only counts, rates and last active days move."""
-    from recfunnel.models.funnel import FEATURES      # funnel imports this module: a cycle to remove
     from recfunnel.workflows.dataset import HISTORY_COLUMNS
 
     dataset_dir, version_dir = Path(dataset_dir), Path(version_dir)

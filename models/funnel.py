@@ -26,15 +26,13 @@ import pandas as pd
 from recfunnel.models.artifacts import read_manifest, require_same_version
 from recfunnel.models.components import (FILTERS, POPULARITY, RANKERS, SELECTORS, SOURCES, Request,
                                lookup)
-from recfunnel.models.features import (ITEM_GROUP, REQUEST_DAY, UNKNOWN_USER, USER_KEY_COLUMN, PairTable,
-                             load_feature_tables, load_pair_table, recency_feature)
+from recfunnel.models.features import (FEATURES, ITEM_GROUP, OFFLINE_FEATURES, REQUEST_DAY,
+                                       UNKNOWN_USER, USER_KEY_COLUMN, PairTable,
+                                       load_feature_tables, load_pair_table, recency_feature)
 from recfunnel.config import INDEX_KINDS
 from recfunnel.errors import ConfigError
 
 MODEL, FALLBACK = "model", "fallback"
-# The version's feature tables: `features` as served (every event, refreshed by export), and
-# `features_offline`, what the offline evaluation may know when it ranks for the test split.
-FEATURES, OFFLINE_FEATURES = "features", "features_offline"
 
 
 @dataclass

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recfunnel.models.candidates import query_vectors
 from recfunnel.models.components import POPULARITY, SOURCES, STAGES_FILE, stage_lists
 from recfunnel.models.data import Splits
 from recfunnel.models.funnel import MODEL, OFFLINE_FEATURES, Funnel, FunnelSettings
@@ -39,8 +40,6 @@ def write_predictions(dataset_dir: Path, version_dir: Path, out_dir: Path, cfg,
     """The test split's predictions of the version at `version_dir` under the declared funnel
     `funnel_settings` (its lists, stage by stage) and of every candidate source alone."""
     from tqdm.auto import tqdm
-
-    from recfunnel.models.candidates import query_vectors
 
     splits = Splits.load(dataset_dir)
     out_dir = Path(out_dir)

@@ -18,8 +18,9 @@ from recfunnel.models.candidates import (RETRIEVAL_SCORE, PopularityCandidates, 
                                retrieval_scores)
 from recfunnel.models.cascade import StageView, cascade_mix, stage_negatives
 from recfunnel.models.data import Splits
-from recfunnel.models.features import build_feature_tables, history_events
-from recfunnel.models.funnel import FEATURES, OFFLINE_FEATURES, FunnelSettings
+from recfunnel.models.features import (FEATURES, OFFLINE_FEATURES, build_feature_tables,
+                                       history_events)
+from recfunnel.models.funnel import FunnelSettings
 from recfunnel.config import ModelsConfig
 from recfunnel.topk import topk_metrics
 
