@@ -377,13 +377,12 @@ class TritonServer:
                 text = log.read().decode(errors="replace")
         except OSError:
             return changing
-        pending: dict[str, int] = {}
-        for started in LOAD_STARTED.findall(text):
-            pending[started] = pending.get(started, 0) + 1
-        for ended in LOAD_ENDED.findall(text):
-            if pending.get(ended):
-                pending[ended] -= 1
-        return changing + [f"{name} LOADING" for name, n in pending.items() if n > 0]
+        # per model, a load is in flight when its last line is a start: Triton logs one start
+        # per version ("loading: m:1", "loading: m:2") and one end for them all
+        last_start = {m.group(1): m.start() for m in LOAD_STARTED.finditer(text)}
+        last_end = {m.group(1): m.start() for m in LOAD_ENDED.finditer(text)}
+        return changing + [f"{name} LOADING" for name, at in last_start.items()
+                           if at > last_end.get(name, -1)]
 
     def wait_until_settled(self, deadline: float) -> None:
         """Until no model has been loading or unloading for a whole poll interval (a poll may
