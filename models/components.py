@@ -191,20 +191,25 @@ class ItemItemSource:
         self.fitted = np.load(folder / "fitted_items.npy")
         self.funnel = funnel
 
+    def scores(self, had: np.ndarray) -> np.ndarray:
+        """[n_items] a user's score of every item from the items they have (categorified ids);
+        -inf for items never seen in training."""
+        had = had[had < len(self.fitted)]
+        s = np.asarray(self.weights[had].sum(axis=0), np.float32)
+        s[~self.fitted] = -np.inf
+        return s
+
     def candidates(self, request, k, exclude):
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
         n, n_items = len(request.users_raw), len(self.fitted)
         items, scores = np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32)
+        history = self.funnel.user_items(request)
         for row in np.flatnonzero(request.known):
-            user = int(request.users_raw[row])
-            had = self.funnel.item_ids(request.exclude_raw[row] if request.exclude_raw is not None
-                                       else self.funnel.seen.get(user, ()))
-            had = had[had < n_items]
+            had = history[row][history[row] < n_items]
             if not len(had):
                 continue
-            s = np.asarray(self.weights[had].sum(axis=0), np.float32)
-            s[~self.fitted] = -np.inf
+            s = self.scores(had)
             banned = np.asarray(exclude[row], np.int64)
             s[banned[(banned >= 0) & (banned < n_items)]] = -np.inf
             top = np.argsort(-s, kind="stable")[:k]
@@ -240,10 +245,7 @@ class SeenFilter:
         self.funnel = funnel
 
     def excluded(self, request):
-        seen = self.funnel.seen
-        return [self.funnel.item_ids(request.exclude_raw[n] if request.exclude_raw is not None
-                                     else seen.get(int(u), ()))
-                for n, u in enumerate(request.users_raw)]
+        return self.funnel.user_items(request)
 
 
 @register(FILTERS, "unsafe")
@@ -284,11 +286,6 @@ class TrainedRanker:
 for _name in ("light_ranker", "heavy_ranker"):
     register(RANKERS, _name, _ranker_artifacts(_name))(
         lambda root, settings, funnel, n=_name: TrainedRanker(n, root))
-
-
-def ranker_manifest(root: Path, name: str) -> dict:
-    """A ranker's manifest without loading TensorFlow (its objectives, version)."""
-    return read_manifest(Path(root) / name, kind="ranker")
 
 
 # ---- selector ----------------------------------------------------------------------------------

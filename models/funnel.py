@@ -107,10 +107,6 @@ class FunnelSettings:
         return cls(list(f.sources), list(f.filters), list(f.rankers), dict(f.blend),
                    f.candidates_k, cfg.models.eval_k, f.index)
 
-    @classmethod
-    def from_dict(cls, values: dict) -> "FunnelSettings":
-        return cls(**values)
-
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -259,6 +255,13 @@ class Funnel:
         return self.items["item_id"].reindex(np.asarray(raw, np.int64)).dropna().to_numpy(
             np.int64)
 
+    def user_items(self, request: Request) -> list[np.ndarray]:
+        """Per user, the categorified ids of what they have: the caller's exclusions when the
+        request names them, else what the export recorded as seen."""
+        if request.exclude_raw is not None:
+            return [self.item_ids(raw) for raw in request.exclude_raw]
+        return [self.item_ids(self.seen.get(int(u), ())) for u in request.users_raw]
+
     def exclusions(self, request: Request) -> list[np.ndarray]:
         """Per user, the union of the declared filters' items."""
         parts = [f.excluded(request) for f in self.filters]
@@ -299,11 +302,8 @@ class Funnel:
              weights: dict) -> tuple[np.ndarray, np.ndarray, dict]:
         """One ranking stage: scores the candidates with `ranker`, orders each user's by the
         blend of `weights`, keeps the top `keep`; kept ids, blended and per-objective scores."""
-        n, width = candidates.shape
-        if width == 0:
-            return candidates, np.zeros((n, 0)), {}
-        scores = self.ranker(ranker).score(pair_rows(rows, self.items, candidates, self.pairs))
-        return self.selector.select(candidates, scores, keep, weights)
+        return rank_candidates(self.ranker(ranker), rows, self.items, candidates, keep, weights,
+                               self.pairs, self.selector)
 
     def recommend(self, users_raw, k: int | None = None, exclude_raw=None,
                   keep_stages: bool = False, blend_weights: dict | None = None,
@@ -382,14 +382,15 @@ def pair_rows(rows: pd.DataFrame, items: pd.DataFrame, candidates: np.ndarray,
 
 
 def rank_candidates(scorer, rows: pd.DataFrame, items: pd.DataFrame, candidates: np.ndarray,
-                    keep: int, weights: dict, pairs: PairTable | None = None
+                    keep: int, weights: dict, pairs: PairTable | None = None, selector=None
                     ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """A ranking stage outside a Funnel (the cascade's training view): scores [n, width]
-    candidates with `scorer`, keeps each user's top `keep` by the blend of `weights`."""
+    """A ranking stage (a Funnel's, or the cascade's training view): scores [n, width]
+    candidates with `scorer`, keeps each user's top `keep` by `selector` (default the blend
+    of `weights`)."""
     if candidates.shape[1] == 0:
         return candidates, np.zeros((len(candidates), 0)), {}
     scores = scorer.score(pair_rows(rows, items, candidates, pairs))
-    return SELECTORS["blend"]().select(candidates, scores, keep, weights)
+    return (selector or SELECTORS["blend"]()).select(candidates, scores, keep, weights)
 
 
 def _ms(start: float) -> float:

@@ -86,11 +86,8 @@ def write_predictions(dataset_dir: Path, version_dir: Path, out_dir: Path, cfg,
         if kind == "ease":
             ids = source.candidates(request, k, excluded)[0]
             dense = np.full((len(users), width), -np.inf, np.float32)
-            for row in range(len(users)):
-                had = funnel.item_ids(exclude[row])
-                had = had[had < len(source.fitted)]
-                dense[row, :len(source.fitted)] = np.where(
-                    source.fitted, np.asarray(source.weights[had].sum(axis=0)), -np.inf)
+            for row, had in enumerate(funnel.user_items(request)):
+                dense[row, :len(source.fitted)] = source.scores(had)
         elif kind == POPULARITY:
             ids = source.candidates(request, k, excluded)[0]
             dense = np.zeros(width)

@@ -110,7 +110,7 @@ def open_served_version(artifacts_dir: str | Path) -> Funnel:
     artifacts_dir = Path(artifacts_dir)
     folder = artifacts_dir / SERVING
     manifest = read_manifest(folder, kind="serving")
-    settings = FunnelSettings.from_dict(json.loads((folder / "settings.json").read_text()))
+    settings = FunnelSettings(**json.loads((folder / "settings.json").read_text()))
     seen = pd.read_parquet(folder / "seen.parquet")
     by_user = {int(u): items.to_numpy(np.int64)
                for u, items in seen.groupby("user_id_raw")["item_id_raw"]}
