@@ -122,13 +122,15 @@ class PopularityCandidates:
                exclude: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
-        share = self.counts / max(self.counts.sum(), 1.0)
+        share = (self.counts / max(self.counts.sum(), 1.0)).astype(np.float32)
         items, scores = [], []
         for n in range(n_queries):
-            keep = ~np.isin(self.item_ids, exclude[n]) if exclude is not None else \
-                np.ones(len(self.item_ids), bool)
-            items.append(self.item_ids[keep][:k])
-            scores.append(share[keep][:k].astype(np.float32))
+            banned = exclude[n] if exclude is not None else ()
+            # the best k + |banned| hold the best k allowed: no need to look further
+            head = slice(0, k + len(banned))
+            keep = ~np.isin(self.item_ids[head], banned) if len(banned) else slice(None)
+            items.append(self.item_ids[head][keep][:k])
+            scores.append(share[head][keep][:k])
         return _pad(items, scores, k)
 
 
@@ -156,8 +158,8 @@ def query_vectors(query, rows) -> np.ndarray:
     import tensorflow as tf
 
     specs = query.structured_input_signature[1]
-    inputs = {n: tf.constant(rows[n].to_numpy().astype(spec.dtype.as_numpy_dtype).reshape(-1, 1))
-              for n, spec in specs.items()}
+    inputs = {n: tf.constant(np.asarray(rows[n]).astype(spec.dtype.as_numpy_dtype, copy=False)
+                             .reshape(-1, 1)) for n, spec in specs.items()}
     return next(iter(query(**inputs).values())).numpy()
 
 
@@ -171,7 +173,7 @@ def retrieval_scores(query, index: EmbeddingIndex, rows) -> np.ndarray:
     vectors = query_vectors(query, rows)
     position = np.full(int(index.item_ids.max()) + 1, -1, np.int64)
     position[index.item_ids] = np.arange(len(index.item_ids))
-    ids = rows["item_id"].to_numpy(np.int64)
+    ids = np.asarray(rows["item_id"], np.int64)
     pos = np.where((ids >= 0) & (ids < len(position)), position[np.clip(ids, 0, len(position) - 1)],
                    -1)
     out = np.zeros(len(rows), np.float32)

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
-import pandas as pd
 
 from recfunnel.models.artifacts import read_manifest
 from recfunnel.models.blend import blend
 from recfunnel.models.candidates import (RETRIEVAL_SCORE, EmbeddingIndex, PopularityCandidates,
                                query_vectors)
+from recfunnel.models.features import Columns
 
 POPULARITY = "popularity"    # the fallback source of users the models do not know (L1.1)
 # Offline predictions name each stage's list (models.predict writes, recfunnel.evaluation
@@ -44,7 +44,7 @@ def stage_lists(rankers: list[str]) -> dict[str, str]:
 class Request:
     """What every component may read about the users of one request."""
     users_raw: np.ndarray            # [n] raw user ids
-    rows: pd.DataFrame               # [n] the users' feature rows (the version's user table)
+    rows: Columns                    # [n] the users' feature rows (the version's user table)
     known: np.ndarray                # [n] bool: the models know the user (else the fallback)
     exclude_raw: list | None = None  # per user, raw item ids the caller excludes (None: seen)
 
@@ -52,7 +52,7 @@ class Request:
         """The request of the users at positions `rows`."""
         if len(rows) == len(self.users_raw):
             return self
-        return Request(self.users_raw[rows], self.rows.iloc[rows].reset_index(drop=True),
+        return Request(self.users_raw[rows], self.rows.take(rows),
                        self.known[rows], None if self.exclude_raw is None
                        else [self.exclude_raw[i] for i in rows])
 
@@ -82,8 +82,8 @@ class Ranker(Protocol):
     version: str
     objectives: list[str]
 
-    def score(self, rows: pd.DataFrame) -> dict[str, np.ndarray]:
-        """objective -> [len(rows)] scores."""
+    def score(self, rows: Columns) -> dict[str, np.ndarray]:
+        """objective -> [len(rows)] scores of (user, item) rows (models.funnel.pair_rows)."""
 
 
 class Selector(Protocol):
@@ -162,7 +162,7 @@ class EmbeddingSource:
         items, scores = np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32)
         rows = np.flatnonzero(request.known)
         if len(rows):
-            vectors = query_vectors(self.query, request.rows.iloc[rows])
+            vectors = query_vectors(self.query, request.rows.take(rows))
             items[rows], scores[rows] = self.index.search(vectors, k, [exclude[i] for i in rows])
         return items, scores
 

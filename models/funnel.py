@@ -26,9 +26,10 @@ import pandas as pd
 from recfunnel.models.artifacts import read_manifest, require_same_version
 from recfunnel.models.components import (FILTERS, POPULARITY, RANKERS, SELECTORS, SOURCES, Request,
                                lookup)
-from recfunnel.models.features import (FEATURES, ITEM_GROUP, OFFLINE_FEATURES, REQUEST_DAY,
-                                       UNKNOWN_USER, USER_KEY_COLUMN, PairTable,
-                                       load_feature_tables, load_pair_table, recency_feature)
+from recfunnel.models.features import (FEATURES, ITEM_GROUP, ITEM_KEY, OFFLINE_FEATURES,
+                                       REQUEST_DAY, UNKNOWN_USER, USER_KEY, USER_KEY_COLUMN,
+                                       Columns, FeatureTable, PairTable, load_feature_tables,
+                                       load_pair_table, recency_feature)
 from recfunnel.config import INDEX_KINDS
 from recfunnel.errors import ConfigError
 
@@ -172,10 +173,18 @@ class Funnel:
     all required to carry the same version, L5.2), the feature tables and the filters; each
     TensorFlow model loads on first use, so a process that runs one stage (a Triton stage
     model) loads only its own.
+
+    The request path touches no pandas: the feature tables are held as arrays (FeatureTable:
+    users by raw id, items by categorified id), the users' seen items as one CSR built here,
+    and ranker inputs are gathered from them (`pair_rows`). `users` and `items` stay readable
+    as DataFrames (raw id index) for offline callers.
+
+    seen: each raw user id's raw item ids that the `seen` filter removes, as a dict or a frame
+      of (user_id_raw, item_id_raw) rows.
     """
 
     def __init__(self, version_dir: str | Path, settings: FunnelSettings,
-                 unsafe_raw: Sequence[int] = (), seen: dict | None = None,
+                 unsafe_raw: Sequence[int] = (), seen: dict | pd.DataFrame | None = None,
                  features: str = FEATURES):
         self.root, self.settings = Path(version_dir), settings
         folders = [features if f == FEATURES else f for f in settings.artifacts(self.root)]
@@ -183,9 +192,18 @@ class Funnel:
         self.version = require_same_version(**self.manifests)
         self.users, self.items = load_feature_tables(self.root / features)  # by raw id
         self.pairs = load_pair_table(self.root / features)
-        self.seen, self.unsafe_raw = seen or {}, np.asarray(unsafe_raw, np.int64)
-        self._raw_of = pd.Series(self.items.index.to_numpy(),
-                                 index=self.items["item_id"].to_numpy())
+        self.user_table = FeatureTable(self.users)
+        self.item_table = FeatureTable(self.items, key="item_id")   # by categorified id
+        self._unknown_row = int(self.user_table.find([UNKNOWN_USER])[0][0])
+        self._raw_keys = self.items.index.to_numpy(np.int64)         # raw id -> categorified
+        order = np.argsort(self._raw_keys, kind="stable")
+        self._raw_keys = self._raw_keys[order]
+        self._ids_of_raw = self.items["item_id"].to_numpy(np.int64)[order]
+        ids = self.items["item_id"].to_numpy(np.int64)                # categorified -> raw
+        self._raw_of = np.full(int(ids.max()) + 1 if len(ids) else 0, -1, np.int64)
+        self._raw_of[ids] = self.items.index.to_numpy(np.int64)
+        self.unsafe_raw = np.asarray(unsafe_raw, np.int64)
+        self._seen = self._seen_csr(seen)
         self.catalogue_size = int(len(self.items))
         open_ = lambda registry, kind, name: lookup(registry, kind, name).open(  # noqa: E731
             self.root, settings, self)
@@ -227,12 +245,13 @@ class Funnel:
         return int(self.users[REQUEST_DAY].iloc[0]) if REQUEST_DAY in self.users else 0
 
     def user_rows(self, users_raw: np.ndarray, day: int | None = None
-                  ) -> tuple[pd.DataFrame, np.ndarray]:
+                  ) -> tuple[Columns, np.ndarray]:
         """Feature rows of the users (unknown ones get the unseen-id row) and their path, with
         recency as of `day` (days since the epoch; default: the tables' own day)."""
-        known = np.isin(users_raw, self.users.index.to_numpy()) & (users_raw != UNKNOWN_USER)
-        keys = np.where(known, users_raw, UNKNOWN_USER)
-        rows = self.users.loc[keys].reset_index(drop=True)
+        users_raw = np.asarray(users_raw, np.int64).reshape(-1)
+        at, found = self.user_table.find(users_raw)
+        known = found & (users_raw != UNKNOWN_USER)
+        rows = self.user_table.rows(np.where(known, at, self._unknown_row))
         if day is not None and REQUEST_DAY in rows:
             day = int(day)
             if day < self.as_of_day:
@@ -240,27 +259,61 @@ class Funnel:
                                  f"version {self.version}'s feature tables count events; ask "
                                  "at or after it (or refresh the tables: recfunnel features "
                                  "refresh)")
-            rows[REQUEST_DAY] = np.int64(day)
+            rows[REQUEST_DAY] = np.full(len(rows), day, np.int64)
             if "user_days_since_last" in rows:
                 rows["user_days_since_last"] = recency_feature(day, rows["user_last_day"])
         return rows, np.where(known, MODEL, FALLBACK)
 
-    def request(self, users_raw: np.ndarray, rows: pd.DataFrame, path: np.ndarray,
+    def request(self, users_raw: np.ndarray, rows, path: np.ndarray,
                 exclude_raw=None) -> Request:
-        return Request(np.asarray(users_raw, np.int64), rows, np.asarray(path) == MODEL,
-                       exclude_raw)
+        return Request(np.asarray(users_raw, np.int64), Columns.of(rows),
+                       np.asarray(path) == MODEL, exclude_raw)
 
     def item_ids(self, raw) -> np.ndarray:
         """Raw item ids -> the version's categorified ids (ids it does not know are dropped)."""
-        return self.items["item_id"].reindex(np.asarray(raw, np.int64)).dropna().to_numpy(
-            np.int64)
+        raw = np.asarray(raw, np.int64).reshape(-1)
+        if not len(self._raw_keys) or not len(raw):
+            return np.empty(0, np.int64)
+        at = np.minimum(np.searchsorted(self._raw_keys, raw), len(self._raw_keys) - 1)
+        return self._ids_of_raw[at[self._raw_keys[at] == raw]]
+
+    def _seen_csr(self, seen) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(users, offsets, ids): sorted raw user ids, and user i's categorified seen ids at
+        ids[offsets[i]:offsets[i + 1]], in the order given."""
+        if seen is None or len(seen) == 0:
+            return np.empty(0, np.int64), np.zeros(1, np.int64), np.empty(0, np.int64)
+        if isinstance(seen, pd.DataFrame):
+            user_raw = seen[USER_KEY].to_numpy(np.int64)
+            item_raw = seen[ITEM_KEY].to_numpy(np.int64)
+        else:
+            lists = [np.asarray(v, np.int64).reshape(-1) for v in seen.values()]
+            user_raw = np.repeat(np.fromiter(seen, np.int64, len(seen)), [len(v) for v in lists])
+            item_raw = np.concatenate([np.empty(0, np.int64), *lists])
+        at = np.minimum(np.searchsorted(self._raw_keys, item_raw), max(len(self._raw_keys) - 1, 0))
+        known = (self._raw_keys[at] == item_raw) if len(self._raw_keys) else \
+            np.zeros(len(item_raw), bool)
+        user_raw, ids = user_raw[known], self._ids_of_raw[at[known]]
+        order = np.argsort(user_raw, kind="stable")
+        user_raw, ids = user_raw[order], ids[order]
+        users, counts = np.unique(user_raw, return_counts=True)
+        return users, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), ids
+
+    def seen_items(self, users_raw) -> list[np.ndarray]:
+        """Per raw user id, the categorified ids the export recorded as seen."""
+        users, offsets, ids = self._seen
+        users_raw = np.asarray(users_raw, np.int64).reshape(-1)
+        if not len(users):
+            return [ids[:0]] * len(users_raw)
+        at = np.minimum(np.searchsorted(users, users_raw), len(users) - 1)
+        has = users[at] == users_raw
+        return [ids[offsets[a]:offsets[a + 1]] if h else ids[:0] for a, h in zip(at, has)]
 
     def user_items(self, request: Request) -> list[np.ndarray]:
         """Per user, the categorified ids of what they have: the caller's exclusions when the
         request names them, else what the export recorded as seen."""
         if request.exclude_raw is not None:
             return [self.item_ids(raw) for raw in request.exclude_raw]
-        return [self.item_ids(self.seen.get(int(u), ())) for u in request.users_raw]
+        return self.seen_items(request.users_raw)
 
     def exclusions(self, request: Request) -> list[np.ndarray]:
         """Per user, the union of the declared filters' items."""
@@ -298,12 +351,12 @@ class Funnel:
             add(short, self.fallback, k)
         return ids, scores
 
-    def rank(self, ranker: str, rows: pd.DataFrame, candidates: np.ndarray, keep: int,
+    def rank(self, ranker: str, rows, candidates: np.ndarray, keep: int,
              weights: dict) -> tuple[np.ndarray, np.ndarray, dict]:
         """One ranking stage: scores the candidates with `ranker`, orders each user's by the
         blend of `weights`, keeps the top `keep`; kept ids, blended and per-objective scores."""
-        return rank_candidates(self.ranker(ranker), rows, self.items, candidates, keep, weights,
-                               self.pairs, self.selector)
+        return rank_candidates(self.ranker(ranker), rows, self.item_table, candidates, keep,
+                               weights, self.pairs, self.selector)
 
     def recommend(self, users_raw, k: int | None = None, exclude_raw=None,
                   keep_stages: bool = False, blend_weights: dict | None = None,
@@ -350,43 +403,51 @@ class Funnel:
 
     def raw_ids(self, ids: np.ndarray) -> np.ndarray:
         """Categorified item ids -> raw ids, keeping -1 padding."""
-        ids = np.asarray(ids)
-        raw = self._raw_of.reindex(ids.reshape(-1)).fillna(-1).to_numpy(np.int64)
-        return np.where(ids >= 0, raw.reshape(ids.shape), -1)
+        ids = np.asarray(ids, np.int64)
+        inside = (ids >= 0) & (ids < len(self._raw_of))
+        return np.where(inside, self._raw_of[np.where(inside, ids, 0)], -1) if len(self._raw_of) \
+            else np.full(ids.shape, -1, np.int64)
 
 
-def pair_rows(rows: pd.DataFrame, items: pd.DataFrame, candidates: np.ndarray,
-              pairs: PairTable | None = None) -> pd.DataFrame:
+def pair_rows(rows, items, candidates: np.ndarray, pairs: PairTable | None = None) -> Columns:
     """One ranker input row per (user, candidate): the user's features, the item's, and the
-    user's own history with the item's group (`pairs`).
+    user's own history with the item's group (`pairs`), gathered from arrays.
 
     Args:
-      rows: [n] user feature rows (a version's user table rows, `request_day` included).
-      items: the version's item table (raw id index, categorified `item_id` column).
+      rows: [n] user feature rows (Columns or a DataFrame of a version's user table rows,
+        `request_day` included).
+      items: the version's item table: a FeatureTable keyed by categorified `item_id` (the
+        Funnel's `item_table`), or the item frame (raw id index, `item_id` column).
       candidates: [n, width] categorified item ids, -1 pads.
       pairs: the version's (user, item group) table, if its data set has item groups.
     """
+    rows = Columns.of(rows)
+    if not isinstance(items, FeatureTable):
+        items = FeatureTable(items, key="item_id")
     n, width = candidates.shape
-    flat = candidates.reshape(-1)
+    flat = np.asarray(candidates, np.int64).reshape(-1)
     # padding (-1) gets any real item's features; its score is masked by the caller
-    safe = np.where(flat >= 0, flat, items["item_id"].iloc[0])
-    item_rows = items.set_index("item_id").loc[safe]
-    out = pd.concat([rows.loc[np.repeat(np.arange(n), width)].reset_index(drop=True),
-                     item_rows.reset_index()], axis=1)
+    safe = np.where(flat >= 0, flat, items.keys[0])
+    at, found = items.find(safe)
+    if not found.all():
+        raise KeyError(f"candidate ids {np.unique(safe[~found])[:5].tolist()} are not in the "
+                       "version's item table")
+    out = rows.take(np.repeat(np.arange(n), width))
+    out.update(items.rows(at))
     out["item_id"] = safe
     if REQUEST_DAY in out and "item_days_since_last" in out:   # recency at request time
         out["item_days_since_last"] = recency_feature(out[REQUEST_DAY], out["item_last_day"])
     if pairs is not None and USER_KEY_COLUMN in out and ITEM_GROUP in out:
-        out = pd.concat([out, pairs.rows(out[USER_KEY_COLUMN], out[ITEM_GROUP])], axis=1)
+        out.update(pairs.rows(out[USER_KEY_COLUMN], out[ITEM_GROUP]))
     return out
 
 
-def rank_candidates(scorer, rows: pd.DataFrame, items: pd.DataFrame, candidates: np.ndarray,
+def rank_candidates(scorer, rows, items, candidates: np.ndarray,
                     keep: int, weights: dict, pairs: PairTable | None = None, selector=None
                     ) -> tuple[np.ndarray, np.ndarray, dict]:
     """A ranking stage (a Funnel's, or the cascade's training view): scores [n, width]
     candidates with `scorer`, keeps each user's top `keep` by `selector` (default the blend
-    of `weights`)."""
+    of `weights`). `rows` and `items` as pair_rows takes them."""
     if candidates.shape[1] == 0:
         return candidates, np.zeros((len(candidates), 0)), {}
     scores = scorer.score(pair_rows(rows, items, candidates, pairs))

@@ -25,6 +25,7 @@ from recfunnel.models.artifacts import read_manifest, write_manifest
 from recfunnel.models.candidates import RETRIEVAL_SCORE, load_retrieval, retrieval_scores
 from recfunnel.models.data import Splits, embedding_tables, to_dataset
 from recfunnel.models.epochs import KeepBestEpoch
+from recfunnel.models.features import Columns
 from recfunnel.config import RANKER_ARCHITECTURES, ModelsConfig
 
 
@@ -199,17 +200,20 @@ class RankerScorer:
                 raise ValueError(f"ranker {self.version} scores with retrieval {version}")
             self._retrieval = (query, index)
 
-    def score(self, rows: pd.DataFrame, batch_size: int = 8192) -> dict[str, np.ndarray]:
-        """objective -> [n] probabilities for the feature rows in `rows`."""
-        if self._retrieval is not None and RETRIEVAL_SCORE not in rows.columns:
-            rows = rows.assign(**{RETRIEVAL_SCORE: retrieval_scores(*self._retrieval, rows)})
-        missing = [f for f in self.features if f not in rows.columns]
+    def score(self, rows, batch_size: int = 8192) -> dict[str, np.ndarray]:
+        """objective -> [n] probabilities for the feature rows in `rows` (Columns, or a
+        DataFrame)."""
+        rows = Columns.of(rows)
+        if self._retrieval is not None and RETRIEVAL_SCORE not in rows:
+            rows = rows.take(slice(None))          # a copy: the caller's rows stay as given
+            rows[RETRIEVAL_SCORE] = retrieval_scores(*self._retrieval, rows)
+        missing = [f for f in self.features if f not in rows]
         if missing:
             raise ValueError(f"ranker {self.version} needs features {missing}")
         parts: dict[str, list[np.ndarray]] = {}
         for start in range(0, len(rows), batch_size):
-            batch = rows.iloc[start:start + batch_size]
-            inputs = {f: tf.constant(batch[f].to_numpy().astype(dtype).reshape(-1, 1))
+            batch = rows.take(slice(start, start + batch_size))
+            inputs = {f: tf.constant(batch[f].astype(dtype, copy=False).reshape(-1, 1))
                       for f, dtype in self.features.items()}
             for name, value in self._signature(**inputs).items():
                 objective = name.split("/")[0]            # "click/binary_output" -> "click"

@@ -134,7 +134,7 @@ def test_ranker_input_rows_equal_the_offline_build_at_that_time(small_run, in_pr
     features = list(funnel.ranker("heavy_ranker").scorer.features)
     assert any(f.startswith("user_category_") for f in features)
     for f in features:
-        np.testing.assert_allclose(served[f].to_numpy(np.float64), offline[f].to_numpy(np.float64),
+        np.testing.assert_allclose(np.asarray(served[f], np.float64), offline[f].to_numpy(np.float64),
                                    rtol=1e-6, atol=1e-6, err_msg=f)
 
 
