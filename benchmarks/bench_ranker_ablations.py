@@ -51,7 +51,8 @@ from merlin.schema import ColumnSchema, Schema, Tags  # noqa: E402
 from benchmarks.bench_data import machine, publish  # noqa: E402
 from recfunnel.models.candidates import RETRIEVAL_SCORE, load_retrieval, retrieval_scores  # noqa: E402
 from recfunnel.models.data import Splits  # noqa: E402
-from recfunnel.models.ranking import RankerScorer, train_ranker  # noqa: E402
+from recfunnel.models.ranking import train_ranker  # noqa: E402
+from recfunnel.models.scorer import RankerScorer  # noqa: E402
 from recfunnel.audit import ranking_vs_truth  # noqa: E402
 from recfunnel.config import load_config  # noqa: E402
 from recfunnel.data.synthetic import World  # noqa: E402

@@ -273,7 +273,7 @@ class TrainedRanker:
     """A multi-task ranker of the version (models.ranking), through its serving signature."""
 
     def __init__(self, name: str, root: Path):
-        from recfunnel.models.ranking import RankerScorer
+        from recfunnel.models.scorer import RankerScorer
 
         self.name = name
         self.scorer = RankerScorer(Path(root) / name)

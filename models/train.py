@@ -140,7 +140,7 @@ def cascade_rows(kind: str, splits: Splits, dataset_dir: Path, root: Path, cfg: 
     negatives from the stage before it (the funnel's learned source's candidates for the light
     ranker, the light ranker's kept set for the heavy one), when that stage and the offline
     tables exist."""
-    from recfunnel.models.ranking import RankerScorer     # TensorFlow
+    from recfunnel.models.scorer import RankerScorer     # TensorFlow
 
     per_row = cfg.light_cascade_negatives if kind == "light" else cfg.heavy_cascade_negatives
     stage = "candidates" if kind == "light" else "light_ranker"

@@ -103,7 +103,7 @@ def ranking_vs_truth(splits, ranker_dir: Path, world: World, cfg: ModelsConfig,
     of `weights` (the funnel's)."""
     from scipy.stats import spearmanr
 
-    from recfunnel.models.ranking import RankerScorer     # TensorFlow: loaded only when a run is audited
+    from recfunnel.models.scorer import RankerScorer     # TensorFlow: loaded only when a run is audited
 
     test = splits.test
     scores = RankerScorer(ranker_dir).score(test)

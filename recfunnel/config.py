@@ -355,11 +355,16 @@ class ServingConfig:
     stage_instances: int = 1              # processes per stage version (each TF one ~650 MB)
     versions_loaded: int = 2              # Triton versions every stage keeps loaded (rollback)
     keep_versions: int = 2                # version folders kept on disk after an export
+    # How the router runs the stages: `chain`, one call to a model holding them all (batched
+    # across concurrent requests), or `stages`, one call per stage model (BENCHMARKS.md
+    # bench_serving measures both); every stage model is exported either way.
+    path: str = "chain"
+    chain_instances: int = 1              # processes per chain version (each holds every model)
 
     CHECKS: ClassVar[dict] = {
-        "demo_users": NON_NEGATIVE,
-        **dict.fromkeys(("max_users", "router_instances", "stage_instances", "keep_versions"),
-                        AT_LEAST_ONE),
+        "demo_users": NON_NEGATIVE, "path": OneOf(("chain", "stages")),
+        **dict.fromkeys(("max_users", "router_instances", "stage_instances", "keep_versions",
+                         "chain_instances"), AT_LEAST_ONE),
         # a rollback needs the previous version still loaded in every stage
         "versions_loaded": Range(2)}
 

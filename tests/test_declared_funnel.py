@@ -15,8 +15,8 @@ import pytest
 from recfunnel.models.candidates import RETRIEVAL_SCORE
 from recfunnel.models.components import FILTERS, RANKERS, SELECTORS, SOURCES
 from recfunnel.models.funnel import Funnel, FunnelSettings, FunnelSpecError, pair_rows
-from recfunnel.serving.export import (exclusions_from_dataset, export_version, stage_environment,
-                                      versions_in)
+from recfunnel.serving.export import (ServingSettings, exclusions_from_dataset, export_version,
+                                      stage_environment, versions_in)
 from recfunnel.serving.funnel_client import FunnelClient
 from recfunnel.serving.server import TritonServer
 
@@ -192,14 +192,17 @@ def test_each_swap_is_a_config_change_served_as_declared(trained, tmp_path):
             FunnelClient(server.grpc_address, "grpc") as client:
         for n, (swap, change) in enumerate(SWAPS.items(), start=2):
             settings = FunnelSettings(**{**base.to_dict(), **change})
-            export_version(trained["version_dir"], dataset, repo, settings, label=label)
+            # the router's two paths take turns: one call to the chain, or one per stage
+            path = "stages" if n % 2 else "chain"
+            export_version(trained["version_dir"], dataset, repo, settings, label=label,
+                           serving=ServingSettings(path=path))
             deadline = time.monotonic() + 240
             while (served := client.recommend(users, k=5)).model_version != n:
                 assert time.monotonic() < deadline, f"{swap}: version {n} never served"
                 time.sleep(0.5)
             expected = trained["open"](settings).recommend(users, k=5)
             assert not np.array_equal(expected.items, before), f"{swap} changes nothing here"
-            np.testing.assert_array_equal(served.items, expected.items, err_msg=swap)
+            np.testing.assert_array_equal(served.items, expected.items, err_msg=f"{swap} {path}")
             np.testing.assert_allclose(served.score, expected.score, rtol=1e-6, atol=1e-7)
             assert list(served.objectives) == list(expected.objectives), swap
         assert versions_in(repo)[-1] == len(SWAPS) + 1

@@ -12,7 +12,8 @@ import pytest
 from recfunnel.models.artifacts import VersionMismatchError, new_version, read_manifest, write_manifest
 from recfunnel.models.candidates import load_retrieval
 from recfunnel.models.data import Splits, to_tensors
-from recfunnel.models.ranking import RankerScorer, train_ranker
+from recfunnel.models.ranking import train_ranker
+from recfunnel.models.scorer import RankerScorer
 from recfunnel.models.retrieval import retrieval_eval, tower_schemas, train_retrieval
 from recfunnel.config import ComputeConfig, DataConfig, DatasetConfig, ModelsConfig, ValidationConfig
 from recfunnel.data import sources

@@ -236,7 +236,27 @@ STAGE_ABUSE = {   # (stage, inputs(width of the user features, candidates_k), me
         "KEEP": np.array([3], np.int32),
         "BLEND": np.array([b'{"click": 1, "x": "' + b"y" * 5_000_000 + b'"}'], dtype=object)},
         "BLEND must be one JSON object of at most 4096 bytes"),
+    "chain-oversized": ("chain", lambda w, c: _chain_rows(np.arange(10_000)),
+                        "batch-size must be <= "),
+    "chain-rows-disagree": ("chain", lambda w, c: {**_chain_rows(np.array([1, 2])),
+                                                   "K": np.array([[3], [4]], np.int32)},
+                            "K must hold one value, repeated for every user"),
+    "chain-k-beyond-catalogue": ("chain", lambda w, c: {**_chain_rows(np.array([1])),
+                                                        "K": np.array([[10**6]], np.int32)},
+                                 "larger than the catalogue"),
+    "chain-blend-nan": ("chain", lambda w, c: {
+        **_chain_rows(np.array([1])), "BLEND": np.array([[b'{"click": NaN}']], dtype=object)},
+        "BLEND weights must be finite numbers >= 0"),
 }
+
+
+def _chain_rows(users):
+    """The chain's inputs for `users`: one row each, K 3, the tables' own day, the version's
+    blend."""
+    n = len(users)
+    return {"USER_ID": np.asarray(users, np.int64).reshape(n, 1),
+            "K": np.full((n, 1), 3, np.int32), "TIME": np.full((n, 1), -1, np.int64),
+            "BLEND": np.full((n, 1), b"", dtype=object)}
 
 
 @pytest.mark.parametrize("case", sorted(STAGE_ABUSE))
@@ -282,13 +302,25 @@ def test_ask_funnel_gives_the_demo_its_serving_section(server, small_run, in_pro
     assert 0 < summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"]
 
 
-def test_every_stage_reports_its_statistics(server, repo):
+def test_every_stage_reports_its_statistics(server, repo, in_process):
+    """The router and the chain it calls count the request; each stage model counts its own
+    (the funnel's stages answer directly too)."""
+    funnel = in_process[0]
     with TritonClient(server["http"]) as client:
         client.infer("funnel", {"USER_ID": np.array([1, 2])})
+        rows, path = funnel.user_rows(np.array([1]))
+        client.infer("user_features", {"USER_ID": np.array([1])})
+        client.infer("candidates", {"USER_ID": np.array([1]), "USER_FEATURES": np.column_stack(
+            [np.asarray(rows[c], np.float64) for c in funnel.users.columns]),
+            "PATH": np.array([path[0].encode()], dtype=object)})
+        for ranker in funnel.settings.ranker_names:
+            client.infer(ranker, {"USER_FEATURES": np.zeros((1, len(funnel.users.columns))),
+                                  "CANDIDATES": funnel.items["item_id"].to_numpy(np.int64)[None, :5],
+                                  "KEEP": np.array([2], np.int32)})
         stats = client.model_statistics()
     assert set(models_in(repo)) <= set(stats)
     for model in models_in(repo):
-        assert stats[model].requests > 0 and stats[model].compute_ms > 0
+        assert stats[model].requests > 0 and stats[model].compute_ms > 0, model
 
 
 def relabelled_copy(version_dir: Path, out: Path, version: str) -> Path:

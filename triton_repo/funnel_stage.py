@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import os
 import sys
 import traceback
@@ -27,10 +28,21 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 ARTIFACTS = "artifacts"
 MAX_BLEND_BYTES = 4096          # a BLEND is a few weights; anything longer is refused unread
+DAY_SECONDS = 86_400            # a request's TIME (epoch seconds) -> its day
+
+
+REFUSED = "refused: "           # begins a stage's answer to a request that is the caller's mistake
 
 
 class RequestError(ValueError):
     """The request itself is wrong; the message says what to send instead (INVALID_ARG)."""
+
+
+def refusal(error: RequestError) -> "pb_utils.InferenceResponse":
+    """A stage's 400 for the caller's mistake. Its message begins with REFUSED, which is how
+    the router tells it from a stage failure: a BLS caller gets every stage error with the
+    code INTERNAL, whatever the stage answered (server#7804)."""
+    return error_response(REFUSED + str(error), pb_utils.TritonError.INVALID_ARG)
 
 
 def error_response(message: str, code=None) -> "pb_utils.InferenceResponse":
@@ -41,6 +53,32 @@ def error_response(message: str, code=None) -> "pb_utils.InferenceResponse":
 def strings(values) -> np.ndarray:
     """A BYTES tensor's array: UTF-8 bytes in an object array."""
     return np.array([str(v).encode() for v in values], dtype=object)
+
+
+def parse_blend(text, objectives) -> dict:
+    """A BLEND's JSON {objective: weight} -> weights, refused (RequestError, the payload not
+    echoed) unless it weighs some of `objectives` with finite numbers >= 0."""
+    if len(text) > MAX_BLEND_BYTES:
+        raise RequestError(f"BLEND must be one JSON object of at most {MAX_BLEND_BYTES} bytes")
+    try:
+        weights = json.loads(text.decode() if isinstance(text, bytes) else text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RequestError(f"BLEND is not JSON {{objective: weight}} ({type(e).__name__} "
+                           f"at character {getattr(e, 'pos', getattr(e, 'start', '?'))})"
+                           ) from None
+    known = set(objectives)
+    if not isinstance(weights, dict) or not weights:
+        raise RequestError(f"BLEND must be a JSON object weighing some of this version's "
+                           f"objectives {sorted(known)}")
+    unknown = sorted(map(str, set(weights) - known))
+    if unknown:                       # named, each cut short: the payload is not echoed
+        shown = ", ".join(repr(name[:40]) for name in unknown[:3])
+        raise RequestError(f"BLEND weighs {shown}{' ...' if len(unknown) > 3 else ''}, "
+                           f"not objectives of this version: {sorted(known)}")
+    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
+               and w >= 0 for w in weights.values()):
+        raise RequestError("BLEND weights must be finite numbers >= 0")
+    return {name: float(w) for name, w in weights.items()}
 
 
 def encode_user_rows(funnel, rows) -> np.ndarray:
@@ -115,7 +153,7 @@ class StageModel:
                 self.check(inputs)
                 outputs = self.run(inputs)
             except RequestError as e:
-                responses.append(error_response(str(e), pb_utils.TritonError.INVALID_ARG))
+                responses.append(refusal(e))
                 continue
             except Exception as e:  # noqa: BLE001 - answered, logged, and the stage serves on
                 traceback.print_exc()

@@ -40,7 +40,9 @@ from recfunnel.config import Config, ConfigError, load_config
 
 FIXED_STAGES = ("user_features", "candidates")   # every funnel's first stages, in request order
 RANKER_SOURCE = "ranker"              # triton_repo/ranker/: one source for every declared ranker
+CHAIN = "chain"                       # every stage in one process (serving.path chain)
 ROUTER = "funnel"
+PATHS = ("chain", "stages")           # how the router runs the stages: one call, or one each
 STAGES_FILE = "stages.json"           # funnel/<N>/stages.json: version N's stage models in order
                                       # and each ranker's keep, for the router
 SHARED_SOURCE = "funnel_stage.py"     # copied beside every model.py
@@ -59,10 +61,15 @@ class ServingSettings:
     stage_instances: int = 1          # processes per stage version (each TF one ~650 MB)
     versions_loaded: int = 2          # Triton versions every stage keeps loaded (rollback)
     keep_versions: int = 2            # version folders kept on disk after an export
+    path: str = "chain"               # the router calls `chain` once, or each stage (stages)
+    chain_instances: int = 1          # processes per chain version (each holds every model)
 
     def __post_init__(self):      # the config's serving section is checked when it loads;
-        for name, value in asdict(self).items():      # these may come from command flags
-            if int(value) < 1:
+        if self.path not in PATHS:                    # these may come from command flags
+            raise ConfigError(f"serving setting path must be one of {', '.join(PATHS)}, "
+                              f"got {self.path!r}")
+        for name, value in asdict(self).items():
+            if name != "path" and int(value) < 1:
                 raise ConfigError(f"serving setting {name} must be >= 1, got {value}")
         if self.versions_loaded < 2:
             raise ConfigError("versions_loaded must be >= 2: a rollback needs the previous "
@@ -153,9 +160,13 @@ def _folder_versions(folder: Path) -> set[int]:
 
 
 def version_stages(repo: Path, n: int) -> list[str] | None:
-    """The stage models Triton version n runs (its router's stages.json; None: no router)."""
+    """The stage models Triton version n has (its router's stages.json: each stage, and the
+    chain of them all when it has one; None: no router)."""
     path = Path(repo) / ROUTER / str(n) / STAGES_FILE
-    return json.loads(path.read_text())["stages"] if path.is_file() else None
+    if not path.is_file():
+        return None
+    declared = json.loads(path.read_text())
+    return [*declared["stages"], *([declared["chain"]] if declared.get("chain") else [])]
 
 
 def versions_in(repo: Path, complete: bool = True) -> list[int]:
@@ -190,6 +201,7 @@ def export_version(version_dir: str | Path, dataset_dir: str | Path, repo: str |
     record = _read_record(repo)
     n = triton_version or max([0, *map(int, record), *versions_in(repo, complete=False)]) + 1
     stages = stage_models(settings)
+    models = [*stages, CHAIN]                  # the chain is exported whichever path serves
     taken = [m for m in models_in(repo) if (repo / m / str(n)).exists()]
     if taken or str(n) in record:
         raise FileExistsError(f"{repo}: Triton version {n} was exported before "
@@ -202,13 +214,14 @@ def export_version(version_dir: str | Path, dataset_dir: str | Path, repo: str |
         _copy_training_version(source, first)
         _write_serving(first / SERVING, source.version, settings, dataset_dir, label)
         served = open_served_version(first)        # the copy verified as the stages will open it
-        for stage in stages[1:]:                   # one copy in the repository, linked per stage
+        for stage in models[1:]:                   # one copy in the repository, linked per stage
             shutil.copytree(first, staging / stage / str(n) / ARTIFACTS, copy_function=_link)
-        for model in (*stages, ROUTER):
+        for model in (*models, ROUTER):
             _write_model_sources(sources, model, staging / model, n, serving)
         (staging / ROUTER / str(n) / STAGES_FILE).write_text(json.dumps(
-            {"stages": stages, "keep": {r["name"]: r.get("keep") for r in settings.rankers}}))
-        for model in (*stages, ROUTER):            # the router's new version comes last
+            {"stages": stages, "keep": {r["name"]: r.get("keep") for r in settings.rankers},
+             "chain": CHAIN if serving.path == "chain" else None}))
+        for model in (*models, ROUTER):            # the router's new version comes last
             _install(staging / model, repo / model, n)
         record[str(n)] = {"training_version": served.version, "origin": origin,
                           "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),

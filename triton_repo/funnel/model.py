@@ -1,9 +1,11 @@
 """The served funnel's entry point: one request for users' recommendations runs every stage.
 
-A business-logic (BLS) python model. It checks the request, then calls the stage models of the
-version's declared funnel in order, all at one Triton version: user_features -> candidates ->
-each ranker (e.g. light_ranker -> heavy_ranker), each ranker given the list the one before kept;
-which stages version N has is `funnel/<N>/stages.json`, written by export.
+A business-logic (BLS) python model. It checks the request, then runs the version's declared
+funnel at one Triton version: by default with one call to `chain` (every stage in one process,
+dynamically batched across requests; serving.path chain), or with one call per stage model
+(serving.path stages): user_features -> candidates -> each ranker (e.g. light_ranker ->
+heavy_ranker), each ranker given the list the one before kept. Which stages version N has, and
+which path it is served by, is `funnel/<N>/stages.json`, written by export.
 Which version: the newest one that every one of its stages has loaded and ready, looked up for
 each request. Stages keep two versions loaded, so during a rollout the old version
 serves until the new one is ready in all its stages, and a rollback (the newest version
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from funnel_stage import RequestError, error_response, strings
+from funnel_stage import REFUSED, RequestError, error_response, strings
 
 from recfunnel.experiments.assignment import EXPERIMENT_FILE, Experiment
 
@@ -61,8 +63,9 @@ class TritonPythonModel:
 
     def stages(self, version: int) -> dict | None:
         """Triton version `version`'s declared funnel: {"stages": stage models in request
-        order, "keep": ranker -> keep} (None: no such version of the router on disk); a
-        version's file never changes once installed."""
+        order, "keep": ranker -> keep, "chain": the model running them all in one call, or
+        null to call each stage} (None: no such version of the router on disk); a version's
+        file never changes once installed."""
         if version not in self._stages:
             path = self.repository / "funnel" / str(version) / STAGES_FILE
             if not path.is_file():
@@ -93,7 +96,7 @@ class TritonPythonModel:
             declared = self.stages(version)
             return declared is not None and all(
                 (self.repository / stage / str(version)).is_dir()
-                and pb_utils.is_model_ready(stage, str(version)) for stage in declared["stages"])
+                and pb_utils.is_model_ready(stage, str(version)) for stage in called(declared))
 
         folder = self.repository / "funnel"
         on_disk = sorted((int(p.name) for p in folder.iterdir() if p.name.isdigit()),
@@ -188,6 +191,9 @@ class TritonPythonModel:
     def run_stages(self, version: int, users: np.ndarray, k: int | None,
                    blend: dict | None, when=None) -> dict:
         """Every stage at one Triton version; the answer as numpy arrays by output name."""
+        chain = self.stages(version).get("chain")
+        if chain:
+            return self.run_chain(chain, version, users, k, blend, when)
         feature_inputs = [pb_utils.Tensor("USER_ID", users)]
         if when is not None:
             feature_inputs.append(pb_utils.Tensor("TIME", when.astype(np.int64)))
@@ -232,6 +238,26 @@ class TritonPythonModel:
                 "VERSION": strings([trained["user_features"]] * n),
                 "MODEL_VERSION": np.full(n, version, np.int64)}
 
+    def run_chain(self, chain: str, version: int, users: np.ndarray, k: int | None,
+                  blend: dict | None, when=None) -> dict:
+        """The stages in one call to `chain` at one Triton version (every row of its inputs
+        carries the request's K, time and blend, which the chain's batcher needs)."""
+        n = users.size
+        column = lambda value, dtype: np.full((n, 1), value, dtype)  # noqa: E731
+        inputs = [pb_utils.Tensor("USER_ID", users.astype(np.int64).reshape(n, 1)),
+                  pb_utils.Tensor("K", column(k or 0, np.int32)),
+                  pb_utils.Tensor("TIME", column(-1 if when is None else int(when[0]), np.int64)),
+                  pb_utils.Tensor("BLEND", np.full((n, 1), json.dumps(blend).encode()
+                                                   if blend is not None else b"", dtype=object))]
+        out = self.call(chain, version, inputs, ["ITEMS", "SCORES", "OBJECTIVE_SCORES",
+                                                 "OBJECTIVES", "PATH", "VERSION"])
+        return {"ITEMS": out["ITEMS"].as_numpy(), "SCORES": out["SCORES"].as_numpy(),
+                "OBJECTIVE_SCORES": out["OBJECTIVE_SCORES"].as_numpy(),
+                "OBJECTIVES": out["OBJECTIVES"].as_numpy()[0],
+                "PATH": out["PATH"].as_numpy().reshape(n),
+                "VERSION": out["VERSION"].as_numpy().reshape(n),
+                "MODEL_VERSION": np.full(n, version, np.int64)}
+
     def call(self, stage: str, version: int, inputs: list, outputs: list[str]) -> dict:
         """One stage at one version (BLS); its named outputs as pb_utils tensors."""
         response = pb_utils.InferenceRequest(model_name=stage, model_version=version,
@@ -240,9 +266,17 @@ class TritonPythonModel:
         if response.has_error():
             if not pb_utils.is_model_ready(stage, str(version)):
                 raise StageUnavailable(f"{stage} version {version}")
-            code = getattr(response.error(), "code", lambda: None)()
-            if code == pb_utils.TritonError.INVALID_ARG:
-                raise RequestError(f"{stage}: {response.error().message()}")  # the client's
+            message = response.error().message()
+            refused = message.split(REFUSED, 1)[1] if REFUSED in message else None
+            # what the client sent (users, K, time) is the client's mistake; a blend comes from
+            # the experiment's arms, which are the server's
+            if refused is not None and not refused.startswith("BLEND"):
+                raise RequestError(f"{stage}: {refused}")
             raise RuntimeError(f"stage {stage} (Triton version {version}): "
                                f"{response.error().message()}")
         return {name: pb_utils.get_output_tensor_by_name(response, name) for name in outputs}
+
+
+def called(declared: dict) -> list[str]:
+    """The models the router calls for a version: its chain, or each of its stages."""
+    return [declared["chain"]] if declared.get("chain") else declared["stages"]

@@ -11,11 +11,8 @@ Inputs:  USER_FEATURES FP64 [n, features]; CANDIDATES INT64 [n, width] categorif
 Outputs: KEPT INT64 [n, keep] categorified ids; ITEMS INT64 [n, keep] raw ids; SCORES FP64
          [n, keep] blended; OBJECTIVE_SCORES FP64 [n, objectives, keep]; OBJECTIVES BYTES.
 """
-import json
-import math
-
 import numpy as np
-from funnel_stage import RequestError, StageModel, decode_user_rows, strings
+from funnel_stage import StageModel, decode_user_rows, parse_blend, strings
 
 
 class TritonPythonModel(StageModel):
@@ -40,26 +37,8 @@ class TritonPythonModel(StageModel):
     def blend_weights(self, inputs) -> dict:
         if "BLEND" not in inputs:
             return self.funnel.settings.blend
-        text = inputs["BLEND"].reshape(-1)[0]
-        try:
-            weights = json.loads(text.decode() if isinstance(text, bytes) else text)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RequestError(f"BLEND is not JSON {{objective: weight}} ({type(e).__name__} "
-                               f"at character {getattr(e, 'pos', getattr(e, 'start', '?'))})"
-                               ) from None
-        known = set(self.funnel.ranker(self.name).objectives)
-        if not isinstance(weights, dict) or not weights:
-            raise RequestError(f"BLEND must be a JSON object weighing some of this version's "
-                               f"objectives {sorted(known)}")
-        unknown = sorted(map(str, set(weights) - known))
-        if unknown:                       # named, each cut short: the payload is not echoed
-            shown = ", ".join(repr(name[:40]) for name in unknown[:3])
-            raise RequestError(f"BLEND weighs {shown}{' ...' if len(unknown) > 3 else ''}, "
-                               f"not objectives of this version: {sorted(known)}")
-        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
-                   and w >= 0 for w in weights.values()):
-            raise RequestError("BLEND weights must be finite numbers >= 0")
-        return {name: float(w) for name, w in weights.items()}
+        return parse_blend(inputs["BLEND"].reshape(-1)[0],
+                           self.funnel.ranker(self.name).objectives)
 
     def warm_up(self):
         rows, _ = self.funnel.user_rows(self.known_user())

@@ -8,9 +8,7 @@ count events up to). Also answers the version's default list length and catalogu
 router to check K.
 """
 import numpy as np
-from funnel_stage import RequestError, StageModel, encode_user_rows, strings
-
-DAY_SECONDS = 86_400
+from funnel_stage import DAY_SECONDS, RequestError, StageModel, encode_user_rows, strings
 
 
 class TritonPythonModel(StageModel):
