@@ -2,9 +2,9 @@
 docs/own_data.md run as written on a small rating log in its layout.
 
 The corpus: day-first dates, epoch milliseconds, a stated strftime format, ratings as signals,
-renamed columns, no users or items file, exact copies of events across files and chunks, row
-numbers past a chunk boundary, a catalogue the title classifier cannot learn from, sequels and
-remakes that share a title.
+renamed columns, no users or items file, exact copies of events across files and chunks (also
+where chunks read a column as different dtypes), row numbers past a chunk boundary, a catalogue
+the title classifier cannot learn from, sequels and remakes that share a title.
 """
 import json
 import os
@@ -200,6 +200,27 @@ def test_exact_copies_are_quarantined_across_files_and_chunks_and_counted(tmp_pa
                                                                  ("b.csv", 1), ("b.csv", 2)]
 
 
+def test_exact_copies_are_caught_whatever_dtype_each_chunk_reads_a_column_as(tmp_path):
+    """Each chunk of a CSV infers its own dtypes: the rating "4" is an integer in a chunk of
+    whole ratings and a float in one with a 4.5; a column empty in one chunk is float there and
+    text in the next. Copies are the same copies for every chunk size."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "events.csv").write_text(
+        "userId,movieId,rating,device,timestamp\n1,10,4,,1767225600\n2,11,3,,1767225600\n"
+        "3,12,5,,1767225600\n1,10,4,,1767225600\n4,13,4.5,ios,1767225600\n2,11,3,,1767225600\n")
+    raw = sources.materialize(DataConfig(source="parquet", path=str(folder), columns=MAPPING,
+                                         rating_signals={"like": 4}), tmp_path)
+    rows = {}
+    for batch_rows in range(1, 8):
+        section = sources.validate_source(raw, tmp_path / "out", RULES, progress=False,
+                                          batch_rows=batch_rows)
+        parts = sorted((tmp_path / "out" / "quarantine").glob("*.parquet"))
+        quarantined = [r for p in parts for r in pd.read_parquet(p)["row"]]
+        rows[batch_rows] = (section["duplicate_events"], tuple(sorted(quarantined)))
+    assert set(rows.values()) == {(2, (3, 5))}, rows       # rows 3 and 5 copy rows 0 and 1
+
+
 # ---- 7. row numbers count within the file -------------------------------------------------------
 
 def test_quarantine_rows_are_numbered_within_the_file_past_chunk_boundaries(tmp_path):
@@ -278,6 +299,16 @@ def test_preflight_refuses_only_given_settings():
         preflight.check_dataset_settings(given, items)
     written_out = load_config(None, {"dataset": {"unsafe_filters": default.dataset.unsafe_filters}})
     preflight.check_dataset_settings(written_out, items)   # the default, written out: a default
+
+
+def test_a_given_title_similarity_without_titles_is_refused_naming_it():
+    items = pd.DataFrame({"item_id": [1, 2], "title": [None, None], "unsafe": [False, False]})
+    preflight.check_dataset_settings(load_config(None, {}), items)     # the default: skipped
+    given = load_config(None, {"dataset": {"duplicate_title_similarity": 0.8,
+                                           "unsafe_filters": [{"kind": "flag"}]}})
+    with pytest.raises(ConfigError, match=r"setting dataset\.duplicate_title_similarity: the "
+                                          "items have no titles"):
+        preflight.check_dataset_settings(given, items)
 
 
 def test_an_unknown_unsafe_filter_stops_any_run_with_a_dataset_step(tmp_path):
