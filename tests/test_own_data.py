@@ -238,12 +238,12 @@ def test_quarantine_rows_are_numbered_within_the_file_past_chunk_boundaries(tmp_
 
 # ---- 2. defaults that adapt, given settings that must run --------------------------------------
 
-def rating_run(tmp_path, *extra):
+def rating_run(tmp_path, *extra, files="{events: ratings.csv, items: movies.csv}"):
     """data,dataset on a rating log (movies without flags, year column or creator)."""
     folder = write_rating_log(tmp_path / "logs", n_users=40, n_items=30, per_user=12)
     return recfunnel("pipeline", "run", "-q", "--steps", "data,dataset",
                      "--set", "data.source=parquet", "--set", f"data.path={folder}",
-                     "--set", "data.files={events: ratings.csv, items: movies.csv}",
+                     "--set", f"data.files={files}",
                      "--set", "data.columns={userId: user_id, movieId: item_id}",
                      "--set", "data.rating_signals={like: 4}", "--set", "run.name=r",
                      "--set", f"run.runs_dir={tmp_path / 'runs'}",
@@ -281,6 +281,18 @@ def test_duplicate_detection_without_blocking_columns_says_titles_alone_decide(d
     copies = mapping[mapping["item_id"] != mapping["canonical_id"]]
     assert copies.to_dict("list") == {"item_id": [6], "canonical_id": [5], "group_size": [2]} \
         or copies.to_dict("list") == {"item_id": [5], "canonical_id": [6], "group_size": [2]}
+
+
+def test_a_log_alone_without_users_or_items_files_goes_through_the_dataset_step(tmp_path):
+    """The dataset step once stopped on '<run>/data/items.parquet': no such file."""
+    done = rating_run(tmp_path, files="{events: ratings.csv}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "r" / "summary.json").read_text())
+    assert summary["dataset"]["splits"]["train"] > 0
+    assert "duplicate detection skipped: the catalogue has no titles" in \
+        summary["dataset"]["warnings"]
+    assert any(d.startswith("items: no items file") for d in summary["data"]["derived"])
+    assert "Traceback" not in done.stderr
 
 
 def test_a_given_title_classifier_that_cannot_run_is_exit_2_before_any_step(tmp_path):
