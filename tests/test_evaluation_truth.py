@@ -1,4 +1,6 @@
 """Rankings against the synthetic truth: graded NDCG checked against scikit-learn."""
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.metrics import ndcg_score
@@ -63,3 +65,15 @@ def test_lists_vs_truth_against_a_hand_example():
     assert summary["bait"]["true_relevance@2"] == pytest.approx((0.1 + 0.8 + 0.2) / 3, abs=1e-4)
     assert summary["bait"]["clickbait_share@2"] == pytest.approx(2 / 3, abs=1e-4)
     assert frame["bait:share_of_ideal@2"].tolist() == pytest.approx([0.1 / 0.7, 0.5 / 0.7])
+
+
+def test_lists_vs_truth_scores_an_empty_list_nan_without_a_warning():
+    rel = np.array([[0.9, 0.1], [0.2, 0.8]])
+    lists = {"short": np.array([[1, -1], [-1, -1]])}       # user 2 got nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                      # numpy's "Mean of empty slice"
+        summary, frame = lists_vs_truth(lists, np.array([1, 2]), lambda idx: rel[idx],
+                                        np.array([False, False]), k=2)
+    assert np.isnan(frame["short:share_of_ideal@2"][1])
+    assert frame["short:share_of_ideal@2"][0] == pytest.approx(0.9 / 0.5)   # ideal (0.9+0.1)/2
+    assert summary["short"]["share_of_ideal@2"] == pytest.approx(0.9 / 0.5 / 2)

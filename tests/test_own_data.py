@@ -2,9 +2,9 @@
 docs/own_data.md run as written on a small rating log in its layout.
 
 The corpus: day-first dates, epoch milliseconds, a stated strftime format, ratings as signals,
-renamed columns, no users or items file, exact copies of events across files and chunks, row
-numbers past a chunk boundary, a catalogue the title classifier cannot learn from, sequels and
-remakes that share a title.
+renamed columns, no users or items file, exact copies of events across files and chunks (also
+where chunks read a column as different dtypes), row numbers past a chunk boundary, a catalogue
+the title classifier cannot learn from, sequels and remakes that share a title.
 """
 import json
 import os
@@ -200,6 +200,27 @@ def test_exact_copies_are_quarantined_across_files_and_chunks_and_counted(tmp_pa
                                                                  ("b.csv", 1), ("b.csv", 2)]
 
 
+def test_exact_copies_are_caught_whatever_dtype_each_chunk_reads_a_column_as(tmp_path):
+    """Each chunk of a CSV infers its own dtypes: the rating "4" is an integer in a chunk of
+    whole ratings and a float in one with a 4.5; a column empty in one chunk is float there and
+    text in the next. Copies are the same copies for every chunk size."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "events.csv").write_text(
+        "userId,movieId,rating,device,timestamp\n1,10,4,,1767225600\n2,11,3,,1767225600\n"
+        "3,12,5,,1767225600\n1,10,4,,1767225600\n4,13,4.5,ios,1767225600\n2,11,3,,1767225600\n")
+    raw = sources.materialize(DataConfig(source="parquet", path=str(folder), columns=MAPPING,
+                                         rating_signals={"like": 4}), tmp_path)
+    rows = {}
+    for batch_rows in range(1, 8):
+        section = sources.validate_source(raw, tmp_path / "out", RULES, progress=False,
+                                          batch_rows=batch_rows)
+        parts = sorted((tmp_path / "out" / "quarantine").glob("*.parquet"))
+        quarantined = [r for p in parts for r in pd.read_parquet(p)["row"]]
+        rows[batch_rows] = (section["duplicate_events"], tuple(sorted(quarantined)))
+    assert set(rows.values()) == {(2, (3, 5))}, rows       # rows 3 and 5 copy rows 0 and 1
+
+
 # ---- 7. row numbers count within the file -------------------------------------------------------
 
 def test_quarantine_rows_are_numbered_within_the_file_past_chunk_boundaries(tmp_path):
@@ -217,12 +238,12 @@ def test_quarantine_rows_are_numbered_within_the_file_past_chunk_boundaries(tmp_
 
 # ---- 2. defaults that adapt, given settings that must run --------------------------------------
 
-def rating_run(tmp_path, *extra):
+def rating_run(tmp_path, *extra, files="{events: ratings.csv, items: movies.csv}"):
     """data,dataset on a rating log (movies without flags, year column or creator)."""
     folder = write_rating_log(tmp_path / "logs", n_users=40, n_items=30, per_user=12)
     return recfunnel("pipeline", "run", "-q", "--steps", "data,dataset",
                      "--set", "data.source=parquet", "--set", f"data.path={folder}",
-                     "--set", "data.files={events: ratings.csv, items: movies.csv}",
+                     "--set", f"data.files={files}",
                      "--set", "data.columns={userId: user_id, movieId: item_id}",
                      "--set", "data.rating_signals={like: 4}", "--set", "run.name=r",
                      "--set", f"run.runs_dir={tmp_path / 'runs'}",
@@ -262,6 +283,18 @@ def test_duplicate_detection_without_blocking_columns_says_titles_alone_decide(d
         or copies.to_dict("list") == {"item_id": [5], "canonical_id": [6], "group_size": [2]}
 
 
+def test_a_log_alone_without_users_or_items_files_goes_through_the_dataset_step(tmp_path):
+    """The dataset step once stopped on '<run>/data/items.parquet': no such file."""
+    done = rating_run(tmp_path, files="{events: ratings.csv}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "r" / "summary.json").read_text())
+    assert summary["dataset"]["splits"]["train"] > 0
+    assert "duplicate detection skipped: the catalogue has no titles" in \
+        summary["dataset"]["warnings"]
+    assert any(d.startswith("items: no items file") for d in summary["data"]["derived"])
+    assert "Traceback" not in done.stderr
+
+
 def test_a_given_title_classifier_that_cannot_run_is_exit_2_before_any_step(tmp_path):
     done = rating_run(tmp_path, "--set", "dataset.unsafe_filters=[{kind: title_classifier}]")
     assert done.returncode == 2
@@ -278,6 +311,16 @@ def test_preflight_refuses_only_given_settings():
         preflight.check_dataset_settings(given, items)
     written_out = load_config(None, {"dataset": {"unsafe_filters": default.dataset.unsafe_filters}})
     preflight.check_dataset_settings(written_out, items)   # the default, written out: a default
+
+
+def test_a_given_title_similarity_without_titles_is_refused_naming_it():
+    items = pd.DataFrame({"item_id": [1, 2], "title": [None, None], "unsafe": [False, False]})
+    preflight.check_dataset_settings(load_config(None, {}), items)     # the default: skipped
+    given = load_config(None, {"dataset": {"duplicate_title_similarity": 0.8,
+                                           "unsafe_filters": [{"kind": "flag"}]}})
+    with pytest.raises(ConfigError, match=r"setting dataset\.duplicate_title_similarity: the "
+                                          "items have no titles"):
+        preflight.check_dataset_settings(given, items)
 
 
 def test_an_unknown_unsafe_filter_stops_any_run_with_a_dataset_step(tmp_path):

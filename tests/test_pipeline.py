@@ -30,6 +30,18 @@ def test_pipeline_run_writes_its_config_and_nothing_outside_the_run(small_run):
     assert not (small_run.dir.parents[1] / "categories").exists()     # the command's cwd
 
 
+def test_the_demo_run_prints_only_its_own_lines(small_run):
+    """`make demo`'s command: no start-up notes of TensorFlow, absl or Merlin on either stream,
+    only recfunnel's lines (progress bars are off with -q)."""
+    ours = ("recfunnel: warning: ", "run ", "summary: ", "report: ", "data: ", "dataset: ")
+    theirs = [line for line in small_run.done.stderr.splitlines()
+              if line.strip() and not line.startswith(ours)]
+    assert theirs == [], "\n".join(theirs[:20])
+    notes = ("tensorflow", "absl", "merlin", "cpu mode", "pytorch", "cuda", "oneDNN", "W0000")
+    assert [line for line in small_run.done.stdout.splitlines()
+            if any(n.lower() in line.lower() for n in notes)] == []
+
+
 @pytest.mark.parametrize("section", ["data", "dataset", "models", "evaluation", "serving",
                                      "experiments"])
 def test_the_report_has_a_section_per_step(page, section):

@@ -25,6 +25,7 @@ from recfunnel.models.artifacts import ArtifactError, VersionMismatchError
 from recfunnel.serving.export import (exclusions_from_dataset, export_version, models_in,
                                       versions_in)
 from recfunnel.serving.funnel_client import FunnelClient, ask_funnel
+from recfunnel.serving.server import free_ports
 
 pytestmark = pytest.mark.server
 
@@ -465,6 +466,22 @@ def test_export_refuses_altered_and_mixed_artifacts(small_run, tmp_path):
         export_version(mixed, small_run.dir / "dataset", repo, settings)
     assert not repo.exists() or versions_in(repo) == []
     assert not list(tmp_path.glob(".repo.staging-*"))        # nothing half-written left behind
+
+
+def test_serving_a_tampered_repository_is_exit_2_with_the_checksum_error(small_repo, tmp_path):
+    """`recfunnel serve` on an exported repository one of whose files was altered: the stage
+    refuses to load, and the command says which file failed its checksum, without a traceback."""
+    repo = copy_repo(small_repo, tmp_path / "triton_repo")
+    altered = sorted((repo / "heavy_ranker").glob("*/artifacts/**/saved_model.pb"))[0]
+    with open(altered, "ab") as f:
+        f.write(b"\0")
+    ports = free_ports(3)
+    done = recfunnel("serve", "--repo", str(repo), "--http-port", str(ports[0]), "--grpc-port",
+                     str(ports[1]), "--metrics-port", str(ports[2]),
+                     "--log", str(tmp_path / "server.log"), timeout=600)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "cannot be served" in done.stderr and "does not match its sha256" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 class ContinuousRequests:

@@ -74,20 +74,45 @@ class SeenEvents:
     The first occurrence is kept, every later copy is quarantined as `duplicate_event` (not
     collapsed: the quarantine keeps each copy with its row). A 64-bit hash per kept row
     (8 bytes: 80 MB for 10M events); two different events share one with odds ~n^2 / 2^65.
+    The schema's columns (`typed`) are compared as converted, every other column as numbers or
+    text (`_comparable`), since each chunk of a CSV infers its own dtype: a rating "4" is 4 in
+    one chunk and 4.0 in the next, where a 4.5 made the column float.
     """
 
     def __init__(self):
         self._seen = np.empty(0, np.uint64)
 
-    def copies(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    def copies(self, frame: pd.DataFrame, typed=()) -> tuple[np.ndarray, np.ndarray]:
         """(mask of rows that copy an earlier row or an event kept before, their hashes)."""
         ordered = frame[sorted(frame.columns)]      # files may order their columns differently
+        untyped = [c for c in ordered.columns if c not in typed]
+        if untyped:
+            ordered = ordered.assign(**{c: _comparable(ordered[c]) for c in untyped})
         hashes = pd.util.hash_pandas_object(ordered, index=False).to_numpy(np.uint64)
         within = pd.Series(hashes).duplicated(keep="first").to_numpy()
         return within | np.isin(hashes, self._seen), hashes
 
     def add(self, hashes: np.ndarray) -> None:
         self._seen = np.union1d(self._seen, hashes)
+
+
+def _comparable(values: pd.Series) -> pd.Series:
+    """A column outside the schema in a form the same whatever dtype its chunk inferred: numbers
+    as float64 (4 and 4.0 alike; integers beyond float64's exact range as text), other values as
+    text, missing ones as NaN or "" (a column missing everywhere in its chunk: "")."""
+    if values.isna().all():
+        return pd.Series("", index=values.index)
+    if pd.api.types.is_float_dtype(values):
+        return values.astype("float64")
+    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_integer_dtype(values):
+        numbers = values.astype("float64")
+        if not (numbers.abs() >= 2**53).any():
+            return numbers
+    elif values.dtype == object:
+        numbers = pd.to_numeric(values, errors="coerce")
+        if (numbers.notna() | values.isna()).all():      # every value a number: a number column
+            return numbers.astype("float64")
+    return values.astype(str).where(values.notna(), "")
 
 
 def validate_table(df: pd.DataFrame, table: S.Table, rules: ValidationConfig | None = None,
@@ -132,7 +157,7 @@ def validate_table(df: pd.DataFrame, table: S.Table, rules: ValidationConfig | N
         _event_rules(out, rules, known_items, flag)
         seen = seen if seen is not None else SeenEvents()
         clean = reason.isna().to_numpy()
-        copies, hashes = seen.copies(out.loc[clean])
+        copies, hashes = seen.copies(out.loc[clean], typed=table.names)
         flag(_spread(copies, clean), "duplicate_event")
         seen.add(hashes[~copies])
     else:

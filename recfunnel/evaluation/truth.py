@@ -153,7 +153,8 @@ def lists_vs_truth(lists: Mapping[str, np.ndarray], users: np.ndarray, relevance
             filled = top >= 0
             idx = np.clip(top - 1, 0, None)
             r = list_relevance(rel, top)
-            mean_r = np.nanmean(r, axis=1)
+            listed = (~np.isnan(r)).sum(axis=1)     # an empty list's mean is NaN, quietly
+            mean_r = np.where(listed > 0, np.nansum(r, axis=1) / np.maximum(listed, 1), np.nan)
             per_user[name][rows] = mean_r / ideal
             sums[name] += [np.nansum(r), np.nansum(mean_r / ideal),
                            (np.asarray(is_clickbait)[idx] & filled).sum()]
