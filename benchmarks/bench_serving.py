@@ -203,12 +203,14 @@ def run_load(address: str, users: np.ndarray, concurrency: int) -> dict:
             "mean_ms": round(float(ms.mean()), 2), "failures": failures[:3]}
 
 
-def run_perf_analyzer(binary: str, address: str, users: np.ndarray, concurrency: int) -> dict:
-    """perf_analyzer at `concurrency` over `users` (one per request), with PA_TRIES' windows in
-    turn until one gives a stable measurement; a failed request ends the level (recorded)."""
+def run_perf_analyzer(binary: str, address: str, model: str, users: np.ndarray,
+                      concurrency: int) -> dict:
+    """perf_analyzer at `concurrency` on `model` over `users` (one per request), with PA_TRIES'
+    windows in turn until one gives a stable measurement; a failed request ends the level
+    (recorded)."""
     for n, tried in enumerate(PA_TRIES):
         try:
-            return measure(address, "funnel", concurrency, users, k=K, binary=binary,
+            return measure(address, model, concurrency, users, k=K, binary=binary,
                            max_trials=PA_MAX_TRIALS, **tried)
         except PerfAnalyzerUnstable as e:
             if n == len(PA_TRIES) - 1:
@@ -303,7 +305,7 @@ def serve_and_load(repo: Path, catalogue: str, concurrency: tuple[int, ...],
     """Serves `repo` and loads it at each concurrency with both clients: (what was served and
     how long it took, one record per level and client)."""
     from recfunnel.serving import TritonClient, TritonServer
-    from recfunnel.serving.export import (SERVING, VERSIONS_FILE, open_served_version,
+    from recfunnel.serving.export import (ROUTER, SERVING, VERSIONS_FILE, open_served_version,
                                           stage_environment, version_stages)
 
     artifacts = served_artifacts(repo)
@@ -329,7 +331,7 @@ def serve_and_load(repo: Path, catalogue: str, concurrency: tuple[int, ...],
                                           level)
                     else:
                         result = run_perf_analyzer(
-                            perf_analyzer, address,
+                            perf_analyzer, address, ROUTER,
                             request_users(artifacts, PA_USERS, seed=100 + n), level)
                     result["stages"] = stage_times(before, stats.model_statistics())
                     busy, tree = (b - a for a, b in zip(cpu, cpu_seconds(pid)))
@@ -343,7 +345,7 @@ def serve_and_load(repo: Path, catalogue: str, concurrency: tuple[int, ...],
     served = {"items": items, "triton_version": triton_version,
               "training_version": json.loads((repo / VERSIONS_FILE).read_text())
               [str(triton_version)]["training_version"],
-              "stages": version_stages(repo, triton_version),
+              "stages": version_stages(repo, triton_version), "entry_model": ROUTER,
               "candidates_k": settings["candidates_k"],
               "keeps": {r["name"]: r.get("keep") for r in settings["rankers"]},
               "startup_seconds": round(server.startup_s, 1),
@@ -530,9 +532,10 @@ def catalogue_markdown(name: str, c: dict, records: list[dict]) -> list[str]:
     stopped = [r for r in records if r.get("error")]
     for r in stopped:
         lines += ["", f"perf_analyzer at concurrency {r['concurrency']}: {r['error']}"]
-    models = (*stages, "funnel")
+    models = (*stages, c["entry_model"])
     lines += ["", "Mean ms per request inside Triton, queue + compute (Triton's statistics over "
-              "each client's level; `funnel`, the BLS router, includes the stages it calls), "
+              f"each client's level; `{c['entry_model']}`, the router, includes the stages it "
+              "calls), "
               "and the same stages run in one process (`Funnel.recommend`, same artifacts, "
               "median):", "",
               "| concurrency | client | " + " | ".join(models) + " |",
@@ -560,7 +563,7 @@ def catalogue_markdown(name: str, c: dict, records: list[dict]) -> list[str]:
         lines += ["", f"Concurrency {min(levels)}, our client: the rankers compute {ranking:.1f} "
                   f"of the {inside:.1f} ms the stages compute; their SavedModel calls alone "
                   f"take {calls} (in process). The router's BLS calls and readiness checks add "
-                  f"{one['funnel']['compute_ms'] - inside:.1f} ms. At concurrency "
+                  f"{one[c['entry_model']]['compute_ms'] - inside:.1f} ms. At concurrency "
                   f"{max(levels)} the longest queue is before `{busiest}`. The server was ready "
                   f"in {c['startup_seconds']} s and stopped in {c['shutdown_seconds']} s"
                   + (f"; export took {c['export_seconds']} s." if c.get("export_seconds")

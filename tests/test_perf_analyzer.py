@@ -20,7 +20,7 @@ from benchmarks.perf_analyzer import (FAILED_NOTE, PerfAnalyzerMissing, PerfAnal
                                       find_perf_analyzer, input_data, measure, parse_report)
 from recfunnel.models.features import UNKNOWN_USER, load_feature_tables
 from recfunnel.serving import TritonServer
-from recfunnel.serving.export import versions_in
+from recfunnel.serving.export import ROUTER, versions_in
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,7 +153,7 @@ def test_the_served_funnel_at_concurrency_2_gives_well_formed_figures(perf_analy
     users = load_feature_tables(artifacts / "features")[0].index.to_numpy()
     users = np.append(users[users != UNKNOWN_USER][:200], 10**9)     # the last is unknown
     with recfunnel_serve(repo, tmp_path / "tritonserver.log") as server:
-        figures = measure(server["grpc"], "funnel", 2, users, k=10, requests=200,
+        figures = measure(server["grpc"], ROUTER, 2, users, k=10, requests=200,
                           binary=perf_analyzer)
     assert_well_formed(figures, 2)
     assert figures["requests"] == 200
