@@ -287,7 +287,7 @@ def model_call_ms(funnel, artifacts_dir: Path) -> dict:
                           funnel.pairs)  # its rows
         # Features the stage adds itself (the retrieval score) as zeros: values do not change
         # what the call costs.
-        inputs = {f: tf.constant((pairs[f].to_numpy() if f in pairs else np.zeros(len(pairs)))
+        inputs = {f: tf.constant((np.asarray(pairs[f]) if f in pairs else np.zeros(len(pairs)))
                                  .astype(d).reshape(-1, 1)) for f, d in scorer.features.items()}
         signature = tf.saved_model.load(str(artifacts_dir / name)).signatures["serving_default"]
         signature(**inputs)
