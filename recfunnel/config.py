@@ -360,9 +360,13 @@ class ServingConfig:
     # bench_serving measures both); every stage model is exported either way.
     path: str = "chain"
     chain_instances: int = 1              # processes per chain version (each holds every model)
+    # how long the pipeline's own servers (the serving and experiments steps) may take to load
+    # every model: each stage and the chain load TensorFlow, on 2 busy cores minutes
+    startup_timeout_s: float = 300.0
 
     CHECKS: ClassVar[dict] = {
         "demo_users": NON_NEGATIVE, "path": OneOf(("chain", "stages")),
+        "startup_timeout_s": POSITIVE,
         **dict.fromkeys(("max_users", "router_instances", "stage_instances", "keep_versions",
                          "chain_instances"), AT_LEAST_ONE),
         # a rollback needs the previous version still loaded in every stage

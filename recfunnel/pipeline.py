@@ -197,7 +197,8 @@ def serving_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> d
     exported = export_trained(run_dir / models["path"], run_dir / "dataset", cfg,
                               run_dir / "triton_repo", origin=f"{run_dir.name}/{models['path']}",
                               evaluation=served_metrics(summary.get("evaluation")))
-    return serving_summary(exported, run_dir, users, cfg.models.eval_k)
+    return serving_summary(exported, run_dir, users, cfg.models.eval_k,
+                           cfg.serving.startup_timeout_s)
 
 
 def experiments_step(cfg: Config, run_dir: Path, summary: dict, progress: bool) -> dict:

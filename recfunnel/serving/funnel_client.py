@@ -129,11 +129,13 @@ def ask_funnel(address: str, users, k: int | None = None, protocol: str = "grpc"
                          "score": np.round(served.score[0], 4).tolist()} if served else None)}
 
 
-def serving_summary(exported: ExportResult, run_dir, users, k: int | None = None) -> dict:
+def serving_summary(exported: ExportResult, run_dir, users, k: int | None = None,
+                    startup_timeout_s: float = 300.0) -> dict:
     """Serves an exported repository, asks it for `users`, stops: the run's `serving` section
     (`make demo` ends with it)."""
     with TritonServer(exported.repo, model_control_mode="poll", env=stage_environment(),
-                      log_path=Path(run_dir) / "tritonserver.log") as server:
+                      log_path=Path(run_dir) / "tritonserver.log",
+                      startup_timeout_s=startup_timeout_s) as server:
         asked = ask_funnel(server.grpc_address, users, k)
     return {"repo": str(exported.repo.relative_to(Path(run_dir).resolve())),
             "triton_version": exported.triton_version, "export_seconds": exported.seconds,

@@ -319,7 +319,7 @@ class TritonServer:
             time.sleep(0.1)
         raise TritonServerError(
             f"tritonserver was not ready at http://{self.http_address}/v2/health/ready after "
-            f"{self.startup_timeout_s:.0f} s (raise startup_timeout_s if models load slowly); "
+            f"{self.startup_timeout_s:.0f} s (raise startup_timeout_s, config serving.startup_timeout_s, if models load slowly); "
             f"{self.log_report()}")
 
     def log_report(self, tail: int = 12) -> str:
