@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -144,6 +145,15 @@ def load(server, model: str, make, users: np.ndarray, concurrency: int, requests
             "requests_per_s": round(len(latencies) / seconds, 1)}
 
 
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of the server and every process under it (stubs), in MB."""
+    import psutil
+
+    root = psutil.Process(pid)
+    return round(sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+                 / 2**20, 1)
+
+
 def set_path(repo: Path, version: int, chain: bool) -> None:
     """Switches version `version`'s router between the chain and the stages (stages.json is
     read once per router process: the server is restarted after)."""
@@ -160,13 +170,16 @@ def main() -> None:
     where.add_argument("--run", type=Path, help="a trained run folder (exported first)")
     parser.add_argument("--requests", type=int, default=600, help="per way and level")
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--router-instances", type=int, default=None,
+                        help="export with this many router instances (default: the config's)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-router-") as tmp:
         repo = Path(tmp) / "repo"
         if args.repository:
             shutil.copytree(args.repository, repo, symlinks=True)
         else:
-            export_run(args.run, repo)
+            export_run(args.run, repo, serving={"router_instances": args.router_instances}
+                       if args.router_instances else None)
         version = versions_in(repo)[-1]
         write_ensemble(repo, version)
         declared = json.loads((repo / ROUTER / str(version) / STAGES_FILE).read_text())
@@ -174,8 +187,11 @@ def main() -> None:
                                 / "features" / "user_features.parquet")["user_id_raw"].to_numpy()
         users = users[users >= 0]
         items = len(pd.read_parquet(next(repo.glob(f"user_features/{version}/artifacts"))
-                                    / "features" / "item_features.parquet", columns=[]))
-        results = []
+                                    / "features" / "item_features.parquet",
+                                    columns=["item_id_raw"]))
+        results, rss_mb = [], {}
+        router_instances = int(re.search(r"count: (\d+)", (repo / ROUTER / "config.pbtxt")
+                                         .read_text()).group(1))
         for chain in (False, True):        # the router's path is read at load: one server each
             set_path(repo, version, chain)
             ways = (["router -> chain", "chain alone"] if chain
@@ -189,9 +205,11 @@ def main() -> None:
                                **load(server, model, make, users, level, args.requests)}
                         print(row, flush=True)
                         results.append(row)
+                rss_mb[("chain" if chain else "stages")] = tree_rss_mb(server.process.pid)
     out = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "items": items,
            "stages": declared["stages"], "k": args.k, "requests_per_level": args.requests,
-           "source": str(args.repository or args.run), "results": results}
+           "source": str(args.repository or args.run), "router_instances": router_instances,
+           "server_rss_mb": rss_mb, "results": results}
     publish(out, report(out), RESULTS, "bench_router", write=True)
 
 
@@ -200,7 +218,8 @@ def report(out: dict) -> str:
              f"Machine: {out['machine']}. Date: {out['date']}. Repository: {out['source']} "
              f"({out['items']:,} items; stages {' -> '.join(out['stages'])}), k {out['k']}, "
              f"{out['requests_per_level']} one-user gRPC requests per row, client threads on "
-             "the same 2 cores.", "",
+             f"the same 2 cores; {out['router_instances']} router instances. Server memory "
+             f"(process tree RSS): {out['server_rss_mb']} MB.", "",
              "| way | concurrency | p50 ms | p99 ms | requests/s | failed |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in out["results"]:
