@@ -44,48 +44,78 @@ def index_params(kind: str, params: dict | None = None) -> dict:
     return {**INDEX_PARAMS[kind], **(params or {})}
 
 
+def build_params(kind: str, params: dict | None = None) -> dict:
+    """The parameters an index of `kind` is built with (all but SEARCH_PARAMS)."""
+    return {k: v for k, v in index_params(kind, params).items() if k not in SEARCH_PARAMS}
+
+
 def saved_index_name(kind: str, params: dict) -> str:
-    """The folder of a saved index, named by what it was built with (search parameters are
-    not part of it), e.g. index-hnsw-M32-ef_construction200."""
-    built = [f"{name}{value}" for name, value in sorted(index_params(kind, params).items())
-             if name not in SEARCH_PARAMS]
-    return "-".join(["index", kind, *built])
+    """The folder of a saved index, named by what it was built with, e.g.
+    index-hnsw-M32-ef_construction200."""
+    return "-".join(["index", kind, *(f"{k}{v}" for k, v in
+                                      sorted(build_params(kind, params).items()))])
 
 
 def _first_kept(ids: np.ndarray, scores: np.ndarray, keep: np.ndarray, k: int):
     """[n, w] results and which to keep -> [n, k] arrays of each row's first k kept entries in
     their order, padded with id -1 and score -inf."""
-    n = len(ids)
+    n, width = ids.shape
     out_items = np.full((n, k), -1, dtype=np.int64)
     out_scores = np.full((n, k), -np.inf, dtype=np.float32)
-    slot = np.cumsum(keep, axis=1) - 1
-    row, col = np.nonzero(keep & (slot < k))
-    out_items[row, slot[row, col]] = ids[row, col]
-    out_scores[row, slot[row, col]] = scores[row, col]
+    slot = np.cumsum(keep, axis=1) - 1                      # where each kept entry goes
+    taken = np.flatnonzero(keep & (slot < k))
+    to = taken // width * k + slot.ravel()[taken]
+    out_items.ravel()[to] = ids.ravel()[taken]
+    out_scores.ravel()[to] = scores.ravel()[taken]
     return out_items, out_scores
 
 
 class _ExcludedPairs:
-    """Which (query, item) pairs are excluded, for a whole batch at once: each pair is one
-    integer, query * catalogue size + the item's rank among the catalogue's sorted ids, so a
-    batch is one np.isin instead of one per query."""
+    """Which (query, item) pairs of a batch's results are excluded, without a loop over the
+    queries: every id gets a slot (id - smallest id when the ids are dense, as categorified ids
+    are; else its rank among the sorted ids) and every pair one integer, query * slots + slot,
+    looked up among the sorted excluded pairs. For a batch, only the results whose slot some
+    query excludes (flagged in one boolean array over the slots) are looked up."""
 
     def __init__(self, item_ids: np.ndarray):
-        self.sorted_ids, self.rank_of_row = np.unique(np.asarray(item_ids, np.int64),
-                                                      return_inverse=True)
+        ids = np.asarray(item_ids, np.int64)
+        self.low = int(ids.min()) if len(ids) else 0
+        self.dense = len(ids) > 0 and int(ids.max()) - self.low < 4 * len(ids)
+        if self.dense:
+            self.slots, self.slot_of_row = int(ids.max()) - self.low + 1, ids - self.low
+        else:
+            self.sorted_ids, self.slot_of_row = np.unique(ids, return_inverse=True)
+            self.slots = max(len(self.sorted_ids), 1)
+
+    def _slot(self, ids: np.ndarray) -> np.ndarray:
+        """The slots of `ids`; -1 for an id no item has (it can match nothing)."""
+        if self.dense:
+            slot = ids - self.low
+            return np.where((slot >= 0) & (slot < self.slots), slot, -1)
+        rank = np.minimum(np.searchsorted(self.sorted_ids, ids), len(self.sorted_ids) - 1)
+        return np.where(self.sorted_ids[rank] == ids, rank, -1)
 
     def mask(self, rows: np.ndarray, exclude: Sequence[np.ndarray]) -> np.ndarray:
         """[n, w] bool: the item at catalogue row rows[i, j] is in exclude[i] (rows < 0: no)."""
+        out = np.zeros(rows.shape, bool)
         sizes = [np.size(e) for e in exclude]
-        if not sum(sizes):
-            return np.zeros(rows.shape, bool)
-        banned = np.concatenate([np.asarray(e).ravel() for e in exclude]).astype(np.int64)
-        owner = np.repeat(np.arange(len(exclude)), sizes)
-        rank = np.minimum(np.searchsorted(self.sorted_ids, banned), len(self.sorted_ids) - 1)
-        listed = self.sorted_ids[rank] == banned          # ids outside the catalogue never match
-        span = len(self.sorted_ids)
-        found = np.arange(len(rows))[:, None] * span + self.rank_of_row[np.maximum(rows, 0)]
-        return np.isin(found, owner[listed] * span + rank[listed]) & (rows >= 0)
+        banned = self._slot(np.concatenate([np.asarray(e).ravel() for e in exclude]
+                                           ).astype(np.int64)) if sum(sizes) else np.zeros(0, int)
+        owner = np.repeat(np.arange(len(exclude)), sizes)[banned >= 0]
+        banned = banned[banned >= 0]
+        if not len(banned) or not rows.size:
+            return out
+        pairs = np.sort(owner * self.slots + banned)
+        found = self.slot_of_row[np.maximum(rows, 0)]
+        if len(rows) > 1:     # flagging passes over every slot once: worth it for a batch only
+            flagged = np.zeros(self.slots, bool)
+            flagged[banned] = True
+            i, j = np.nonzero(flagged[found] & (rows >= 0))
+        else:
+            i, j = np.nonzero(rows >= 0)
+        pair = i * self.slots + found[i, j]
+        out[i, j] = pairs[np.minimum(np.searchsorted(pairs, pair), len(pairs) - 1)] == pair
+        return out
 
 
 def _build_faiss(kind: str, params: dict, vectors: np.ndarray):
@@ -178,8 +208,19 @@ class EmbeddingIndex:
         if self._index is None:
             with _faiss_threads(self.params["threads"]):
                 self._index = _build_faiss(self.kind, self.params, self.vectors)
-        _set_search_params(self._index, self.kind, self.params)
+        self.tune()
         self._excluded = _ExcludedPairs(self.item_ids)
+
+    def tune(self, **search) -> "EmbeddingIndex":
+        """Sets search parameters (SEARCH_PARAMS: ef_search, nprobe, refine, threads) on the
+        built index, no rebuild; returns self."""
+        built = {k: v for k, v in search.items() if k not in SEARCH_PARAMS}
+        if built:
+            raise ConfigError(f"{', '.join(built)}: not a search parameter; changing how an "
+                              "index is built needs another index")
+        self.params = index_params(self.kind, {**self.params, **search})
+        _set_search_params(self._index, self.kind, self.params)
+        return self
 
     @property
     def dim(self) -> int:
@@ -208,8 +249,14 @@ class EmbeddingIndex:
         fetch = min(k + extra, len(self.item_ids))
         with _faiss_threads(self.params["threads"]):
             scores, rows = self._index.search(query, fetch)
+        return self._results(rows, scores, k, exclude if extra else None)
+
+    def _results(self, rows: np.ndarray, scores: np.ndarray, k: int,
+                 exclude: Sequence[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's answer (catalogue rows [n, w], best first, -1 where none; their scores) ->
+        each query's first k item ids and scores that are not excluded, padded."""
         keep = rows >= 0
-        if extra:
+        if exclude is not None:
             keep &= ~self._excluded.mask(rows, exclude)
         return _first_kept(self.item_ids[np.maximum(rows, 0)], scores, keep, k)
 
@@ -240,8 +287,7 @@ def _read_saved_index(folder: Path, embeddings: dict, kind: str, params: dict):
 
     manifest = read_manifest(folder, kind="item_index")
     require_same_version(item_embeddings=embeddings, item_index=manifest)
-    recorded = manifest["config"]
-    built = {k: v for k, v in params.items() if k not in SEARCH_PARAMS}
+    recorded, built = manifest["config"], build_params(kind, params)
     if recorded.get("built_from") != _built_from(embeddings):
         raise ArtifactError(f"{folder}: this index was built from other item embeddings than "
                             f"those in {folder.parent}; rebuild it (save_index)")
@@ -279,8 +325,7 @@ def save_index(folder: str | Path, kind: str, params: dict | None = None) -> Pat
     try:
         faiss.write_index(index._index, str(staging / SAVED_INDEX))
         write_manifest(staging, manifest["version"], "item_index", config={
-            "index": kind, "params": {k: v for k, v in index.params.items()
-                                      if k not in SEARCH_PARAMS},
+            "index": kind, "params": build_params(kind, params),
             "built_from": _built_from(manifest), "items": int(len(index.item_ids)),
             "build_seconds": seconds})
         os.rename(staging, out)            # a reader never sees half an index

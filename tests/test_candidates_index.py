@@ -96,19 +96,29 @@ def test_no_kind_returns_an_excluded_item(kind, catalogue, indexes):
     assert overlap(got[3:4], exact[3:4]) >= 0.95
 
 
-def test_exact_results_are_the_per_query_loops_ones_ties_included(catalogue):
+@pytest.mark.parametrize("spread", [1, 10**6], ids=["dense ids", "sparse ids"])
+def test_exact_results_are_the_per_query_loops_ones_ties_included(catalogue, spread):
     ids, vectors, queries = catalogue
     tied = np.concatenate([vectors, vectors[:300]])            # 300 exact ties
-    tied_ids = np.concatenate([ids, 9000 + np.arange(300)])
+    tied_ids = np.concatenate([ids, 9000 + np.arange(300)]) * spread
+    tied_ids[-1] = tied_ids[0]                                  # two rows, one id
     index = EmbeddingIndex(tied_ids, tied)
+    assert index._excluded.dense == (spread == 1)
     rng = np.random.default_rng(1)
     exclude = [rng.choice(tied_ids, rng.integers(0, 40)) for _ in range(len(queries))]
     exclude[0] = np.concatenate([exclude[0], exclude[0]])      # repeated ids
+    exclude[1] = np.concatenate([exclude[1], [-3, 4999 * spread, 10**13]])  # not in the index
+    exclude[2] = np.array([])                                   # empty, float
+    exclude[4] = index.search(queries[4:5], 40)[0][0]           # the query's own top 40
+    exclude[5] = np.array([tied_ids[0]])                        # both of its rows
     for k in (1, K, 500):
         got, scores = index.search(queries, k, exclude)
         want, want_scores = loop_search(index, queries, k, exclude)
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(scores, want_scores)
+        for n in range(6):                                      # one query at a time
+            alone = index.search(queries[n:n + 1], k, exclude[n:n + 1])
+            np.testing.assert_array_equal(alone[0][0], want[n])
 
 
 @pytest.mark.parametrize("kind", INDEX_KINDS)
