@@ -191,7 +191,36 @@ class ComputeConfig:
         "workers": AT_LEAST_ONE, "threads_per_worker": AT_LEAST_ONE}
 
 
-INDEX_KINDS = ("exact", "hnsw")          # the learned candidate sources' item index
+# The learned candidate sources' item index (models.candidates.EmbeddingIndex): each kind with
+# the parameters it takes (funnel.index_params) and their defaults, chosen by measurement at
+# 1M items (benchmarks/bench_index.py, BENCHMARKS.md). Every parameter is a positive integer;
+# `threads`: how many cores building or searching it may use.
+INDEX_PARAMS = {
+    "exact": {"threads": 1},
+    "hnsw": {"M": 32, "ef_construction": 200, "ef_search": 1000, "threads": 1},
+    "ivf": {"nlist": 1024, "nprobe": 384, "threads": 1},
+    "ivfpq": {"nlist": 2048, "nprobe": 640, "m": 32, "nbits": 4, "refine": 4, "threads": 1},
+}
+INDEX_KINDS = tuple(INDEX_PARAMS)
+
+
+def index_params_problem(kind: str, params: dict, path: str = "funnel.index_params"
+                         ) -> str | None:
+    """What is wrong with `params` for an index of `kind` (None: nothing): only the kind's own
+    parameters, each a positive integer."""
+    if not isinstance(params, dict):
+        return f"setting {path}: expected a mapping of parameters, got {params!r}"
+    known = INDEX_PARAMS.get(kind, {})
+    unknown = sorted(set(params) - set(known), key=str)
+    if unknown:
+        return (f"setting {path}: {unknown[0]!r} is not a parameter of the {kind} index; "
+                f"its parameters: {', '.join(known)}")
+    for name, value in params.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            return f"setting {path}.{name}: expected a positive integer, got {value!r}"
+    return None
+
+
 RANKER_ARCHITECTURES = ("mlp", "dcn")    # models.ranking.ARCHITECTURES
 SPLIT_KINDS = ("time", "random", "random_per_user")
 NEGATIVE_SAMPLING = ("popularity", "uniform")
@@ -320,7 +349,9 @@ class FunnelConfig:
     # candidates_k without repeating another's items; unknown users get popularity.
     sources: list = field(default_factory=lambda: [{"name": "two_tower", "share": 1.0}])
     candidates_k: int = 500               # the candidate list's length (L6.1)
-    index: str = "exact"                  # the learned sources' item index: exact | hnsw
+    index: str = "exact"                  # the learned sources' item index: exact | hnsw | ivf | ivfpq
+    index_params: dict = field(default_factory=dict)   # the index's parameters (INDEX_PARAMS),
+                                          # e.g. {ef_search: 1000}; any not given: its default
     filters: list = field(default_factory=lambda: ["seen", "unsafe"])   # items never shown
     # Rankers in order (registered: light_ranker, heavy_ranker); each keeps max(keep, k) of
     # what it is given, the last one the final k (models.eval_k). [] serves the candidates.
@@ -333,6 +364,12 @@ class FunnelConfig:
 
     # names, shares and keeps are checked against the registries (models.funnel, preflight)
     CHECKS: ClassVar[dict] = {"candidates_k": AT_LEAST_ONE, "index": OneOf(INDEX_KINDS)}
+
+    def __post_init__(self):      # an unknown kind is left to the `index` check
+        problem = self.index in INDEX_PARAMS and index_params_problem(self.index,
+                                                                      self.index_params)
+        if problem:
+            raise ConfigError(problem)
 
 
 @dataclass
