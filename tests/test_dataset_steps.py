@@ -3,7 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recfunnel.workflows import duplicates, labels, negatives, point_in_time, splits, unsafe
+from recfunnel.workflows import (dataset, duplicates, labels, negatives, point_in_time, splits,
+                                 unsafe)
 
 
 # ---- duplicates (L1.3) ------------------------------------------------------------------------
@@ -133,6 +134,23 @@ def test_title_classifier_finds_unflagged_unsafe_titles():
     found = set(unsafe.TitleClassifierFilter().unsafe_items(items))
     assert set(range(73, 76)) <= found                  # the ones moderation missed
     assert set(range(60, 76)) <= found and not found & set(range(60))
+
+
+# ---- the servable catalogue and its item ids (L3.1, L6.1) -------------------------------------
+
+def test_the_servable_catalogue_is_every_canonical_safe_item_with_or_without_events():
+    canonical = pd.DataFrame({"item_id": [1, 2, 3, 4, 5], "canonical_id": [1, 1, 3, 4, 5]})
+    # 2 is a copy of 1, 4 is unsafe; 5 never had an event and is served all the same
+    assert dataset.servable_items(canonical, np.array([4])).tolist() == [1, 3, 5]
+
+
+def test_items_without_a_training_example_get_ids_of_their_own_after_the_frequent_ones():
+    counts = pd.Series({7: 3, 5: 3, 9: 1})
+    # 5 and 7 tie on count (by id); 9 had one example, below the threshold: the OOV id;
+    # 8 had none: its own id, after the training items
+    assert dataset.item_vocabulary(counts, np.array([5, 7, 8, 9]), 2).tolist() == [5, 7, 8]
+    assert dataset.item_vocabulary(counts, np.array([5, 7, 8, 9]), 1).tolist() == [5, 7, 9, 8]
+    assert dataset.item_vocabulary(counts, np.array([5, 7, 8, 9]), 0).tolist() == [5, 7, 9, 8]
 
 
 # ---- labels (L2.2) ---------------------------------------------------------------------------
@@ -279,6 +297,17 @@ def test_negatives_stop_when_the_catalogue_is_exhausted():
     rng = np.random.default_rng(0)
     got = negatives.sample_for_user(rng, 5, np.array([1, 2]), np.array([1, 2, 3]), None)
     assert got.tolist() == [3]
+
+
+def test_popularity_draws_are_numpys_choice_with_the_distribution_summed_once():
+    candidates = np.arange(100, 400)
+    probs = np.random.default_rng(0).random(300) + 0.5
+    probs /= probs.sum()
+    cdf = negatives.cumulative(probs)
+    for seed in range(5):
+        expected = np.random.default_rng([seed, 1]).choice(candidates, size=41, p=probs)
+        got = negatives.draw_candidates(np.random.default_rng([seed, 1]), candidates, 41, cdf)
+        assert got.tolist() == expected.tolist()      # the same negatives as before, faster
 
 
 def test_per_user_split_follows_recbole_counts():

@@ -17,6 +17,7 @@ catalogue (a million titles in seconds).
 """
 from __future__ import annotations
 
+import functools
 import re
 from difflib import SequenceMatcher
 
@@ -64,15 +65,20 @@ def title_numbers(title: str) -> tuple[int, ...]:
     in them, so two titles with different numbers are never the same item.
     """
     text = REUPLOAD_MARKS.sub(" ", str(title))
-    out = []
-    for word in WORDS.findall(text):
-        if word.isdigit():
-            out.append(int(word))
-        elif (value := roman_value(word)) is not None:
-            out.append(value)
-        elif word.lower() in NUMBER_WORDS:
-            out.append(NUMBER_WORDS[word.lower()])
-    return tuple(out)
+    values = (word_number(word) for word in WORDS.findall(text))
+    return tuple(v for v in values if v is not None)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def word_number(word: str) -> int | None:
+    """The number one word of a title stands for (digits, a Roman numeral, a number word), else
+    None; cached, since a catalogue's titles share their words (a million titles, 3M words)."""
+    if word.isdigit():
+        return int(word)
+    value = roman_value(word)
+    if value is not None:
+        return value
+    return NUMBER_WORDS.get(word.lower())
 
 
 def titles_match(a: str, b: str, min_similarity: float, numbers_a: tuple | None = None,
