@@ -57,6 +57,51 @@ def run_step(step: str, log_dir: Path, env: dict) -> dict:
             "processes": sampler.max_processes}
 
 
+OPTIMIZER_STEPS = """
+import json, sys, time
+from dataclasses import replace
+import recfunnel.workflows  # noqa: F401
+from recfunnel.config import load_config
+from recfunnel.models import ranking, retrieval
+from recfunnel.models.data import Splits, to_dataset
+from recfunnel.models.optimizers import optimizer
+cfg = load_config({config!r}).models
+splits = Splits.load({dataset!r})
+batch, steps, out = 4096, 10, {{}}
+for name in ("two_tower", "light_ranker", "heavy_ranker"):
+    if name == "two_tower":
+        schemas = retrieval.tower_schemas(name, splits, cfg)
+        rows, schema = splits.positives(splits.train, "click"), schemas[0] + schemas[1]
+        build = lambda: retrieval.build_two_tower(splits, cfg)
+    else:
+        kind = name.removesuffix("_ranker")
+        rows, schema = splits.train, ranking.ranker_schema(splits, cfg, kind)
+        build = lambda: ranking.build_ranker(schema, cfg, kind)
+    rows = rows.iloc[:batch * steps]
+    for opt in ("adam", "lazy_adam"):
+        model = build()
+        model.compile(optimizer=optimizer(opt, 0.003), metrics=[])
+        model.fit(to_dataset(rows.iloc[:batch * 2], schema), batch_size=batch, verbose=0)
+        t, c = time.perf_counter(), time.process_time()
+        model.fit(to_dataset(rows, schema), batch_size=batch, verbose=0)
+        out.setdefault(name, {{}})[opt] = {{
+            "s_per_step": round((time.perf_counter() - t) / steps, 3),
+            "cpu_s_per_step": round((time.process_time() - c) / steps, 3)}}
+print(json.dumps(out))
+"""
+
+
+def optimizer_steps(run_dir: Path, env: dict) -> dict:
+    """Seconds per training step at batch 4096 with Adam and with LazyAdam on the run's dataset
+    (10 steps after 2 of warm-up, per model), in a fresh process."""
+    code = OPTIMIZER_STEPS.format(config=str(CONFIG), dataset=str(run_dir / "dataset"))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=REPO, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def describe(run_dir: Path) -> dict:
     """What the run holds: sizes, the trained version, the candidate index, the repository."""
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -71,9 +116,7 @@ def describe(run_dir: Path) -> dict:
         ids = np.load(version / "two_tower_items" / "item_ids.npy", mmap_mode="r")
         trained = models["models"]
         out.update(version=str(version.relative_to(REPO)), index_items=int(len(ids)),
-                   models={name: {k: m.get(k) for k in ("train_seconds", "examples_per_second",
-                                                        "best_epoch", "skipped") if k in m}
-                           for name, m in trained.items()},
+                   models={name: _training(m) for name, m in trained.items()},
                    cold_items_in_index=int(len(ids)) - int(
                        np.unique(_train_items(run_dir)).size))
     if "serving" in summary:
@@ -83,6 +126,18 @@ def describe(run_dir: Path) -> dict:
         out["serving"] = {k: serving.get(k) for k in (
             "triton_version", "export_seconds", "startup_seconds", "requests", "errors",
             "latency_ms") if k in serving}
+    return out
+
+
+def _training(m: dict) -> dict:
+    """A model's training time; `fit_seconds` are its epochs' own (without each epoch's
+    validation, which train_seconds include), `fit_examples_per_second` by them."""
+    out = {k: m[k] for k in ("train_seconds", "examples_per_second", "best_epoch", "skipped")
+           if k in m}
+    fit = sum(h.get("seconds", 0.0) for h in m.get("history", []))
+    if fit and m.get("examples_per_second"):
+        out["fit_seconds"] = round(fit, 1)
+        out["fit_examples_per_second"] = round(m["examples_per_second"] * m["train_seconds"] / fit)
     return out
 
 
@@ -98,6 +153,28 @@ def _train_items(run_dir: Path) -> np.ndarray:
                            for p in parts])
 
 
+# What crawled at a million items before the fixes of this run's commits, found with cProfile
+# (the dataset step under dask's synchronous scheduler, so worker tasks are profiled; a
+# profiled run, 2026-12-02): recorded here because the code that measured them is gone.
+BEFORE = """Found by profiling before the fixes (cProfile; the dataset step with dask's synchronous
+scheduler so that worker tasks are seen; 2026-12-02, profiled seconds):
+- duplicate detection compared every pair within the (creator, duration) blocks (5.1M pairs
+  in 709k blocks at 1M items; a catalogue without those columns is one block: 10k titles 15.9 s,
+  a million impossible) -> blocks by title numbers too, prefix and count filters on 3-grams,
+  exact for the similarity bound: 1M items 11.6 s, 10k titles without blocking columns 0.2 s;
+- JoinExternal merged every partition with the whole million-row item table: 26 s of key
+  factorising in 970 merges -> KeyedJoin, an index lookup (same rows and dtypes);
+- negative sampling recomputed the popularity distribution over 179k candidates in every
+  rng.choice call: 21.5 s in 17.7k calls -> computed once, the same draws;
+- the truth audit walked a million one-item duplicate groups twice: 104 s -> groups of two or
+  more only;
+- each epoch's validation ranked the whole catalogue for all 15k validation users: 55 s an
+  epoch -> a fixed sample of models.retrieval_eval_users (2,000 here);
+- Keras' Adam: see the table above.
+Before them the index held only the 144,577 items with a training example, and a cold item
+had no id of its own (Categorify mapped every one to its out-of-vocabulary row)."""
+
+
 def markdown(r: dict) -> str:
     rows = ["| step | seconds | peak RSS MB (process tree) | CPU s (tree / other jobs) |",
             "|---|---|---|---|"]
@@ -106,9 +183,9 @@ def markdown(r: dict) -> str:
                     f"{s['cpu_s']:,} / {s['other_jobs_cpu_s']:,} |")
     total = sum(s["seconds"] for s in r["steps"].values())
     models = r.get("models", {})
-    trained = ", ".join(f"{name} {m['train_seconds']} s ({m['examples_per_second']:,} ex/s)"
-                        for name, m in models.items() if m.get("train_seconds") and
-                        m.get("examples_per_second"))
+    trained = ", ".join(f"{name} {m['train_seconds']} s ({m['fit_seconds']} s of it in its "
+                        f"epochs, {m['fit_examples_per_second']:,} examples/s)"
+                        for name, m in models.items() if m.get("fit_seconds"))
     lines = [
         f"Command: `{r['command']}`. Machine: {r['machine']}. Date: {r['date']}.",
         f"configs/catalogue_1m.yaml: {r['items']:,} catalogue items ({r['items_with_events']:,} "
@@ -122,14 +199,31 @@ def markdown(r: dict) -> str:
         lines.append(
             f"The candidate index holds {r['index_items']:,} items: the whole servable catalogue "
             f"(canonical, safe), {r['cold_items_in_index']:,} of them without a training example, "
-            "embedded by their attributes through the two-tower's item tower. Training: "
+            "embedded by their attributes through the two-tower's item tower. Training (the rest "
+            "of a model's seconds is its validation after each epoch, for retrieval a ranking "
+            "of the whole catalogue): "
             f"{trained}; EASE: {models.get('ease', {}).get('skipped', 'trained')}.")
+    if r.get("optimizer_steps"):
+        lines += ["", "Seconds per training step at batch 4096 on this dataset (10 steps after 2 "
+                  "of warm-up; CPU seconds are the steadier figure on a shared machine), with Keras' Adam, which rewrites every row of the "
+                  f"{r['index_items']:,}-row item tables on every step, and with "
+                  "`models.optimizer: lazy_adam`, which updates only the rows a batch used:", "",
+                  "| model | adam s/step (wall / CPU) | lazy_adam s/step (wall / CPU) | "
+                  "speed-up (wall / CPU) |", "|---|---|---|---|"]
+        for name, m in r["optimizer_steps"].items():
+            a, z = m["adam"], m["lazy_adam"]
+            ratio = {k: a[k] / max(z[k], 1e-9) for k in ("s_per_step", "cpu_s_per_step")}
+            lines.append(f"| {name} | {a['s_per_step']} / {a['cpu_s_per_step']} | "
+                         f"{z['s_per_step']} / {z['cpu_s_per_step']} | "
+                         f"{ratio['s_per_step']:.1f}x / {ratio['cpu_s_per_step']:.1f}x |")
+        lines.append("")
+    lines += [BEFORE, ""]
     if r.get("repository"):
         s = r["serving"]
         lines.append(
-            f"The serving step exported Triton version {s['triton_version']} in "
-            f"{s['export_seconds']} s (the served feature tables refreshed over the whole "
-            f"catalogue first), started tritonserver in {s['startup_seconds']} s and asked it "
+            f"The serving step refreshed the served feature tables (the whole catalogue), "
+            f"exported Triton version {s['triton_version']} in {s['export_seconds']} s, "
+            f"started tritonserver in {s['startup_seconds']} s and asked it "
             f"for {s['requests']} users one at a time ({s['errors']} errors; p50 "
             f"{s['latency_ms']['p50']} ms: a smoke test, not the latency benchmark, which is "
             f"benchmarks/bench_serving.py). Run `{r['run']}`, version `{r['version']}`, "
@@ -139,8 +233,11 @@ def markdown(r: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS)
+    parser.add_argument("--steps", nargs="*", default=list(STEPS), choices=STEPS,
+                        help="the steps to (re)run; none: only describe the run and time the optimizers")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--no-optimizers", action="store_true",
+                        help="skip the Adam vs LazyAdam step timings")
     args = parser.parse_args()
     run_dir = REPO / "runs" / "catalogue_1m"
     if "data" in args.steps:
@@ -155,7 +252,12 @@ def main() -> None:
             print(f"{step} ...", flush=True)
             steps[step] = run_step(step, Path(tmp), step_env)
             print(f"{step}: {steps[step]}", flush=True)
+    timings = previous.get("optimizer_steps")
+    if not args.no_optimizers:
+        print("optimizer step timings ...", flush=True)
+        timings = optimizer_steps(run_dir, env)
     results = {**describe(run_dir), "steps": {s: steps[s] for s in STEPS if s in steps},
+               "optimizer_steps": timings,
                "command": "python benchmarks/bench_catalogue_1m.py", "machine": machine(),
                "date": time.strftime("%Y-%m-%d")}
     body = markdown(results)
