@@ -222,6 +222,7 @@ def index_params_problem(kind: str, params: dict, path: str = "funnel.index_para
 
 
 RANKER_ARCHITECTURES = ("mlp", "dcn")    # models.ranking.ARCHITECTURES
+OPTIMIZERS = ("adam", "lazy_adam")        # models.optimizers.optimizer
 SPLIT_KINDS = ("time", "random", "random_per_user")
 NEGATIVE_SAMPLING = ("popularity", "uniform")
 DURATION_EDGES = (15, 30, 60, 120, 300, 600, 1200, 2400)   # seconds: similar-length buckets
@@ -290,6 +291,12 @@ class ModelsConfig:
     ease_max_items: int = 20_000          # EASE holds items^2 floats: none above this size
     retrieval_patience: int = 0           # > 0: stop after this many epochs without a better
                                           # validation recall and keep the best epoch's weights
+    # Each epoch's validation recall ranks the whole catalogue for every validation user (a
+    # million items: about 4 ms a user); at most this many users, a fixed sample, are ranked
+    retrieval_eval_users: int = 5_000
+    # adam | lazy_adam: Adam that updates only the embedding rows of the batch (models.optimizers;
+    # Adam reads and writes every row of every table on every step)
+    optimizer: str = "adam"
     # Each ranker has one head per objective; watch_75 is a diagnostic head (no blend weight)
     # that shows what ranking by the naive label would do (models.truth in the summary).
     objectives: list = field(default_factory=lambda: ["click", "like", "share", "watch_75",
@@ -327,7 +334,7 @@ class ModelsConfig:
     CHECKS: ClassVar[dict] = {
         **dict.fromkeys(("embedding_dim", "retrieval_epochs", "retrieval_batch_size", "mf_epochs",
                          "ranker_epochs", "ranker_batch_size", "ranker_embedding_dim", "eval_k",
-                         "window_sweep_days"), AT_LEAST_ONE),
+                         "retrieval_eval_users", "window_sweep_days"), AT_LEAST_ONE),
         **dict.fromkeys(("retrieval_learning_rate", "retrieval_temperature", "mf_learning_rate",
                          "ranker_learning_rate"), POSITIVE),
         **dict.fromkeys(("retrieval_l2_reg", "ranker_l2_reg", "retrieval_patience",
@@ -338,6 +345,7 @@ class ModelsConfig:
                         OneOf(RANKER_ARCHITECTURES)),
         **dict.fromkeys(("retrieval_dropout", "ranker_dropout"), Range(0, 1, open_high=True)),
         "retrieval_positive": OneOf(LABELS), "objectives": OneOf(LABELS),
+        "optimizer": OneOf(OPTIMIZERS),
         "light_ranker_layers": AT_LEAST_ONE, "heavy_ranker_layers": AT_LEAST_ONE}
 
 

@@ -18,18 +18,37 @@ from recfunnel.config import NEGATIVE_SAMPLING
 from recfunnel.workflows.backend import host_frame
 
 
+def cumulative(probs: np.ndarray | None) -> np.ndarray | None:
+    """The cumulative distribution numpy's `Generator.choice(p=probs)` draws by, computed once
+    (choice recomputes it over every candidate on every call: per user, per round)."""
+    if probs is None:
+        return None
+    cdf = np.asarray(probs, np.float64).cumsum()
+    cdf /= cdf[-1]
+    return cdf
+
+
+def draw_candidates(rng: np.random.Generator, candidates: np.ndarray, size: int,
+         cdf: np.ndarray | None) -> np.ndarray:
+    """`rng.choice(candidates, size, p=probs)` for cdf = cumulative(probs): the same draws."""
+    if cdf is None:
+        return rng.choice(candidates, size=size)
+    return candidates[cdf.searchsorted(rng.random(size), side="right")]
+
+
 def sample_for_user(rng: np.random.Generator, n: int, touched: np.ndarray, candidates: np.ndarray,
-                    probs: np.ndarray | None, max_rounds: int = 8) -> np.ndarray:
-    """Up to `n` distinct items from `candidates`, none of them in `touched`."""
+                    cdf: np.ndarray | None, max_rounds: int = 8) -> np.ndarray:
+    """Up to `n` distinct items from `candidates` (drawn by `cdf`, a `cumulative`; None:
+    uniformly), none of them in `touched`."""
     chosen = np.empty(0, dtype=candidates.dtype)
     for _ in range(max_rounds):
         need = n - len(chosen)
         if need <= 0:
             break
-        draw = rng.choice(candidates, size=2 * need + 8, p=probs)
-        draw = draw[~np.isin(draw, touched) & ~np.isin(draw, chosen)]
-        _, first = np.unique(draw, return_index=True)
-        chosen = np.concatenate([chosen, draw[np.sort(first)][:need]])
+        drawn = draw_candidates(rng, candidates, 2 * need + 8, cdf)
+        drawn = drawn[~np.isin(drawn, touched) & ~np.isin(drawn, chosen)]
+        _, first = np.unique(drawn, return_index=True)
+        chosen = np.concatenate([chosen, drawn[np.sort(first)][:need]])
     return chosen
 
 
@@ -41,13 +60,14 @@ def sample_negatives(examples: pd.DataFrame, ratio: float, candidates: np.ndarra
     so the result does not depend on how the data is partitioned.
     """
     out = []
+    cdf = cumulative(probs)
     ordered = examples.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
     for user, rows in ordered.groupby("user_id", sort=True):
         n = int(round(ratio * len(rows)))
         if n == 0:
             continue
         rng = np.random.default_rng([seed, int(user)])
-        items = sample_for_user(rng, n, rows["item_id"].to_numpy(), candidates, probs)
+        items = sample_for_user(rng, n, rows["item_id"].to_numpy(), candidates, cdf)
         if len(items) == 0:
             continue
         anchor = rows.iloc[rng.integers(0, len(rows), len(items))]
