@@ -136,7 +136,8 @@ class EmbeddingSource:
     """A learned candidate generator: the query tower's vector searched in the item index."""
     serves_unknown_users = False
 
-    def __init__(self, name: str, root: Path, index: str = "exact", index_params: dict | None = None):
+    def __init__(self, name: str, root: Path, index: str = "exact",
+                 index_params: dict | None = None):
         self.name, self.root, self.index_kind = name, Path(root), index
         self.index_params = dict(index_params or {})
         self.version = read_manifest(self.root / f"{name}_query", kind="query_tower")["version"]

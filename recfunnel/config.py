@@ -357,7 +357,7 @@ class FunnelConfig:
     # candidates_k without repeating another's items; unknown users get popularity.
     sources: list = field(default_factory=lambda: [{"name": "two_tower", "share": 1.0}])
     candidates_k: int = 500               # the candidate list's length (L6.1)
-    index: str = "exact"                  # the learned sources' item index: exact | hnsw | ivf | ivfpq
+    index: str = "exact"                  # the learned sources' item index (INDEX_KINDS)
     index_params: dict = field(default_factory=dict)   # the index's parameters (INDEX_PARAMS),
                                           # e.g. {ef_search: 1000}; any not given: its default
     filters: list = field(default_factory=lambda: ["seen", "unsafe"])   # items never shown

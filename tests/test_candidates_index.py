@@ -168,6 +168,19 @@ def test_search_parameters_do_not_need_another_build(tmp_path, catalogue):
     assert EmbeddingIndex.load(folder, "ivf", {"nlist": 16, "nprobe": 16})._index.nprobe == 16
 
 
+def test_search_parameters_are_set_on_the_built_index(catalogue):
+    ids, vectors, queries = catalogue
+    index = EmbeddingIndex(ids, vectors, kind="ivfpq", params={"nlist": 16, "m": 8})
+    built = index._index
+    wide = index.tune(nprobe=16, refine=8).search(queries, K)[0]
+    narrow = index.tune(nprobe=1, refine=1).search(queries, K)[0]
+    exact = EmbeddingIndex(ids, vectors).search(queries, K)[0]
+    assert index._index is built and index.params["nprobe"] == 1
+    assert overlap(narrow, exact) < overlap(wide, exact)
+    with pytest.raises(ConfigError, match="nlist: not a search parameter"):
+        index.tune(nlist=4)
+
+
 def test_exact_saves_nothing(tmp_path, catalogue):
     folder = items_folder(tmp_path / "items", *catalogue[:2])
     assert save_index(folder, "exact") is None
