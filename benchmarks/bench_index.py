@@ -333,6 +333,20 @@ def markdown(r: dict) -> str:
                    "reached" + (f"; the fastest setting with recall >= 0.99: {best['kind']} "
                                 f"({_params(best)}), {best['recall']}, "
                                 f"{best['speedup_p50']}x." if best else "."))
+    default = next((s for s in r["settings"] if s["kind"] == DEFAULT_KIND and is_default(s)),
+                   None)
+    if default:
+        out.append(f"Threads, the default {DEFAULT_KIND}: p50 {default['batch1_threads1_p50_ms']} "
+                   f"ms at 1 thread, {default['batch1_threads2_p50_ms']} at 2 (batch 1); "
+                   f"{default['batch16_threads1_p50_ms']} and {default['batch16_threads2_p50_ms']}"
+                   " ms (batch 16): faiss splits a batch by query, so one query never uses a "
+                   "second core, and with other processes on both cores its waiting threads "
+                   "only cost (`threads` defaults to 1).")
+    hnsw = [s for s in r["settings"] if s["kind"] == "hnsw"]
+    if hnsw:
+        top = max(hnsw, key=lambda s: s["recall"])
+        out.append(f"HNSW's best recall@{r['k']} here: {top['recall']} ({_params(top)}, "
+                   f"{top['speedup_p50']}x).")
     e = r["exclusions"]
     out += ["", f"Removing excluded items from the index's answer ({e[0]['kind']}, "
             f"{_params(e[0])}; 50 excluded items per user, 10 of them among its "

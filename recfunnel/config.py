@@ -199,7 +199,7 @@ INDEX_PARAMS = {
     "exact": {"threads": 1},
     "hnsw": {"M": 32, "ef_construction": 200, "ef_search": 1000, "threads": 1},
     "ivf": {"nlist": 1024, "nprobe": 384, "threads": 1},
-    "ivfpq": {"nlist": 2048, "nprobe": 640, "m": 32, "nbits": 4, "refine": 4, "threads": 1},
+    "ivfpq": {"nlist": 512, "nprobe": 192, "m": 32, "nbits": 4, "refine": 4, "threads": 1},
 }
 INDEX_KINDS = tuple(INDEX_PARAMS)
 

@@ -7,12 +7,13 @@ import json
 import numpy as np
 import pytest
 
+from recfunnel.models import candidates
 from recfunnel.config import INDEX_KINDS, ConfigError, load_config
 from recfunnel.models.artifacts import ArtifactError, write_manifest
 from recfunnel.models.candidates import (ITEM_EMBEDDINGS, ITEM_IDS, SAVED_INDEX, EmbeddingIndex,
                                          PopularityCandidates, save_index, saved_index_name)
-from recfunnel.models.funnel import FunnelSettings, FunnelSpecError
-from recfunnel.serving.export import _save_item_indexes
+from recfunnel.models.funnel import Funnel, FunnelSettings, FunnelSpecError
+from recfunnel.serving.export import _save_item_indexes, export_version, open_served_version
 
 K = 20
 # Generous settings for 2,000 items: every kind should find (almost) exactly exact's list.
@@ -225,6 +226,29 @@ def test_export_saves_the_declared_index_beside_each_learned_sources_embeddings(
     manifest = json.loads((saved / "manifest.json").read_text())
     assert manifest["kind"] == "item_index" and manifest["version"] == "v1"
     assert manifest["config"]["params"] == {"nlist": 8}
+
+
+def test_an_exported_version_serves_the_index_saved_at_export(small_run, tmp_path, monkeypatch):
+    # every list scanned and 8 x k re-scored exactly: the small catalogue's exact answer
+    settings = FunnelSettings(candidates_k=50, index="ivfpq",
+                              index_params={"nlist": 8, "nprobe": 8, "refine": 8})
+    exported = export_version(small_run.version_dir, small_run.dir / "dataset",
+                              tmp_path / "repo", settings)
+    artifacts = tmp_path / "repo" / "candidates" / str(exported.triton_version) / "artifacts"
+    assert (artifacts / "two_tower_items" / saved_index_name("ivfpq", settings.index_params)
+            / SAVED_INDEX).is_file()
+
+    def no_build(*args):
+        raise AssertionError("a served stage built its index instead of loading it")
+    monkeypatch.setattr(candidates, "_build_faiss", no_build)
+    served = open_served_version(artifacts)
+    users = served.users.index.to_numpy()[:8]
+    request = served.request(users, *served.user_rows(users))
+    got = served.retrieve(request, served.exclusions(request))[0]
+    monkeypatch.undo()
+    exact = Funnel(artifacts, FunnelSettings(candidates_k=50), unsafe_raw=served.unsafe_raw,
+                   seen=served.seen)
+    np.testing.assert_array_equal(got, exact.retrieve(request, exact.exclusions(request))[0])
 
 
 # ---- parameters are settings, checked when they load ---------------------------------------
