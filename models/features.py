@@ -184,6 +184,17 @@ class Columns:
         return pd.DataFrame(self.data)
 
 
+def find_sorted(keys: np.ndarray, ids) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, found) of `ids` in the sorted array `keys` by binary search: each id's
+    position (0 where it is absent) and whether it is there."""
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    if not len(keys):
+        return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
+    pos = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
+    found = keys[pos] == ids
+    return np.where(found, pos, 0), found
+
+
 class FeatureTable:
     """A feature table keyed by an integer id, held as arrays sorted by the key: `find` is a
     binary search, `rows` a gather (the request path's lookups, models.funnel)."""
@@ -203,12 +214,7 @@ class FeatureTable:
     def find(self, ids) -> tuple[np.ndarray, np.ndarray]:
         """(positions, found): each id's row position (0 where it has none) and whether it has
         a row."""
-        ids = np.asarray(ids, np.int64).reshape(-1)
-        if not len(self.keys):
-            return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
-        pos = np.minimum(np.searchsorted(self.keys, ids), len(self.keys) - 1)
-        found = self.keys[pos] == ids
-        return np.where(found, pos, 0), found
+        return find_sorted(self.keys, ids)
 
     def rows(self, positions) -> Columns:
         return self.columns.take(positions)

@@ -28,8 +28,8 @@ from recfunnel.models.components import (FILTERS, POPULARITY, RANKERS, SELECTORS
                                lookup)
 from recfunnel.models.features import (FEATURES, ITEM_GROUP, ITEM_KEY, OFFLINE_FEATURES,
                                        REQUEST_DAY, UNKNOWN_USER, USER_KEY, USER_KEY_COLUMN,
-                                       Columns, FeatureTable, PairTable, load_feature_tables,
-                                       load_pair_table, recency_feature)
+                                       Columns, FeatureTable, PairTable, find_sorted,
+                                       load_feature_tables, load_pair_table, recency_feature)
 from recfunnel.config import INDEX_KINDS, index_params_problem
 from recfunnel.errors import ConfigError
 
@@ -274,11 +274,8 @@ class Funnel:
 
     def item_ids(self, raw) -> np.ndarray:
         """Raw item ids -> the version's categorified ids (ids it does not know are dropped)."""
-        raw = np.asarray(raw, np.int64).reshape(-1)
-        if not len(self._raw_keys) or not len(raw):
-            return np.empty(0, np.int64)
-        at = np.minimum(np.searchsorted(self._raw_keys, raw), len(self._raw_keys) - 1)
-        return self._ids_of_raw[at[self._raw_keys[at] == raw]]
+        at, found = find_sorted(self._raw_keys, raw)
+        return self._ids_of_raw[at[found]]
 
     def _seen_csr(self, seen) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(users, offsets, ids): sorted raw user ids, and user i's categorified seen ids at
@@ -292,9 +289,7 @@ class Funnel:
             lists = [np.asarray(v, np.int64).reshape(-1) for v in seen.values()]
             user_raw = np.repeat(np.fromiter(seen, np.int64, len(seen)), [len(v) for v in lists])
             item_raw = np.concatenate([np.empty(0, np.int64), *lists])
-        at = np.minimum(np.searchsorted(self._raw_keys, item_raw), max(len(self._raw_keys) - 1, 0))
-        known = (self._raw_keys[at] == item_raw) if len(self._raw_keys) else \
-            np.zeros(len(item_raw), bool)
+        at, known = find_sorted(self._raw_keys, item_raw)
         user_raw, ids = user_raw[known], self._ids_of_raw[at[known]]
         order = np.argsort(user_raw, kind="stable")
         user_raw, ids = user_raw[order], ids[order]
@@ -304,11 +299,7 @@ class Funnel:
     def seen_items(self, users_raw) -> list[np.ndarray]:
         """Per raw user id, the categorified ids the export recorded as seen."""
         users, offsets, ids = self._seen
-        users_raw = np.asarray(users_raw, np.int64).reshape(-1)
-        if not len(users):
-            return [ids[:0]] * len(users_raw)
-        at = np.minimum(np.searchsorted(users, users_raw), len(users) - 1)
-        has = users[at] == users_raw
+        at, has = find_sorted(users, users_raw)
         return [ids[offsets[a]:offsets[a + 1]] if h else ids[:0] for a, h in zip(at, has)]
 
     def user_items(self, request: Request) -> list[np.ndarray]:

@@ -1,5 +1,5 @@
 """The declared funnel's stages in one process: what the router calls when serving.path is
-`chain` (the default, measured faster than a call per stage: BENCHMARKS.md bench_serving).
+`chain` (the default, measured faster than a call per stage: BENCHMARKS.md bench_router).
 
 One request is one group of users of the router's (one arm, one Triton version): raw user ids,
 the list length, the request's time and the blend of the last ranker's objectives. The stages
