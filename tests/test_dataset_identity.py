@@ -11,6 +11,7 @@ training items, and exactly the committed output of the build for the seed.
 import pandas as pd
 import pytest
 
+from recfunnel.config import ComputeConfig
 from dataset_build_fixture import DATA, EXPECTED, EXPECTED_BEFORE, ORDER, build, decoded_splits
 
 PAIR = ["user_id_raw", "item_id_raw"]
@@ -38,6 +39,12 @@ def _negatives(frame):
 
 def test_the_build_gives_the_committed_splits_for_the_seed(built):
     pd.testing.assert_frame_equal(built, pd.read_parquet(EXPECTED))
+
+
+def test_the_splits_do_not_depend_on_how_the_events_are_partitioned(built, tmp_path):
+    # 64KB partitions: the 10 day files in 4 partitions instead of 1
+    build(DATA, tmp_path / "dataset", ComputeConfig(part_size="64KB"))
+    pd.testing.assert_frame_equal(decoded_splits(tmp_path / "dataset"), built)
 
 
 def test_logged_rows_are_those_of_the_build_before_the_rewrite(built, before):

@@ -27,6 +27,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 import nvtabular as nvt
+from merlin.dag.ops.stat_operator import StatOperator
 from merlin.io import Dataset
 from merlin.schema import Tags
 from nvtabular import ops
@@ -48,6 +49,7 @@ GROUP_COLUMN = "category"        # the item attribute whose per-user history is 
 HISTORY_COLUMNS = ["user_id", "item_id", "timestamp", "click", "watch_seconds",
                    "duration_seconds"]
 DAY = pd.Timedelta(days=1)
+SHUFFLE = "tasks"    # dask's in-memory shuffle; one process would default to partd on disk
 AGE_BOUNDARIES = [18, 25, 35, 45, 55]
 
 
@@ -117,12 +119,19 @@ class DatasetBuilder:
 
     # ---- helpers ---------------------------------------------------------------------------
     def _dataset(self, source) -> Dataset:
-        return Dataset(source, engine="parquet", cpu=self.cpu, part_size=self.compute.part_size)
+        # Small files (one a day) share a partition up to part_size: every partition costs
+        # each workflow node a pass of Merlin's executor, whatever its rows.
+        return Dataset(source, engine="parquet", cpu=self.cpu, part_size=self.compute.part_size,
+                       aggregate_files=True)
 
     def _apply(self, graph, ds: Dataset, fit_on: Dataset | None = None) -> Dataset:
-        """Fits `graph` (on `fit_on`, default `ds`), transforms `ds`, keeps the result in memory."""
+        """Transforms `ds` by `graph`, fitted first (on `fit_on`, default `ds`) when it has
+        statistics to learn, and keeps the result in memory for the steps and counts that read
+        it. A graph without statistics is not fitted: Merlin's fit ends by running the whole
+        graph on the first partition to learn output dtypes, a second pass for nothing."""
         workflow = nvt.Workflow(graph)
-        workflow.fit(fit_on if fit_on is not None else ds)
+        if _statistics(workflow):
+            workflow.fit(fit_on if fit_on is not None else ds)
         return Dataset(workflow.transform(ds).to_ddf().persist(), cpu=self.cpu)
 
     def cutoffs(self, ddf) -> Cutoffs:
@@ -234,8 +243,9 @@ class DatasetBuilder:
 
     def examples(self, ds: Dataset, cut: Cutoffs) -> Dataset:
         cfg = self.cfg
-        if cfg.split == "random_per_user":      # the split counts each user's pairs
-            ds = Dataset(ds.to_ddf().shuffle("user_id"), cpu=self.cpu)
+        # Each user's events in one partition, once: the per-user split, the pairs and the
+        # negatives after them all work partition by partition.
+        ds = Dataset(ds.to_ddf().shuffle("user_id", shuffle=SHUFFLE).persist(), cpu=self.cpu)
         split = ["timestamp", "user_id", "item_id"] >> SplitAssigner(
             cfg.split, cut.train_end.value, cut.valid_end.value, cfg.random_fractions, cfg.seed)
         with_split = self._apply(split + EVENT_COLUMNS, ds)
@@ -243,9 +253,8 @@ class DatasetBuilder:
         labels = ["click", "watch_seconds", "duration_seconds"] >> WatchLabels(
             cfg.watch_threshold, cfg.duration_edges, cfg.watch_quantile)
         labelled = self._apply(labels + EVENT_COLUMNS + ["split"], with_split, fit_on=train)
-        by_user = labelled.to_ddf().shuffle("user_id")          # each user in one partition
-        columns = list(by_user.columns)
-        pairs = self._apply(columns >> AggregatePairs(), Dataset(by_user, cpu=self.cpu))
+        columns = list(labelled.to_ddf().columns)
+        pairs = self._apply(columns >> AggregatePairs(), labelled)
         self.report.record("examples", pairs.to_ddf(), note="one row per (user, item, split)")
         require_nonempty_splits(backend.host_frame(pairs.to_ddf()["split"].value_counts().compute()),
                                 cut)
@@ -320,9 +329,11 @@ class DatasetBuilder:
         # Point-in-time statistics learn from the whole safe event history (each example reads
         # only the days before its own, so valid and test examples see what serving would have
         # known then, not a state frozen at the cut-off); everything else (Categorify,
-        # thresholds) learns from the training examples only.
-        workflow.fit(train)
+        # thresholds) learns from the training examples only, in a fit that leaves the
+        # point-in-time statistics as they are.
+        workflow.fit_schema(train.schema)
         fit_point_in_time(workflow, hist)
+        workflow.executor.fit(train, workflow.graph, refit=False)
         workflow.save(str(self.out / "workflow"))
         # the history, for refreshing the served tables and the offline evaluation's tables
         hist[HISTORY_COLUMNS].to_parquet(str(self.out / HISTORY), write_index=False)
@@ -458,9 +469,17 @@ def fit_point_in_time(workflow, events) -> None:
 
     if not isinstance(events, dd.DataFrame):
         events = dd.from_pandas(events, npartitions=1)
-    for node in point_in_time_nodes(workflow):
-        stats = node.op.fit(node.input_columns, events[node.input_columns.names])
-        node.op.fit_finalize(stats.compute())
+    nodes = point_in_time_nodes(workflow)
+    daily = dask.compute(*[node.op.fit(node.input_columns, events[node.input_columns.names])
+                           for node in nodes])          # one pass over the events for all
+    for node, stats in zip(nodes, daily):
+        node.op.fit_finalize(stats)
+        node.op.fitted = True
+
+
+def _statistics(workflow) -> bool:
+    """Does the workflow hold an operator that learns statistics in a fit?"""
+    return any(isinstance(n.op, StatOperator) for n in _nodes(workflow.output_node))
 
 
 def _nodes(node):

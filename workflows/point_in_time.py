@@ -43,15 +43,40 @@ def daily_activity(key, day, click, watch, duration) -> pd.DataFrame:
     with np.errstate(invalid="ignore", divide="ignore"):
         fraction = np.where((np.asarray(click) == 1) & (duration > 0),
                             np.clip(watch / duration, 0, 1), np.nan)
-    frame = pd.DataFrame({"key": np.asarray(key, np.int64), "day": np.asarray(day, np.int64),
-                          "events": 1, "clicks": np.asarray(click, np.int64),
-                          "fraction_sum": np.nan_to_num(fraction), "fraction_n": ~np.isnan(fraction)})
-    return frame.groupby(["key", "day"], as_index=False).sum()
+    key = np.asarray(key, np.int64)
+    # whole columns, not a broadcast scalar: pandas builds those 20x slower
+    frame = pd.DataFrame({"key": key, "day": np.asarray(day, np.int64),
+                          "events": np.ones(len(key), np.int64),
+                          "clicks": np.asarray(click, np.int64),
+                          "fraction_sum": np.nan_to_num(fraction),
+                          "fraction_n": (~np.isnan(fraction)).astype(np.int64)}, copy=False)
+    return _sum_by_key_day(frame)
+
+
+def _sum_by_key_day(frame: pd.DataFrame) -> pd.DataFrame:
+    """frame's other columns summed per (key, day), sorted by (key, day). Grouped by one int64
+    code of the pair when it fits (twice as fast as two key columns, the same sums in the same
+    order, so bit for bit the same result)."""
+    key, day = frame["key"].to_numpy(np.int64), frame["day"].to_numpy(np.int64)
+    values = frame.drop(columns=["key", "day"])
+    if not len(frame):
+        return frame.groupby(["key", "day"], as_index=False).sum()
+    k0, d0 = int(key.min()), int(day.min())
+    span = int(day.max()) - d0 + 1
+    if (int(key.max()) - k0 + 1) * span >= 2**62:         # the code would overflow
+        return frame.groupby(["key", "day"], as_index=False).sum()
+    code = (key - k0) * span + (day - d0)
+    sums = values.groupby(code, sort=False).sum().sort_index()   # hashed, then the few sorted
+    pair = sums.index.to_numpy(np.int64)
+    out = pd.DataFrame({"key": pair // span + k0, "day": pair % span + d0})
+    for column in values.columns:
+        out[column] = sums[column].to_numpy()
+    return out
 
 
 def cumulative_table(daily: pd.DataFrame) -> pd.DataFrame:
     """Running totals per key through each active day, sorted by (key, day)."""
-    daily = daily.groupby(["key", "day"], as_index=False).sum().sort_values(["key", "day"])
+    daily = _sum_by_key_day(daily)          # partitions may each hold a (key, day)
     running = daily.groupby("key")[["events", "clicks", "fraction_sum", "fraction_n"]].cumsum()
     return pd.concat([daily[["key", "day"]], running], axis=1).reset_index(drop=True)
 
