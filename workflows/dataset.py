@@ -27,7 +27,6 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 import nvtabular as nvt
-from merlin.dag.ops.stat_operator import StatOperator
 from merlin.io import Dataset
 from merlin.schema import Tags
 from nvtabular import ops
@@ -37,6 +36,7 @@ from recfunnel.errors import RecfunnelError
 from recfunnel.names import LABELS, SIGNALS
 from recfunnel.workflows import backend
 from recfunnel.workflows.duplicates import BLOCK_COLUMNS, blocking_columns, canonical_ids
+from recfunnel.workflows.fitting import fit_statistics
 from recfunnel.workflows.labels import WatchLabels
 from recfunnel.workflows.negatives import NegativeSampler
 from recfunnel.workflows.point_in_time import STAT_NAMES, PointInTimeStats, UserGroupStats
@@ -125,13 +125,9 @@ class DatasetBuilder:
                        aggregate_files=True)
 
     def _apply(self, graph, ds: Dataset, fit_on: Dataset | None = None) -> Dataset:
-        """Transforms `ds` by `graph`, fitted first (on `fit_on`, default `ds`) when it has
-        statistics to learn, and keeps the result in memory for the steps and counts that read
-        it. A graph without statistics is not fitted: Merlin's fit ends by running the whole
-        graph on the first partition to learn output dtypes, a second pass for nothing."""
-        workflow = nvt.Workflow(graph)
-        if _statistics(workflow):
-            workflow.fit(fit_on if fit_on is not None else ds)
+        """Transforms `ds` by `graph`, its statistics fitted first (on `fit_on`, default `ds`),
+        and keeps the result in memory for the steps and counts that read it."""
+        workflow = fit_statistics(nvt.Workflow(graph), fit_on if fit_on is not None else ds)
         return Dataset(workflow.transform(ds).to_ddf().persist(), cpu=self.cpu)
 
     def cutoffs(self, ddf) -> Cutoffs:
@@ -246,15 +242,12 @@ class DatasetBuilder:
         # Each user's events in one partition, once: the per-user split, the pairs and the
         # negatives after them all work partition by partition.
         ds = Dataset(ds.to_ddf().shuffle("user_id", shuffle=SHUFFLE).persist(), cpu=self.cpu)
+        # One workflow, one pass: split, labels (thresholds from the training rows), pairs.
         split = ["timestamp", "user_id", "item_id"] >> SplitAssigner(
             cfg.split, cut.train_end.value, cut.valid_end.value, cfg.random_fractions, cfg.seed)
-        with_split = self._apply(split + EVENT_COLUMNS, ds)
-        train = Dataset(with_split.to_ddf().query(f"split == {TRAIN}"), cpu=self.cpu)
-        labels = ["click", "watch_seconds", "duration_seconds"] >> WatchLabels(
+        labels = (["click", "watch_seconds", "duration_seconds"] + split) >> WatchLabels(
             cfg.watch_threshold, cfg.duration_edges, cfg.watch_quantile)
-        labelled = self._apply(labels + EVENT_COLUMNS + ["split"], with_split, fit_on=train)
-        columns = list(labelled.to_ddf().columns)
-        pairs = self._apply(columns >> AggregatePairs(), labelled)
+        pairs = self._apply((EVENT_COLUMNS + split + labels) >> AggregatePairs(), ds)
         self.report.record("examples", pairs.to_ddf(), note="one row per (user, item, split)")
         require_nonempty_splits(backend.host_frame(pairs.to_ddf()["split"].value_counts().compute()),
                                 cut)
@@ -333,7 +326,7 @@ class DatasetBuilder:
         # point-in-time statistics as they are.
         workflow.fit_schema(train.schema)
         fit_point_in_time(workflow, hist)
-        workflow.executor.fit(train, workflow.graph, refit=False)
+        fit_statistics(workflow, train)
         workflow.save(str(self.out / "workflow"))
         # the history, for refreshing the served tables and the offline evaluation's tables
         hist[HISTORY_COLUMNS].to_parquet(str(self.out / HISTORY), write_index=False)
@@ -475,11 +468,6 @@ def fit_point_in_time(workflow, events) -> None:
     for node, stats in zip(nodes, daily):
         node.op.fit_finalize(stats)
         node.op.fitted = True
-
-
-def _statistics(workflow) -> bool:
-    """Does the workflow hold an operator that learns statistics in a fit?"""
-    return any(isinstance(n.op, StatOperator) for n in _nodes(workflow.output_node))
 
 
 def _nodes(node):
