@@ -39,7 +39,8 @@ from recfunnel.workflows.duplicates import BLOCK_COLUMNS, blocking_columns, cano
 from recfunnel.workflows.fitting import fit_statistics
 from recfunnel.workflows.labels import WatchLabels
 from recfunnel.workflows.negatives import NegativeSampler
-from recfunnel.workflows.point_in_time import STAT_NAMES, PointInTimeStats, UserGroupStats
+from recfunnel.workflows.point_in_time import (STAT_NAMES, LogCounts, PointInTimeStats,
+                                               UserGroupStats)
 from recfunnel.workflows.splits import SPLIT_NAMES, TRAIN, AggregatePairs, SplitAssigner
 from recfunnel.workflows.unsafe import build_filters, runnable_filters, unsafe_item_table
 
@@ -431,7 +432,7 @@ def _scaled_stats(stats, prefix: str, tag, names=STAT_NAMES):
     Rates and fractions are already in [0, 1]."""
     counts = [f"{prefix}_{n}" for n in ("events", "clicks", "days_since_last") if n in names]
     rates = [f"{prefix}_{n}" for n in ("click_rate", "watch_fraction") if n in names]
-    return ((stats[counts] >> ops.LogOp()) + stats[rates]) >> ops.AddTags([tag, Tags.CONTINUOUS])
+    return stats[counts + rates] >> LogCounts(counts) >> ops.AddTags([tag, Tags.CONTINUOUS])
 
 
 def _attributes(table: pd.DataFrame, key: str, categorical: list[str], continuous: list[str]):
