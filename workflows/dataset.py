@@ -92,6 +92,10 @@ class StepReport:
     def record(self, name: str, ddf, **extra) -> None:
         rows, users, items = (int(v) for v in dask.compute(
             ddf.index.size, ddf["user_id"].nunique(), ddf["item_id"].nunique()))
+        self.record_counts(name, rows, users, items, **extra)
+
+    def record_counts(self, name: str, rows: int, users: int, items: int, **extra) -> None:
+        """A step whose counts are known without a pass over its rows."""
         if self.last is not None:
             before = self.last
             self.steps.append({"name": name, "rows_before": before[0], "rows_after": rows,
@@ -125,11 +129,14 @@ class DatasetBuilder:
         return Dataset(source, engine="parquet", cpu=self.cpu, part_size=self.compute.part_size,
                        aggregate_files=True)
 
-    def _apply(self, graph, ds: Dataset, fit_on: Dataset | None = None) -> Dataset:
+    def _apply(self, graph, ds: Dataset, fit_on: Dataset | None = None,
+               persist: bool = True) -> Dataset:
         """Transforms `ds` by `graph`, its statistics fitted first (on `fit_on`, default `ds`),
-        and keeps the result in memory for the steps and counts that read it."""
+        and keeps the result in memory for the steps and counts that read it (`persist`), or
+        leaves it lazy for the next workflow to compose with."""
         workflow = fit_statistics(nvt.Workflow(graph), fit_on if fit_on is not None else ds)
-        return Dataset(workflow.transform(ds).to_ddf().persist(), cpu=self.cpu)
+        ddf = workflow.transform(ds).to_ddf()
+        return Dataset(ddf.persist() if persist else ddf, cpu=self.cpu)
 
     def cutoffs(self, ddf) -> Cutoffs:
         return Cutoffs.after(pd.Timestamp(ddf["timestamp"].max().compute()), self.cfg)
@@ -148,7 +155,7 @@ class DatasetBuilder:
         self.report.record("validated_events", ds.to_ddf())
         cut = self.cutoffs(ds.to_ddf())
 
-        ds, dup = self.canonical_items(ds)
+        dup = self.canonical_items(ds)
         steps.update()
         ds, unsafe = self.unsafe_content(ds)
         steps.update()
@@ -186,22 +193,30 @@ class DatasetBuilder:
                                     "canonical_id": self.items["item_id"].astype(np.int64),
                                     "group_size": np.int64(1)})
         mapping.to_parquet(self.out / "artifacts" / "canonical_items.parquet", index=False)
-        lookup = mapping.set_index("item_id")["canonical_id"]
-        graph = (["item_id"] >> ops.LambdaOp(lambda col: col.map(lookup).fillna(col).astype("int64"))
-                 ) + [c for c in EVENT_COLUMNS if c != "item_id"]
-        out = self._apply(graph, ds)
         copies = int((mapping["item_id"] != mapping["canonical_id"]).sum())
-        self.report.record("canonical_items", out.to_ddf(), note=f"{copies} copies mapped")
         self.canonical = mapping
-        return out, {"copies": copies, "groups": int((mapping["group_size"] > 1).sum() - copies)}
+        # The mapping itself runs in the unsafe-content workflow, in the same pass; the counts
+        # after it follow from the item counts: rows and users stay, copies become one item.
+        rows, users, _ = self.report.last
+        seen = counts.index.to_series()
+        items = seen.map(mapping.set_index("item_id")["canonical_id"]).fillna(seen).nunique()
+        self.report.record_counts("canonical_items", rows, users, int(items),
+                                  note=f"{copies} copies mapped")
+        return {"copies": copies, "groups": int((mapping["group_size"] > 1).sum() - copies)}
 
     def unsafe_content(self, ds: Dataset):
+        """Each event's item as its canonical id, events of unsafe items out: one workflow."""
         table = unsafe_item_table(self.items, build_filters(self.cfg.unsafe_filters))
-        table["canonical_id"] = table["item_id"].map(self.canonical.set_index("item_id")["canonical_id"])
+        lookup = self.canonical.set_index("item_id")["canonical_id"]
+        table["canonical_id"] = table["item_id"].map(lookup)
         table.to_parquet(self.out / "artifacts" / "unsafe_items.parquet", index=False)
         blocked = np.unique(table["canonical_id"].to_numpy(np.int64))
-        graph = EVENT_COLUMNS >> ops.Filter(f=lambda df: ~df["item_id"].isin(blocked))
-        out = self._apply(graph, ds)
+
+        def canonical_and_safe(df):          # Filter keeps the frame its function returns
+            item = df["item_id"].map(lookup).fillna(df["item_id"]).astype("int64")
+            return df.assign(item_id=item)[~item.isin(blocked)]
+
+        out = self._apply(EVENT_COLUMNS >> ops.Filter(f=canonical_and_safe), ds)
         by_filter = table["filters"].str.split(",").explode().value_counts().to_dict()
         self.report.record("unsafe_content", out.to_ddf(), note=f"{len(blocked)} items blocked")
         return out, {"items_blocked": int(len(blocked)), "by_filter": by_filter}
@@ -212,12 +227,13 @@ class DatasetBuilder:
             return ds
         start = cut.window_end - self.cfg.window_days * DAY
         graph = EVENT_COLUMNS >> ops.Filter(f=lambda df: df["timestamp"] >= start)
-        out = self._apply(graph, ds)
+        out = self._apply(graph, ds, persist=False)         # active_users composes with it
         self.report.record("freshness_window", out.to_ddf(), note=f"from {start.date()}")
         return out
 
     def active_users(self, ds: Dataset, cut: Cutoffs):
-        """Keeps users with >= K events in the N days before the cut-off; saves those left out."""
+        """Keeps users with >= K events in the N days before the cut-off; saves those left out.
+        The events kept come with each user's in one partition (what the examples need)."""
         ddf = ds.to_ddf()
         start = cut.window_end - self.cfg.active_window_days * DAY
         recent = ddf[(ddf["timestamp"] >= start) & (ddf["timestamp"] < cut.window_end)]
@@ -230,7 +246,8 @@ class DatasetBuilder:
         left["reason"] = np.where(left["events_in_window"] > 0, "inactive", "new_or_idle")
         left.to_parquet(self.out / "artifacts" / "left_out_users.parquet", index=False)
         graph = EVENT_COLUMNS >> ops.Filter(f=lambda df: df["user_id"].isin(active))
-        out = self._apply(graph, ds)
+        kept = self._apply(graph, ds, persist=False).to_ddf()
+        out = Dataset(kept.shuffle("user_id", shuffle=SHUFFLE).persist(), cpu=self.cpu)
         self.report.record("active_users", out.to_ddf(),
                            note=f">= {self.cfg.active_min_events} events in "
                                 f"{self.cfg.active_window_days} days")
@@ -239,10 +256,9 @@ class DatasetBuilder:
                      "path": "artifacts/left_out_users.parquet"}
 
     def examples(self, ds: Dataset, cut: Cutoffs) -> Dataset:
+        """`ds`: events with each user's in one partition, so the per-user split, the pairs and
+        the negatives after them all work partition by partition."""
         cfg = self.cfg
-        # Each user's events in one partition, once: the per-user split, the pairs and the
-        # negatives after them all work partition by partition.
-        ds = Dataset(ds.to_ddf().shuffle("user_id", shuffle=SHUFFLE).persist(), cpu=self.cpu)
         # One workflow, one pass: split, labels (thresholds from the training rows), pairs.
         split = ["timestamp", "user_id", "item_id"] >> SplitAssigner(
             cfg.split, cut.train_end.value, cut.valid_end.value, cfg.random_fractions, cfg.seed)
