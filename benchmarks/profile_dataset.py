@@ -34,6 +34,8 @@ RESULTS = REPO / "benchmarks" / "results" / "dataset_profile.json"
 STEPS = ("canonical_items", "unsafe_content", "freshness_window", "active_users", "examples",
          "negative_sampling", "features", "check")
 TOP = 15
+# The build's own code and the operators it runs: where "which function" is answered.
+OWN_CODE = ("workflows/", "nvtabular/ops/", "merlin/dag/ops/", "merlin/io/dataset.py")
 
 
 def _cpu_s() -> float:
@@ -65,18 +67,21 @@ def _where(func: tuple) -> str:
     path, line, name = func
     if path == "~":
         return name
+    if Path(path).is_relative_to(REPO):                  # this clone's code: from its root
+        return f"{Path(path).relative_to(REPO)}:{line}({name})"
     parts = Path(path).parts
-    for anchor in ("site-packages", "wt-build", "recfunnel", "lib"):
-        if anchor in parts:
-            parts = parts[parts.index(anchor) + 1:]
-            break
+    if "site-packages" in parts:
+        parts = parts[parts.index("site-packages") + 1:]
     return f"{'/'.join(parts[-3:])}:{line}({name})"
 
 
-def top_functions(profile: cProfile.Profile, key: str, n: int = TOP) -> list[dict]:
+def top_functions(profile: cProfile.Profile, key: str, n: int = TOP,
+                  within: tuple[str, ...] = ()) -> list[dict]:
     stats = pstats.Stats(profile)
     rows = []
     for func, (cc, nc, tt, ct, _) in stats.stats.items():
+        if within and not any(part in func[0] for part in within):
+            continue
         rows.append({"function": _where(func), "calls": nc, "tottime_s": round(tt, 2),
                      "cumtime_s": round(ct, 2)})
     rows.sort(key=lambda r: r[key], reverse=True)
@@ -116,6 +121,8 @@ def profile(data: Path, label: str) -> dict:
         for name, method in originals.items():
             setattr(DatasetBuilder, name, method)
     result["top_cumulative"] = top_functions(prof, "cumtime_s", 25)
+    result["top_own_code"] = [row for row in top_functions(prof, "cumtime_s", 40, OWN_CODE)
+                              if not row["function"].endswith(("(build)", "(wrapper)"))][:25]
     result["top_own_time"] = top_functions(prof, "tottime_s")
     result["load_average_after"] = os.getloadavg()
     return result
@@ -159,9 +166,9 @@ def markdown(results: dict) -> str:
         for row in r["top_own_time"][:TOP]:
             lines.append(f"| `{row['function']}` | {row['calls']:,} | {row['tottime_s']} | "
                          f"{row['cumtime_s']} |")
-        lines += ["", "| top functions by cumulative time | calls | own s | cumulative s |",
-                  "|---|---|---|---|"]
-        for row in r["top_cumulative"][:TOP + 10]:
+        lines += ["", "| the build's functions and operators (workflows/, NVTabular and Merlin "
+                  "ops) by cumulative time | calls | own s | cumulative s |", "|---|---|---|---|"]
+        for row in r.get("top_own_code", r["top_cumulative"])[:TOP + 5]:
             lines.append(f"| `{row['function']}` | {row['calls']:,} | {row['tottime_s']} | "
                          f"{row['cumtime_s']} |")
         lines.append("")

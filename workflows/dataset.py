@@ -13,6 +13,10 @@ users and items before and after each (L1.5):
 then the feature workflow (point-in-time statistics, user and item attributes, Categorify with
 bounded id spaces; L5.3, L3.1) is fitted on training data only, saved for serving, and applied
 to every split. Checks that fail loudly run on the result.
+
+Steps compose lazily and the data is kept in memory (persisted) only where more than one
+reader needs it: the safe history, the events by user, the examples. Every partition costs each
+node of a workflow a pass of Merlin's executor, so partitions are as large as part_size allows.
 """
 from __future__ import annotations
 
