@@ -9,7 +9,8 @@ One exported repository, one tritonserver, the same users, four ways through the
   ensemble           a Triton ensemble of the stage models (Triton's scheduler, no python in
                      between; written here: fixed keeps, no arms, no version guarantee)
 Each way is measured at concurrency 1 and 16 (gRPC, one user per request) in one run, so the
-comparison is a ratio on the same machine.
+comparison is a ratio on the same machine; the router's ways with 4 and 16 router instances
+(each instance waits on its BLS call: the chain batches at most that many requests).
 
     python benchmarks/bench_router.py --repository runs/demo/triton_repo     # an exported repo
     python benchmarks/bench_router.py --run runs/demo                        # export it first
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -144,6 +146,15 @@ def load(server, model: str, make, users: np.ndarray, concurrency: int, requests
             "requests_per_s": round(len(latencies) / seconds, 1)}
 
 
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of the server and every process under it (stubs), in MB."""
+    import psutil
+
+    root = psutil.Process(pid)
+    return round(sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+                 / 2**20, 1)
+
+
 def set_path(repo: Path, version: int, chain: bool) -> None:
     """Switches version `version`'s router between the chain and the stages (stages.json is
     read once per router process: the server is restarted after)."""
@@ -160,6 +171,8 @@ def main() -> None:
     where.add_argument("--run", type=Path, help="a trained run folder (exported first)")
     parser.add_argument("--requests", type=int, default=600, help="per way and level")
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--router-instances", type=int, nargs="+", default=[4, 16],
+                        help="router instance counts to measure the router's ways with")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-router-") as tmp:
         repo = Path(tmp) / "repo"
@@ -170,29 +183,40 @@ def main() -> None:
         version = versions_in(repo)[-1]
         write_ensemble(repo, version)
         declared = json.loads((repo / ROUTER / str(version) / STAGES_FILE).read_text())
-        users = pd.read_parquet(next(repo.glob(f"user_features/{version}/artifacts"))
-                                / "features" / "user_features.parquet")["user_id_raw"].to_numpy()
+        features = next(repo.glob(f"user_features/{version}/artifacts")) / "features"
+        users = pd.read_parquet(features / "user_features.parquet")["user_id_raw"].to_numpy()
         users = users[users >= 0]
-        items = len(pd.read_parquet(next(repo.glob(f"user_features/{version}/artifacts"))
-                                    / "features" / "item_features.parquet", columns=[]))
-        results = []
-        for chain in (False, True):        # the router's path is read at load: one server each
-            set_path(repo, version, chain)
-            ways = (["router -> chain", "chain alone"] if chain
-                    else ["router -> stages", "ensemble"])
-            with TritonServer(repo, env=stage_environment(),
-                              log_path=Path(tmp) / f"tritonserver-{chain}.log") as server:
-                for way in ways:
-                    model, make = way_inputs(way, declared, args.k)
-                    for level in LEVELS:
-                        row = {"way": way, "items": items,
-                               **load(server, model, make, users, level, args.requests)}
-                        print(row, flush=True)
-                        results.append(row)
+        items = len(pd.read_parquet(features / "item_features.parquet", columns=["item_id_raw"]))
+        results, rss_mb = [], {}
+        for n, instances in enumerate(args.router_instances):
+            set_router_instances(repo, instances)
+            for chain in (False, True):    # the router's path is read at load: one server each
+                set_path(repo, version, chain)
+                ways = ["router -> chain" if chain else "router -> stages"]
+                if n == 0:                 # the ways without the router, measured once
+                    ways.append("chain alone" if chain else "ensemble")
+                with TritonServer(repo, env=stage_environment(), startup_timeout_s=600,
+                                  log_path=Path(tmp) / f"tritonserver-{chain}.log") as server:
+                    for way in ways:
+                        model, make = way_inputs(way, declared, args.k)
+                        for level in LEVELS:
+                            row = {"way": way, "router_instances": instances
+                                   if way.startswith("router") else None, "items": items,
+                                   **load(server, model, make, users, level, args.requests)}
+                            print(row, flush=True)
+                            results.append(row)
+                    rss_mb[f"{'chain' if chain else 'stages'}, {instances} routers"] = \
+                        tree_rss_mb(server.process.pid)
     out = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "items": items,
            "stages": declared["stages"], "k": args.k, "requests_per_level": args.requests,
-           "source": str(args.repository or args.run), "results": results}
+           "source": str(args.repository or args.run), "server_rss_mb": rss_mb,
+           "results": results}
     publish(out, report(out), RESULTS, "bench_router", write=True)
+
+
+def set_router_instances(repo: Path, count: int) -> None:
+    config = repo / ROUTER / "config.pbtxt"
+    config.write_text(re.sub(r"count: \d+", f"count: {count}", config.read_text()))
 
 
 def report(out: dict) -> str:
@@ -200,12 +224,13 @@ def report(out: dict) -> str:
              f"Machine: {out['machine']}. Date: {out['date']}. Repository: {out['source']} "
              f"({out['items']:,} items; stages {' -> '.join(out['stages'])}), k {out['k']}, "
              f"{out['requests_per_level']} one-user gRPC requests per row, client threads on "
-             "the same 2 cores.", "",
-             "| way | concurrency | p50 ms | p99 ms | requests/s | failed |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             f"the same 2 cores. Server memory (process tree RSS, MB): "
+             + ", ".join(f"{k} {v:,.0f}" for k, v in out["server_rss_mb"].items()) + ".", "",
+             "| way | router instances | concurrency | p50 ms | p99 ms | requests/s | failed |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in out["results"]:
-        lines.append(f"| {r['way']} | {r['concurrency']} | {r['p50_ms']} | {r['p99_ms']} | "
-                     f"{r['requests_per_s']} | {r['failed']} |")
+        lines.append(f"| {r['way']} | {r['router_instances'] or ''} | {r['concurrency']} | "
+                     f"{r['p50_ms']} | {r['p99_ms']} | {r['requests_per_s']} | {r['failed']} |")
     return "\n".join(lines)
 
 

@@ -319,7 +319,8 @@ def serve_and_load(repo: Path, catalogue: str, concurrency: tuple[int, ...],
     records = []
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     with TritonServer(repo, model_control_mode="poll", env=stage_environment(),
-                      log_path=RUN_DIR / f"tritonserver-{catalogue}.log") as server:
+                      log_path=RUN_DIR / f"tritonserver-{catalogue}.log",
+                      startup_timeout_s=600) as server:  # a million items load for minutes
         address, pid = server.grpc_address, server.process.pid
         run_load(address, request_users(artifacts, WARMUP, seed=99), 1)
         with TritonClient(address, "grpc") as stats:

@@ -29,7 +29,8 @@ Where the baseline differs from the NVTabular build, on purpose:
     factorize on train values) in NVTabular's layout: 0 padding, 1 null, 2 .. 1 + buckets
     out-of-vocabulary, then the vocabulary, most frequent first. NVTabular breaks ties in
     frequency in no defined order; here ties go by value, so codes of equally frequent values
-    can differ between the two builds (the mapping is still one to one).
+    can differ between the two builds (the mapping is still one to one). Item ids take the
+    order `workflows.dataset.item_vocabulary` gives both builds (every servable item has one).
   - With `hash_buckets`, out-of-vocabulary values are hashed with pandas' hash, not NVTabular's.
   - The fitted state for serving is saved as plain parquet/JSON (vocabularies, label thresholds,
     point-in-time tables), not as a saved Workflow; splits are written as one file each.
@@ -49,10 +50,11 @@ import numpy as np
 import pandas as pd
 
 from recfunnel.config import DatasetConfig
-from recfunnel.workflows.dataset import (AGE_BOUNDARIES, DAY, EVENT_COLUMNS, HISTORY,
-                                         HISTORY_COLUMNS, LABELS, Cutoffs, _attributes,
+from recfunnel.workflows.dataset import (AGE_BOUNDARIES, CATALOGUE, DAY, EVENT_COLUMNS,
+                                         HISTORY, HISTORY_COLUMNS, LABELS, Cutoffs, _attributes,
                                          check_splits, dataset_section, item_groups,
-                                         require_nonempty_splits)
+                                         item_vocabulary, require_nonempty_splits,
+                                         servable_items)
 from recfunnel.workflows.duplicates import canonical_ids
 from recfunnel.workflows.labels import bucket_thresholds, duration_aware_label, watch_at_least
 from recfunnel.workflows.negatives import sample_negatives
@@ -181,6 +183,8 @@ class PandasDatasetBuilder:
         table["canonical_id"] = table["item_id"].map(self.canonical.set_index("item_id")["canonical_id"])
         table.to_parquet(self.out / "artifacts" / "unsafe_items.parquet", index=False)
         blocked = np.unique(table["canonical_id"].to_numpy(np.int64))
+        self.catalogue = servable_items(self.canonical, blocked)
+        pd.DataFrame({"item_id": self.catalogue}).to_parquet(self.out / CATALOGUE, index=False)
         events = events[~events["item_id"].isin(blocked)]
         by_filter = table["filters"].str.split(",").explode().value_counts().to_dict()
         self.record("unsafe_content", events, note=f"{len(blocked)} items blocked")
@@ -286,8 +290,12 @@ class PandasDatasetBuilder:
         train = examples[examples["split"] == TRAIN]
         train_users = train[["user_id"]].merge(users, on="user_id", how="left")
         train_items = train[["item_id"]].merge(items, on="item_id", how="left")
-        vocab = {c: Vocabulary.fit(train[c], cfg.freq_threshold, cfg.hash_buckets)
-                 for c in ("user_id", "item_id")}
+        vocab = {"user_id": Vocabulary.fit(train["user_id"], cfg.freq_threshold,
+                                           cfg.hash_buckets),
+                 # every servable item an id: the training ones by frequency, then the rest
+                 "item_id": Vocabulary(pd.Index(item_vocabulary(
+                     train["item_id"].value_counts(), self.catalogue, cfg.freq_threshold)),
+                     int(cfg.hash_buckets or 1))}
         vocab.update({c: Vocabulary.fit(train_users[c]) for c in user_cats})
         vocab.update({c: Vocabulary.fit(train_items[c]) for c in item_cats})
         del train, train_users, train_items

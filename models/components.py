@@ -136,8 +136,10 @@ class EmbeddingSource:
     """A learned candidate generator: the query tower's vector searched in the item index."""
     serves_unknown_users = False
 
-    def __init__(self, name: str, root: Path, index: str = "exact"):
+    def __init__(self, name: str, root: Path, index: str = "exact",
+                 index_params: dict | None = None):
         self.name, self.root, self.index_kind = name, Path(root), index
+        self.index_params = dict(index_params or {})
         self.version = read_manifest(self.root / f"{name}_query", kind="query_tower")["version"]
         self._query = self._index = None
 
@@ -154,7 +156,8 @@ class EmbeddingSource:
     @property
     def index(self) -> EmbeddingIndex:
         if self._index is None:
-            self._index = EmbeddingIndex.load(self.root / f"{self.name}_items", self.index_kind)
+            self._index = EmbeddingIndex.load(self.root / f"{self.name}_items", self.index_kind,
+                                              self.index_params)
         return self._index
 
     def candidates(self, request, k, exclude):
@@ -169,7 +172,8 @@ class EmbeddingSource:
 
 def _embedding_source(name: str) -> None:
     register(SOURCES, name, [f"{name}_query", f"{name}_items"], "embedding")(
-        lambda root, settings, funnel, n=name: EmbeddingSource(n, root, settings.index))
+        lambda root, settings, funnel, n=name: EmbeddingSource(n, root, settings.index,
+                                                            settings.index_params))
 
 
 for _name in ("two_tower", "mf"):

@@ -6,7 +6,7 @@ and are kept out of every model, so no model can learn from the future or from b
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +14,24 @@ import pandas as pd
 
 import merlin.io
 from merlin.schema import Schema, Tags
+from nvtabular.ops.categorify import OOV_OFFSET
+
+from recfunnel.models.features import example_rows
+from recfunnel.workflows.dataset import CATALOGUE
+
+UNSEEN_ITEM = OOV_OFFSET     # the categorified id the workflow gives an item it has not seen
 
 
 @dataclass
 class Splits:
-    """The three splits as pandas frames (small data) and the model-facing schema."""
+    """The three splits as pandas frames (small data) and the model-facing schema; with the
+    dataset's folder, also the servable catalogue's items that no training example has."""
     schema: Schema
     train: pd.DataFrame
     valid: pd.DataFrame
     test: pd.DataFrame
+    dataset_dir: Path | None = None
+    _cold: pd.DataFrame | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, dataset_dir: str | Path) -> "Splits":
@@ -35,7 +44,8 @@ class Splits:
         frames = {name: pd.concat([pd.read_parquet(p) for p in
                                    sorted((dataset_dir / name).glob("*.parquet"))],
                                   ignore_index=True) for name in ("train", "valid", "test")}
-        return cls(schema=schema.select_by_tag([Tags.USER, Tags.ITEM, Tags.TARGET]), **frames)
+        return cls(schema=schema.select_by_tag([Tags.USER, Tags.ITEM, Tags.TARGET]), **frames,
+                   dataset_dir=dataset_dir)
 
     # ---- schema views ------------------------------------------------------------------------
     @property
@@ -75,11 +85,41 @@ class Splits:
         return last[columns].sort_values(key).reset_index(drop=True)
 
     def catalogue(self, columns: list[str]) -> pd.DataFrame:
-        """One feature row per item that training saw (what retrieval may return), sorted by id;
-        ids met only in valid/test (Categorify's out-of-vocabulary row) are not items to serve."""
+        """One feature row per item retrieval may return, sorted by id: each item training saw
+        (its latest example's row), then every other servable item of the catalogue (the
+        dataset's CATALOGUE), whose row the saved workflow computes from its attributes alone
+        (no event: zero counts); ids met only in valid/test, without a catalogue, map to
+        Categorify's out-of-vocabulary row and are not items to serve."""
         rows = self.latest_rows("item_id", list(dict.fromkeys(["item_id", *columns])))
-        return rows[rows["item_id"].isin(self.train["item_id"].unique())].reset_index(drop=True)[
-            columns]
+        rows = rows[rows["item_id"].isin(self.train["item_id"].unique())]
+        cold = self.cold_items()
+        if len(cold):
+            rows = pd.concat([rows, cold[rows.columns]], ignore_index=True).sort_values("item_id")
+        return rows.reset_index(drop=True)[columns]
+
+    def catalogue_inputs(self, columns: list[str]) -> tuple[np.ndarray, pd.DataFrame]:
+        """(item ids, item-tower input rows) of the catalogue(): an item without a training
+        example enters the tower as an item the workflow has never seen (Categorify's
+        out-of-vocabulary id, UNSEEN_ITEM) with its own attributes, so its vector comes from
+        its features alone, not from an id row that training never touched."""
+        rows = self.catalogue(list(dict.fromkeys(["item_id", *columns])))
+        ids = rows["item_id"].to_numpy(np.int64)
+        cold = np.isin(ids, self.cold_items()["item_id"].to_numpy(np.int64))
+        inputs = rows.assign(item_id=np.where(cold, UNSEEN_ITEM, ids).astype(rows["item_id"].dtype))
+        return ids, inputs[columns]
+
+    def cold_items(self) -> pd.DataFrame:
+        """The workflow's rows of the servable items without a training example, as of the
+        last training example (computed once)."""
+        if self._cold is None:
+            path = None if self.dataset_dir is None else Path(self.dataset_dir) / CATALOGUE
+            catalogue = pd.read_parquet(path)["item_id"].to_numpy(np.int64) \
+                if path is not None and path.is_file() else np.empty(0, np.int64)
+            cold = np.setdiff1d(catalogue, self.train["item_id_raw"].to_numpy(np.int64))
+            self._cold = self.train.iloc[:0] if not len(cold) else example_rows(
+                self.dataset_dir, np.full(len(cold), self.train["user_id_raw"].iloc[0]), cold,
+                np.full(len(cold), self.train["timestamp"].max()))
+        return self._cold
 
     def item_frequencies(self, label: str) -> np.ndarray:
         """[n_items] training positives per Categorified item id (for the logQ correction)."""

@@ -34,7 +34,8 @@ REQUEST_DAY = "request_day"   # the day a user row's recency is computed for (no
 def build_feature_tables(dataset_dir: Path, out_dir: Path, as_of: pd.Timestamp,
                          events: pd.DataFrame | None = None) -> dict:
     """Writes `user_features.parquet` and `item_features.parquet` (raw id -> model inputs) for
-    the users and items of the training split, as of `as_of`; returns their sizes.
+    the users of the training split and its items plus the catalogue's other servable items
+    (the dataset's CATALOGUE: items without events too), as of `as_of`; returns their sizes.
 
     `events` (HISTORY_COLUMNS; default the dataset's whole history) are what the point-in-time
     statistics count: newer events refresh the tables without retraining, fewer (the offline
@@ -46,7 +47,8 @@ def build_feature_tables(dataset_dir: Path, out_dir: Path, as_of: pd.Timestamp,
     from merlin.schema import Tags
 
     import recfunnel.workflows  # noqa: F401  (Merlin's CPU fixes)
-    from recfunnel.workflows.dataset import fit_point_in_time, point_in_time_nodes, read_split
+    from recfunnel.workflows.dataset import (CATALOGUE, fit_point_in_time, point_in_time_nodes,
+                                             read_split)
     from recfunnel.workflows.point_in_time import PointInTimeStats, UserGroupStats, event_day
 
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
@@ -55,7 +57,11 @@ def build_feature_tables(dataset_dir: Path, out_dir: Path, as_of: pd.Timestamp,
         fit_point_in_time(workflow, events)
     train = read_split(dataset_dir / "train", [USER_KEY, ITEM_KEY, "timestamp"])
     users = np.unique(np.append(train[USER_KEY].to_numpy(), UNKNOWN_USER))
-    items = np.unique(train[ITEM_KEY].to_numpy())
+    # the items of the training split and every other servable item (with or without events)
+    catalogue = dataset_dir / CATALOGUE
+    servable = pd.read_parquet(catalogue)["item_id"].to_numpy(np.int64) if catalogue.is_file() \
+        else np.empty(0, np.int64)
+    items = np.unique(np.concatenate([train[ITEM_KEY].to_numpy(np.int64), servable]))
     stamp = pd.Timestamp(as_of)
     stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
     when = stamp if getattr(train["timestamp"].dtype, "tz", None) else stamp.tz_convert(None)

@@ -30,7 +30,7 @@ from recfunnel.models.features import (FEATURES, ITEM_GROUP, ITEM_KEY, OFFLINE_F
                                        REQUEST_DAY, UNKNOWN_USER, USER_KEY, USER_KEY_COLUMN,
                                        Columns, FeatureTable, PairTable, load_feature_tables,
                                        load_pair_table, recency_feature)
-from recfunnel.config import INDEX_KINDS
+from recfunnel.config import INDEX_KINDS, index_params_problem
 from recfunnel.errors import ConfigError
 
 MODEL, FALLBACK = "model", "fallback"
@@ -55,6 +55,7 @@ class FunnelSettings:
     candidates_k: int = 500
     k: int = 10
     index: str = "exact"
+    index_params: dict = field(default_factory=dict)
     selector: str = "blend"
 
     def __post_init__(self):
@@ -97,6 +98,8 @@ class FunnelSettings:
                 out.append(f"{name} must be an integer >= 1, got {value!r}")
         if self.index not in INDEX_KINDS:
             out.append(f"index must be one of {', '.join(INDEX_KINDS)}, got {self.index!r}")
+        elif problem := index_params_problem(self.index, self.index_params):
+            out.append(problem)
         if self.selector not in SELECTORS:
             out.append(f"unknown selector {self.selector!r} (registered: {', '.join(SELECTORS)})")
         return out
@@ -106,7 +109,7 @@ class FunnelSettings:
         """From a Config: its `funnel` section, with k = models.eval_k."""
         f = cfg.funnel
         return cls(list(f.sources), list(f.filters), list(f.rankers), dict(f.blend),
-                   f.candidates_k, cfg.models.eval_k, f.index)
+                   f.candidates_k, cfg.models.eval_k, f.index, dict(f.index_params))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -25,6 +25,7 @@ from recfunnel.models.artifacts import write_manifest
 from recfunnel.models.candidates import RETRIEVAL_SCORE
 from recfunnel.models.data import Splits, embedding_tables, to_dataset
 from recfunnel.models.epochs import KeepBestEpoch
+from recfunnel.models.optimizers import optimizer
 from recfunnel.config import RANKER_ARCHITECTURES, ModelsConfig
 
 
@@ -148,7 +149,7 @@ def train_ranker(kind: str, splits: Splits, cfg: ModelsConfig, out_dir: Path, ve
     tf.keras.utils.set_random_seed(cfg.seed)
     schema = ranker_schema(splits, cfg, kind, features)
     model = build_ranker(schema, cfg, kind)
-    model.compile(optimizer=tf.keras.optimizers.Adam(cfg.ranker_learning_rate),
+    model.compile(optimizer=optimizer(cfg.optimizer, cfg.ranker_learning_rate),
                   metrics=[tf.keras.metrics.AUC(name="auc")])
     monitor = [o for o in cfg.objectives if (blend or {}).get(o, 0) > 0] or cfg.objectives
     log = _EpochLog(monitor, cfg.ranker_patience)

@@ -26,6 +26,7 @@ from recfunnel.models.artifacts import write_manifest
 from recfunnel.models.candidates import ITEM_EMBEDDINGS, ITEM_IDS, EmbeddingIndex
 from recfunnel.models.data import Splits, embedding_tables, to_dataset, to_tensors
 from recfunnel.models.epochs import KeepBestEpoch
+from recfunnel.models.optimizers import optimizer
 from recfunnel.config import ModelsConfig
 from recfunnel.topk import topk_metrics
 
@@ -81,28 +82,41 @@ def tower_schemas(kind: str, splits: Splits, cfg: ModelsConfig) -> tuple[Schema,
 
 def retrieval_eval(splits: Splits, frame: pd.DataFrame, label: str, k: int,
                    schemas: tuple[Schema, Schema], prefix: str = "val_",
-                   seen: tuple[pd.DataFrame, ...] | None = None):
+                   seen: tuple[pd.DataFrame, ...] | None = None, max_users: int | None = None,
+                   seed: int = 0):
     """A function model -> metrics: each user's `frame` positives vs the top-k of all items,
     excluding the items the user had in `seen` (default: training; full ranking, not sampled).
-    `schemas` are the model's (query, candidate) inputs."""
+    `schemas` are the model's (query, candidate) inputs; with `max_users`, at most that many
+    users (a sample fixed by `seed`) are ranked, since each costs a pass over the catalogue."""
     user_schema, item_schema = schemas
     positives = splits.positives(frame, label)
     users = positives.sort_values("timestamp").drop_duplicates("user_id")
+    if max_users is not None and len(users) > max_users:
+        kept = np.random.default_rng(seed).choice(len(users), max_users, replace=False)
+        users = users.iloc[np.sort(kept)]
     relevant = positives.groupby("user_id")["item_id"].apply(np.asarray)
     exclude = splits.seen_items(label, seen or (splits.train,), users["user_id"].to_numpy())
     truth = [relevant[u] for u in users["user_id"]]
-    items = splits.catalogue(item_schema.column_names)
+    ids, items = splits.catalogue_inputs(item_schema.column_names)
 
     def evaluate(model) -> dict:
         query = model.query_encoder(to_tensors(users, user_schema)).numpy()
-        vectors = model.candidate_encoder(to_tensors(items, item_schema)).numpy()
-        index = EmbeddingIndex(items["item_id"].to_numpy(), vectors)
+        index = EmbeddingIndex(ids, item_vectors(model, items, item_schema))
         top, _ = index.search(query, k, exclude)
         m = topk_metrics(top, truth, k)
         return {f"{prefix}recall@{k}": round(m[f"recall@{k}"], 4),
                 f"{prefix}ndcg@{k}": round(m[f"ndcg@{k}"], 4)}
 
     return evaluate
+
+
+def item_vectors(model, items: pd.DataFrame, item_schema: Schema,
+                 batch_size: int = 65_536) -> np.ndarray:
+    """[len(items), dim] the item tower's vectors of the feature rows `items`, in batches (a
+    million rows at once would hold every layer's activations for all of them)."""
+    return np.concatenate([
+        model.candidate_encoder(to_tensors(items.iloc[s:s + batch_size], item_schema)).numpy()
+        for s in range(0, max(len(items), 1), batch_size)])
 
 
 def _logq(splits: Splits, label: str, temperature: float):
@@ -163,9 +177,11 @@ def train_retrieval(kind: str, splits: Splits, cfg: ModelsConfig, out_dir: Path,
     schemas = tower_schemas(kind, splits, cfg)
     lr = cfg.retrieval_learning_rate if kind == "two_tower" else (cfg.mf_learning_rate
                                                                   or cfg.retrieval_learning_rate)
-    model.compile(optimizer=tf.keras.optimizers.Adam(lr), metrics=[])
-    recall = _EpochRecall(retrieval_eval(splits, splits.valid, cfg.retrieval_positive, cfg.eval_k,
-                                         schemas), monitor=f"val_recall@{cfg.eval_k}", patience=cfg.retrieval_patience)
+    model.compile(optimizer=optimizer(cfg.optimizer, lr), metrics=[])
+    evaluate = retrieval_eval(splits, splits.valid, cfg.retrieval_positive, cfg.eval_k, schemas,
+                              max_users=cfg.retrieval_eval_users, seed=cfg.seed)
+    recall = _EpochRecall(evaluate, monitor=f"val_recall@{cfg.eval_k}",
+                          patience=cfg.retrieval_patience)
     epochs = cfg.retrieval_epochs if kind == "two_tower" else cfg.mf_epochs
     start = time.perf_counter()
     model.fit(to_dataset(positives, schemas[0] + schemas[1]), batch_size=cfg.retrieval_batch_size, epochs=epochs,
@@ -188,11 +204,11 @@ def export_retrieval(model, kind: str, splits: Splits, schemas: tuple[Schema, Sc
         shutil.rmtree(d, ignore_errors=True)
     model.query_encoder.save(str(query_dir))
     user_schema, item_schema = schemas
-    items = splits.catalogue(item_schema.column_names)
-    vectors = model.candidate_encoder(to_tensors(items, item_schema)).numpy()
+    ids, items = splits.catalogue_inputs(item_schema.column_names)
+    vectors = item_vectors(model, items, item_schema)
     items_dir.mkdir(parents=True)
     np.save(items_dir / ITEM_EMBEDDINGS, vectors.astype(np.float32))
-    np.save(items_dir / ITEM_IDS, items["item_id"].to_numpy(np.int64))
+    np.save(items_dir / ITEM_IDS, ids)
     write_manifest(query_dir, version, "query_tower", schema=_schema_json(user_schema),
                    metrics=metrics)
     write_manifest(items_dir, version, "item_embeddings", schema=_schema_json(item_schema),

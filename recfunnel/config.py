@@ -191,8 +191,38 @@ class ComputeConfig:
         "workers": AT_LEAST_ONE, "threads_per_worker": AT_LEAST_ONE}
 
 
-INDEX_KINDS = ("exact", "hnsw")          # the learned candidate sources' item index
+# The learned candidate sources' item index (models.candidates.EmbeddingIndex): each kind with
+# the parameters it takes (funnel.index_params) and their defaults, chosen by measurement at
+# 1M items (benchmarks/bench_index.py, BENCHMARKS.md). Every parameter is a positive integer;
+# `threads`: how many cores building or searching it may use.
+INDEX_PARAMS = {
+    "exact": {"threads": 1},
+    "hnsw": {"M": 32, "ef_construction": 200, "ef_search": 1000, "threads": 1},
+    "ivf": {"nlist": 1024, "nprobe": 384, "threads": 1},
+    "ivfpq": {"nlist": 512, "nprobe": 192, "m": 32, "nbits": 4, "refine": 4, "threads": 1},
+}
+INDEX_KINDS = tuple(INDEX_PARAMS)
+
+
+def index_params_problem(kind: str, params: dict, path: str = "funnel.index_params"
+                         ) -> str | None:
+    """What is wrong with `params` for an index of `kind` (None: nothing): only the kind's own
+    parameters, each a positive integer."""
+    if not isinstance(params, dict):
+        return f"setting {path}: expected a mapping of parameters, got {params!r}"
+    known = INDEX_PARAMS.get(kind, {})
+    unknown = sorted(set(params) - set(known), key=str)
+    if unknown:
+        return (f"setting {path}: {unknown[0]!r} is not a parameter of the {kind} index; "
+                f"its parameters: {', '.join(known)}")
+    for name, value in params.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            return f"setting {path}.{name}: expected a positive integer, got {value!r}"
+    return None
+
+
 RANKER_ARCHITECTURES = ("mlp", "dcn")    # models.ranking.ARCHITECTURES
+OPTIMIZERS = ("adam", "lazy_adam")        # models.optimizers.optimizer
 SPLIT_KINDS = ("time", "random", "random_per_user")
 NEGATIVE_SAMPLING = ("popularity", "uniform")
 DURATION_EDGES = (15, 30, 60, 120, 300, 600, 1200, 2400)   # seconds: similar-length buckets
@@ -261,6 +291,12 @@ class ModelsConfig:
     ease_max_items: int = 20_000          # EASE holds items^2 floats: none above this size
     retrieval_patience: int = 0           # > 0: stop after this many epochs without a better
                                           # validation recall and keep the best epoch's weights
+    # Each epoch's validation recall ranks the whole catalogue for every validation user (a
+    # million items: about 4 ms a user); at most this many users, a fixed sample, are ranked
+    retrieval_eval_users: int = 5_000
+    # adam | lazy_adam: Adam that updates only the embedding rows of the batch (models.optimizers;
+    # Adam reads and writes every row of every table on every step)
+    optimizer: str = "adam"
     # Each ranker has one head per objective; watch_75 is a diagnostic head (no blend weight)
     # that shows what ranking by the naive label would do (models.truth in the summary).
     objectives: list = field(default_factory=lambda: ["click", "like", "share", "watch_75",
@@ -298,7 +334,7 @@ class ModelsConfig:
     CHECKS: ClassVar[dict] = {
         **dict.fromkeys(("embedding_dim", "retrieval_epochs", "retrieval_batch_size", "mf_epochs",
                          "ranker_epochs", "ranker_batch_size", "ranker_embedding_dim", "eval_k",
-                         "window_sweep_days"), AT_LEAST_ONE),
+                         "retrieval_eval_users", "window_sweep_days"), AT_LEAST_ONE),
         **dict.fromkeys(("retrieval_learning_rate", "retrieval_temperature", "mf_learning_rate",
                          "ranker_learning_rate"), POSITIVE),
         **dict.fromkeys(("retrieval_l2_reg", "ranker_l2_reg", "retrieval_patience",
@@ -309,6 +345,7 @@ class ModelsConfig:
                         OneOf(RANKER_ARCHITECTURES)),
         **dict.fromkeys(("retrieval_dropout", "ranker_dropout"), Range(0, 1, open_high=True)),
         "retrieval_positive": OneOf(LABELS), "objectives": OneOf(LABELS),
+        "optimizer": OneOf(OPTIMIZERS),
         "light_ranker_layers": AT_LEAST_ONE, "heavy_ranker_layers": AT_LEAST_ONE}
 
 
@@ -320,7 +357,9 @@ class FunnelConfig:
     # candidates_k without repeating another's items; unknown users get popularity.
     sources: list = field(default_factory=lambda: [{"name": "two_tower", "share": 1.0}])
     candidates_k: int = 500               # the candidate list's length (L6.1)
-    index: str = "exact"                  # the learned sources' item index: exact | hnsw
+    index: str = "exact"                  # the learned sources' item index (INDEX_KINDS)
+    index_params: dict = field(default_factory=dict)   # the index's parameters (INDEX_PARAMS),
+                                          # e.g. {ef_search: 1000}; any not given: its default
     filters: list = field(default_factory=lambda: ["seen", "unsafe"])   # items never shown
     # Rankers in order (registered: light_ranker, heavy_ranker); each keeps max(keep, k) of
     # what it is given, the last one the final k (models.eval_k). [] serves the candidates.
@@ -333,6 +372,12 @@ class FunnelConfig:
 
     # names, shares and keeps are checked against the registries (models.funnel, preflight)
     CHECKS: ClassVar[dict] = {"candidates_k": AT_LEAST_ONE, "index": OneOf(INDEX_KINDS)}
+
+    def __post_init__(self):      # an unknown kind is left to the `index` check
+        problem = self.index in INDEX_PARAMS and index_params_problem(self.index,
+                                                                      self.index_params)
+        if problem:
+            raise ConfigError(problem)
 
 
 @dataclass
@@ -351,7 +396,9 @@ class ServingConfig:
     sizes (`recfunnel export` reads them as its ServingSettings; its flags override them)."""
     demo_users: int = 20                  # known users the pipeline's serving step asks for
     max_users: int = 64                   # users per request; more is refused with a clear error
-    router_instances: int = 4             # requests in flight through the stages
+    # requests in flight through the router; each waits on its BLS call, so the chain can
+    # batch at most this many (demo, c=16: 188 req/s with 4, 311 with 16; bench_router)
+    router_instances: int = 16
     stage_instances: int = 1              # processes per stage version (each TF one ~650 MB)
     versions_loaded: int = 2              # Triton versions every stage keeps loaded (rollback)
     keep_versions: int = 2                # version folders kept on disk after an export

@@ -2,14 +2,15 @@
 splits as that test compares them (categorical codes read back as the values they encode).
 
     PYTHONPATH=. python tests/dataset_build_fixture.py data      # the validated input, once
-    PYTHONPATH=. python tests/dataset_build_fixture.py before    # (was run at main 05bb0f6)
+    PYTHONPATH=. python tests/dataset_build_fixture.py before    # (was run at main 6636b93)
     PYTHONPATH=. python tests/dataset_build_fixture.py expected  # the splits the code builds now
 
 `data` wrote tests/fixtures/dataset_build/data/ (5,000 synthetic events in 10 day files; the
 input is committed, so a change to the generator leaves it alone). `before` wrote
-expected_before.parquet with the code of main 05bb0f6, the build before its negative sampling
-was vectorised; `expected` writes expected.parquet, what the build gives now for the seed:
-rerun it only for a change meant to alter the splits, and say why in the commit.
+expected_before.parquet with the code of main 6636b93, the build before its negative sampling
+was vectorised (the same splits as main 05bb0f6 but that items without a training example now
+have ids of their own); `expected` writes expected.parquet, what the build gives now for the
+seed: rerun it only for a change meant to alter the splits, and say why in the commit.
 """
 from __future__ import annotations
 

@@ -19,6 +19,10 @@ def test_shipped_configs_load():
     cfg = load_config(REPO / "configs" / "default.yaml")
     assert cfg.data.source == "synthetic" and cfg.run.name == "demo"
     assert load_config(REPO / "configs" / "movielens100k.yaml").data.source == "movielens100k"
+    big = load_config(REPO / "configs" / "catalogue_1m.yaml")
+    assert big.data.synthetic.n_items == 1_000_000
+    # EASE holds items^2 floats: above models.ease_max_items the funnel must not name it
+    assert "ease" not in [s["name"] for s in big.funnel.sources]
 
 
 def test_unknown_key_is_named_with_its_path(tmp_path):
@@ -70,6 +74,8 @@ def test_missing_file_is_named(tmp_path):
                                ">= 1$"),
     ("experiments.alpha=0", r"^setting experiments\.alpha: 0\.0 is out of range; expected a "
                             r"value in \(0, 1\)$"),
+    ("models.optimizer=sgd", r"^unknown models\.optimizer 'sgd'; expected one of adam, "
+                             "lazy_adam$"),
     ("serving.versions_loaded=1", r"^setting serving\.versions_loaded: 1 is out of range; "
                                   "expected >= 2$"),
 ])

@@ -2,7 +2,7 @@
 a committed fixture (tests/dataset_build_fixture.py: 5,000 events, every filter at work).
 
 The negatives are drawn by a counter-based generator since the sampling was vectorised, so they
-cannot be the items main 05bb0f6 drew with one numpy Generator per user. What stays exactly as
+cannot be the items main 6636b93 drew with one numpy Generator per user. What stays exactly as
 before: every logged row with every column (categorical codes compared as the values they
 encode, since the negatives move frequency ties), and each user's number of negatives. What the
 negatives must be: never an item of the user's, each a moment of the user's own, from the

@@ -3,7 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recfunnel.workflows import duplicates, labels, negatives, point_in_time, splits, unsafe
+from recfunnel.workflows import (dataset, duplicates, labels, negatives, point_in_time, splits,
+                                 unsafe)
 
 
 # ---- duplicates (L1.3) ------------------------------------------------------------------------
@@ -29,6 +30,69 @@ def test_exact_only_when_similarity_is_one():
     mapping = duplicates.canonical_ids(CATALOGUE, min_similarity=1.0)
     got = dict(zip(mapping["item_id"], mapping["canonical_id"]))
     assert got[2] == 1 and got[3] == 3       # the mark is normalised away, the typo is not
+
+
+def every_pair_canonical(items, counts, min_similarity):
+    """The definition the blocked detection must keep: every pair of titled items with equal
+    blocking columns compared with titles_match, groups joined, the most-watched canonical."""
+    titles = items["title"].fillna("")
+    norm = titles.map(duplicates.normalize_title).to_numpy()
+    numbers = titles.map(duplicates.title_numbers).to_numpy()
+    block = items[duplicates.blocking_columns(items)].astype(str).agg("|".join, axis=1) \
+        if duplicates.blocking_columns(items) else pd.Series("", index=items.index)
+    block, ids = block.to_numpy(), items["item_id"].to_numpy()
+    parent = list(range(len(items)))
+
+    def find(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+    for a in range(len(items)):
+        for b in range(a + 1, len(items)):
+            if norm[a] and norm[b] and block[a] == block[b] and duplicates.titles_match(
+                    norm[a], norm[b], min_similarity, numbers[a], numbers[b]):
+                parent[find(b)] = find(a)
+    root = np.array([find(i) for i in range(len(items))])
+    events = counts.reindex(ids).fillna(0).to_numpy()
+    best = {r: ids[min(np.flatnonzero(root == r), key=lambda i: (-events[i], ids[i]))]
+            for r in set(root)}
+    return [best[r] for r in root]
+
+
+def typo_catalogue(seed: int, n: int) -> pd.DataFrame:
+    """Short, repetitive titles with typos, marks, case changes and numbers: many near pairs,
+    titles too short for the 3-gram bounds, sequels that must stay apart."""
+    rng = np.random.default_rng(seed)
+    words = ["deep", "cook", "guide", "mix", "up", "ran", "the", "a", "rocky", "ii", "part", "x"]
+    titles = []
+    for _ in range(n):
+        title = " ".join(rng.choice(words, rng.integers(1, 4)))
+        title += f" #{rng.integers(1, 4)}" if rng.random() < 0.3 else ""
+        edit, at = rng.integers(0, 5), int(rng.integers(0, len(title)))
+        title = [title[:at] + title[at + 1:], title.upper(), title + " (HD)",
+                 title[:at] + "z" + title[at:], title][edit]
+        titles.append(title if rng.random() > 0.05 else None)
+    items = pd.DataFrame({"item_id": np.arange(1, n + 1), "title": titles})
+    if seed % 2:
+        items["creator"] = rng.choice(["a", "b"], n)
+    return items
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("min_similarity", [0.0, 0.5, 0.8, 0.9, 1.0])
+def test_blocked_detection_finds_what_comparing_every_pair_finds(seed, min_similarity):
+    items = typo_catalogue(seed, 120)
+    counts = pd.Series(np.random.default_rng(seed).integers(0, 5, len(items)),
+                       index=items["item_id"])
+    mapping = duplicates.canonical_ids(items, counts, min_similarity)
+    assert mapping["canonical_id"].tolist() == every_pair_canonical(items, counts, min_similarity)
+
+
+def test_blocked_detection_keeps_the_fixture_groups():
+    for similarity in (0.9, 1.0):
+        assert duplicates.canonical_ids(CATALOGUE, min_similarity=similarity)[
+            "canonical_id"].tolist() == every_pair_canonical(CATALOGUE, pd.Series(dtype=float),
+                                                             similarity)
 
 
 def test_movielens_real_duplicates_are_found(cache_dir):
@@ -70,6 +134,23 @@ def test_title_classifier_finds_unflagged_unsafe_titles():
     found = set(unsafe.TitleClassifierFilter().unsafe_items(items))
     assert set(range(73, 76)) <= found                  # the ones moderation missed
     assert set(range(60, 76)) <= found and not found & set(range(60))
+
+
+# ---- the servable catalogue and its item ids (L3.1, L6.1) -------------------------------------
+
+def test_the_servable_catalogue_is_every_canonical_safe_item_with_or_without_events():
+    canonical = pd.DataFrame({"item_id": [1, 2, 3, 4, 5], "canonical_id": [1, 1, 3, 4, 5]})
+    # 2 is a copy of 1, 4 is unsafe; 5 never had an event and is served all the same
+    assert dataset.servable_items(canonical, np.array([4])).tolist() == [1, 3, 5]
+
+
+def test_items_without_a_training_example_get_ids_of_their_own_after_the_frequent_ones():
+    counts = pd.Series({7: 3, 5: 3, 9: 1})
+    # 5 and 7 tie on count (by id); 9 had one example, below the threshold: the OOV id;
+    # 8 had none: its own id, after the training items
+    assert dataset.item_vocabulary(counts, np.array([5, 7, 8, 9]), 2).tolist() == [5, 7, 8]
+    assert dataset.item_vocabulary(counts, np.array([5, 7, 8, 9]), 1).tolist() == [5, 7, 9, 8]
+    assert dataset.item_vocabulary(counts, np.array([5, 7, 8, 9]), 0).tolist() == [5, 7, 9, 8]
 
 
 # ---- labels (L2.2) ---------------------------------------------------------------------------

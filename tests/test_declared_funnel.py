@@ -136,7 +136,8 @@ def test_every_selector_keeps_the_contract(name):
     ({"rankers": [{"name": "light_ranker"}, {"name": "heavy_ranker"}]}, "needs keep >= 1"),
     ({"rankers": [{"name": "deep_ranker"}]}, "unknown ranker 'deep_ranker'"),
     ({"blend": {"click": float("nan")}}, "finite weights"),
-    ({"index": "ivf"}, "index must be one of exact, hnsw"),
+    ({"index": "annoy"}, "index must be one of exact, hnsw, ivf, ivfpq"),
+    ({"index": "hnsw", "index_params": {"nprobe": 8}}, "funnel.index_params: .nprobe. is not"),
 ])
 def test_a_wrong_declaration_is_refused_naming_the_setting(change, message):
     with pytest.raises(FunnelSpecError, match=message):

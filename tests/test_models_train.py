@@ -32,10 +32,53 @@ def splits(tmp_path_factory, small_synthetic):
     raw = sources.materialize(DataConfig(synthetic=small_synthetic), root, cache_dir=root / "c",
                               progress=False)
     sources.validate_source(raw, root / "data", ValidationConfig(), progress=False)
+    plant_cold_items(root / "data" / "items.parquet")
     cfg = DatasetConfig(window_days=8, active_min_events=3, active_window_days=5,
                         unsafe_filters=[{"kind": "flag"}], valid_days=2, test_days=2)
     DatasetBuilder(cfg, ComputeConfig(), root / "data", root / "dataset", progress=False).build()
     return Splits.load(root / "dataset")
+
+
+COLD = 6     # planted catalogue items without any event, in pairs of equal attributes
+
+
+def plant_cold_items(path: Path) -> None:
+    """Adds COLD items that no event names to the validated catalogue: each pair shares its
+    category, creator and duration (titles differ in their numbers, so they are not copies)."""
+    items = pd.read_parquet(path)
+    originals = items.drop_duplicates(["category", "creator"]).head(COLD // 2)  # pairs differ
+    planted = originals.iloc[np.repeat(np.arange(COLD // 2), 2)].reset_index(drop=True)
+    planted["item_id"] = items["item_id"].max() + 1 + np.arange(COLD)
+    planted["title"] = [f"Planted cold item {k}" for k in range(COLD)]
+    planted["unsafe"] = False
+    pd.concat([items, planted], ignore_index=True).to_parquet(path, index=False)
+
+
+def test_items_without_events_are_candidates_embedded_by_their_attributes(splits, tmp_path):
+    from recfunnel.models.features import ITEM_FEATURES, build_feature_tables
+    from recfunnel.workflows.dataset import CATALOGUE
+
+    catalogue = pd.read_parquet(splits.dataset_dir / CATALOGUE)["item_id"]
+    cold = splits.cold_items()
+    planted = catalogue.max() - np.arange(COLD)[::-1]          # the largest ids: plant_cold_items
+    assert set(planted) <= set(cold["item_id_raw"])
+    result = train_retrieval("two_tower", splits, CFG, tmp_path, new_version())
+    ids = np.load(result.items_dir / "item_ids.npy")
+    vectors = np.load(result.items_dir / "item_embeddings.npy")
+    # the index holds the whole servable catalogue, each item once, cold ones included
+    assert len(ids) == len(np.unique(ids)) == len(catalogue)
+    assert set(cold["item_id"]) <= set(ids)
+    # embedded by the item tower from their attributes alone: equal attributes, equal vectors
+    row = {i: k for k, i in enumerate(ids)}
+    by_raw = cold.set_index("item_id_raw")["item_id"]
+    pairs = vectors[[row[by_raw[i]] for i in planted]].reshape(COLD // 2, 2, -1)
+    np.testing.assert_allclose(pairs[:, 0], pairs[:, 1], atol=1e-6)
+    assert not np.allclose(pairs[0, 0], pairs[1, 0], atol=1e-3)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    # and the served item table has their rows (the rankers score them as candidates)
+    build_feature_tables(splits.dataset_dir, tmp_path / "features", splits.train["timestamp"].max())
+    table = pd.read_parquet(tmp_path / "features" / ITEM_FEATURES)
+    assert set(catalogue) <= set(table["item_id_raw"])
 
 
 def test_two_tower_learns_and_reloads_identically(splits, tmp_path):

@@ -41,6 +41,7 @@ from recfunnel.names import LABELS, SIGNALS
 from recfunnel.workflows import backend
 from recfunnel.workflows.duplicates import BLOCK_COLUMNS, blocking_columns, canonical_ids
 from recfunnel.workflows.fitting import fit_statistics
+from recfunnel.workflows.keyed_join import KeyedJoin
 from recfunnel.workflows.labels import WatchLabels
 from recfunnel.workflows.negatives import NegativeSampler
 from recfunnel.workflows.point_in_time import (STAT_NAMES, LogCounts, PointInTimeStats,
@@ -55,6 +56,7 @@ HISTORY_COLUMNS = ["user_id", "item_id", "timestamp", "click", "watch_seconds",
                    "duration_seconds"]
 DAY = pd.Timedelta(days=1)
 SHUFFLE = "tasks"    # dask's in-memory shuffle; one process would default to partd on disk
+CATALOGUE = "artifacts/catalogue.parquet"   # the servable item ids (dataset.servable_items)
 AGE_BOUNDARIES = [18, 25, 35, 45, 55]
 
 
@@ -211,10 +213,14 @@ class DatasetBuilder:
     def unsafe_content(self, ds: Dataset):
         """Each event's item as its canonical id, events of unsafe items out: one workflow."""
         table = unsafe_item_table(self.items, build_filters(self.cfg.unsafe_filters))
-        lookup = self.canonical.set_index("item_id")["canonical_id"]
-        table["canonical_id"] = table["item_id"].map(lookup)
+        table["canonical_id"] = table["item_id"].map(
+            self.canonical.set_index("item_id")["canonical_id"])
         table.to_parquet(self.out / "artifacts" / "unsafe_items.parquet", index=False)
         blocked = np.unique(table["canonical_id"].to_numpy(np.int64))
+        self.catalogue = servable_items(self.canonical, blocked)
+        pd.DataFrame({"item_id": self.catalogue}).to_parquet(self.out / CATALOGUE, index=False)
+        copied = self.canonical[self.canonical["item_id"] != self.canonical["canonical_id"]]
+        lookup = copied.set_index("item_id")["canonical_id"]      # the copies only: a few %
 
         def canonical_and_safe(df):          # Filter keeps the frame its function returns
             item = df["item_id"].map(lookup).fillna(df["item_id"]).astype("int64")
@@ -288,7 +294,9 @@ class DatasetBuilder:
         return out
 
     # ---- features, fitted on training data only -------------------------------------------
-    def feature_graph(self):
+    def feature_graph(self, item_vocabulary: np.ndarray | None = None):
+        """The feature workflow; `item_vocabulary` (raw item ids, in id order) fixes the item
+        ids' Categorify, so that items without a training example get ids of their own."""
         cfg = self.cfg
         pit_inputs = ["timestamp", "click", "watch_seconds", "duration_seconds"]
         user_stats = _scaled_stats(["user_id", *pit_inputs] >> PointInTimeStats("user_id", "user"),
@@ -304,16 +312,16 @@ class DatasetBuilder:
         users, user_cats = _attributes(self.users, "user_id", ["gender", "location"], ["age"])
         items, item_cats = _attributes(self.items.rename(columns={"duration_seconds": "item_duration"}),
                                        "item_id", ["category", "creator"], ["item_duration"])
-        user_attrs = ["user_id"] >> ops.JoinExternal(users, on="user_id",
-                                                     columns_ext=list(users.columns))
-        item_attrs = ["item_id"] >> ops.JoinExternal(items, on="item_id",
-                                                     columns_ext=list(items.columns))
+        user_attrs = ["user_id"] >> KeyedJoin(users, on="user_id", columns_ext=list(users.columns))
+        item_attrs = ["item_id"] >> KeyedJoin(items, on="item_id", columns_ext=list(items.columns))
         categorify = dict(freq_threshold=cfg.freq_threshold, out_path=str(self.out / "categories"),
                           dtype="int32")
         if cfg.hash_buckets:
             categorify["num_buckets"] = cfg.hash_buckets
         user_id = ["user_id"] >> ops.Categorify(**categorify) >> ops.TagAsUserID()
-        item_id = ["item_id"] >> ops.Categorify(**categorify) >> ops.TagAsItemID()
+        vocabulary = {} if item_vocabulary is None else \
+            {"vocabs": {"item_id": pd.Series(item_vocabulary, dtype=np.int64)}}
+        item_id = ["item_id"] >> ops.Categorify(**categorify, **vocabulary) >> ops.TagAsItemID()
         raw_ids = ["user_id", "item_id"] >> ops.Rename(postfix="_raw")
         attributes = user_id + item_id
         if "age" in users:
@@ -338,7 +346,9 @@ class DatasetBuilder:
         ddf = examples.to_ddf()
         train = Dataset(ddf[ddf["split"] == TRAIN], cpu=self.cpu)
         hist = history.to_ddf()
-        graph = self.feature_graph()
+        train_counts = backend.host_frame(train.to_ddf()["item_id"].value_counts().compute())
+        graph = self.feature_graph(item_vocabulary(train_counts, self.catalogue,
+                                                   self.cfg.freq_threshold))
         workflow = nvt.Workflow(graph)
         # Point-in-time statistics learn from the whole safe event history (each example reads
         # only the days before its own, so valid and test examples see what serving would have
@@ -390,6 +400,31 @@ def dataset_section(steps, cut: Cutoffs, split_kind: str, checks: dict, duplicat
         "backend": backend_info,
         "path": str(path),
     }
+
+
+def servable_items(canonical: pd.DataFrame, unsafe: np.ndarray) -> np.ndarray:
+    """The catalogue the funnel may serve: every canonical id (copies map to theirs) that is
+    not unsafe, sorted; with or without events."""
+    ids = np.unique(canonical["canonical_id"].to_numpy(np.int64))
+    return np.setdiff1d(ids, np.asarray(unsafe, np.int64))
+
+
+def item_vocabulary(train_counts: pd.Series, catalogue: np.ndarray, freq_threshold: int
+                    ) -> np.ndarray:
+    """Raw item ids in the order of their categorified ids: the training examples' items seen
+    at least `freq_threshold` times, most frequent first (ties by id), then the catalogue's
+    items without any training example, by id (rarer training items share the OOV id).
+
+    A catalogue of a million items has most of them without events; each still needs an id of
+    its own to be a candidate (the two-tower embeds it by its attributes) and to have a row in
+    the served item table. E.g. counts {7: 3, 5: 3, 9: 1}, catalogue [5, 7, 8, 9], threshold 2
+    -> [5, 7, 8]: 9 had one example (OOV), 8 none (its own id)."""
+    counts = train_counts[train_counts >= max(freq_threshold, 1)]
+    frequent = pd.DataFrame({"item_id": counts.index.to_numpy(np.int64),
+                             "count": counts.to_numpy()}).sort_values(
+        ["count", "item_id"], ascending=[False, True])["item_id"].to_numpy(np.int64)
+    cold = np.setdiff1d(np.asarray(catalogue, np.int64), train_counts.index.to_numpy(np.int64))
+    return np.concatenate([frequent, cold])
 
 
 def require_nonempty_splits(counts: pd.Series, cut: Cutoffs) -> None:

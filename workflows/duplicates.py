@@ -2,29 +2,40 @@
 
 Runs on the catalogue before anything counts interactions. Items are compared only within a
 block of items that share what a copy keeps: the BLOCK_COLUMNS creator, duration_seconds and
-year, each where the catalogue has it (a catalogue with none of them is one block, and titles
-alone decide). Two titles match when they carry the same numbers (digits, Roman numerals, number
-words: "Part II" is not "Part I", "Hamlet (1948)" is not "Hamlet (1996)") and are equal after
-normalisation or nearly equal (a dropped character, a case change). Every copy maps to one
-canonical id: the member of its group with the most events (the one users know), ties to the
-smallest id.
+year, each where the catalogue has it, and the numbers of the title (a catalogue with none of
+the columns is blocked by title numbers alone, and titles decide). Two titles match when they
+carry the same numbers (digits, Roman numerals, number words: "Part II" is not "Part I",
+"Hamlet (1948)" is not "Hamlet (1996)") and are equal after normalisation or nearly equal (a
+dropped character, a case change). Every copy maps to one canonical id: the member of its group
+with the most events (the one users know), ties to the smallest id.
+
+A block is never compared pair by pair: equal normalised titles are grouped, and nearly equal
+ones are only compared when they share one of their rarest character 3-grams (prefix
+filtering) and enough 3-grams overall (the count filter). Both filters are exact for the
+similarity bound, so the matches are those of comparing every pair, at near-linear cost in the
+catalogue (a million titles in seconds).
 """
 from __future__ import annotations
 
+import functools
 import re
 from difflib import SequenceMatcher
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
 
 BLOCK_COLUMNS = ("creator", "duration_seconds", "year")
 # Marks that uploaders add to a re-upload's title; they do not make it other content.
 REUPLOAD_MARKS = re.compile(r"\((hd|\d)\)|\[reupload\]|- full\b", re.IGNORECASE)
+NOT_ALPHANUMERIC = re.compile(r"[^0-9a-z]+")
+WORDS = re.compile(r"[0-9]+|[A-Za-z]+")
 
 
 def normalize_title(title: str) -> str:
     text = REUPLOAD_MARKS.sub(" ", str(title).lower())
-    return re.sub(r"[^0-9a-z]+", " ", text).strip()
+    return NOT_ALPHANUMERIC.sub(" ", text).strip()
 
 
 # Roman numerals as words: II, IV, XIII in upper case; in lower case only words of two letters
@@ -54,15 +65,20 @@ def title_numbers(title: str) -> tuple[int, ...]:
     in them, so two titles with different numbers are never the same item.
     """
     text = REUPLOAD_MARKS.sub(" ", str(title))
-    out = []
-    for word in re.findall(r"[0-9]+|[A-Za-z]+", text):
-        if word.isdigit():
-            out.append(int(word))
-        elif (value := roman_value(word)) is not None:
-            out.append(value)
-        elif word.lower() in NUMBER_WORDS:
-            out.append(NUMBER_WORDS[word.lower()])
-    return tuple(out)
+    values = (word_number(word) for word in WORDS.findall(text))
+    return tuple(v for v in values if v is not None)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def word_number(word: str) -> int | None:
+    """The number one word of a title stands for (digits, a Roman numeral, a number word), else
+    None; cached, since a catalogue's titles share their words (a million titles, 3M words)."""
+    if word.isdigit():
+        return int(word)
+    value = roman_value(word)
+    if value is not None:
+        return value
+    return NUMBER_WORDS.get(word.lower())
 
 
 def titles_match(a: str, b: str, min_similarity: float, numbers_a: tuple | None = None,
@@ -73,6 +89,11 @@ def titles_match(a: str, b: str, min_similarity: float, numbers_a: tuple | None 
     numbers_b = numbers_b if numbers_b is not None else tuple(map(int, re.findall(r"\d+", b)))
     if numbers_a != numbers_b:                 # sequels, volumes, episodes, remakes differ
         return False
+    return nearly_equal(a, b, min_similarity)
+
+
+def nearly_equal(a: str, b: str, min_similarity: float) -> bool:
+    """Whether two normalised titles are equal or their difflib ratio reaches min_similarity."""
     if a == b:
         return True
     if min(len(a), len(b)) < min_similarity * max(len(a), len(b)):
@@ -102,40 +123,153 @@ def canonical_ids(items: pd.DataFrame, event_counts: pd.Series | None = None,
     """
     if "title" not in items or "item_id" not in items:
         raise ValueError("duplicate detection needs the catalogue's 'item_id' and 'title' columns")
-    frame = items[["item_id", "title"]].copy()
-    frame["norm"] = items["title"].fillna("").map(normalize_title)
-    frame["numbers"] = items["title"].fillna("").map(title_numbers)
-    blocks = blocking_columns(items)
-    for c in blocks:
-        frame[c] = items[c].astype(str)
+    frame = items[["item_id"]].reset_index(drop=True)
+    titles = items["title"].fillna("").astype(str).reset_index(drop=True)
+    unique = pd.Series(titles.unique())        # each distinct title is parsed once
+    frame["norm"] = titles.map(dict(zip(unique, unique.map(normalize_title))))
+    numbers = dict(zip(unique, unique.map(title_numbers)))
+    frame["numbers"] = titles.map(lambda title: ",".join(map(str, numbers[title])))
+    block_keys = ["numbers"]
+    for c in blocking_columns(items):
+        frame[c] = items[c].astype(str).to_numpy()
+        block_keys.append(c)
     counts = (event_counts if event_counts is not None else pd.Series(dtype=float))
     frame["events"] = frame["item_id"].map(counts).fillna(0)
 
-    parent = {i: i for i in frame["item_id"]}
+    # Items with equal normalised titles in one block are one item (a "variant"); nearly
+    # equal variants of a block are then joined by their matches.
+    titled = np.flatnonzero(frame["norm"].to_numpy() != "")
+    keyed = frame.iloc[titled]
+    variant = keyed.groupby([*block_keys, "norm"], sort=False).ngroup().to_numpy()
+    first = np.unique(variant, return_index=True)[1]
+    block = keyed.groupby(block_keys, sort=False).ngroup().to_numpy()[first]
+    norms = keyed["norm"].to_numpy()[first]
+    if min_similarity < 1.0:
+        a, b = near_duplicate_pairs(norms, block, min_similarity)
+        # a block's titles carry the same numbers (its key): only the texts are left to compare
+        same = np.fromiter((nearly_equal(norms[i], norms[j], min_similarity)
+                            for i, j in zip(a, b)), bool, len(a))
+        a, b = a[same], b[same]
+    else:
+        a = b = np.empty(0, np.int64)
+    graph = sp.coo_matrix((np.ones(len(a)), (a, b)), shape=(len(norms), len(norms)))
+    component = connected_components(graph, directed=False)[1]
+    root = np.arange(len(frame)) + len(norms)        # untitled items: alone
+    root[titled] = component[variant]
+    frame["root"] = root
 
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    has_title = frame["norm"] != ""
-    keys = blocks[0] if len(blocks) == 1 else blocks
-    grouped = frame[has_title].groupby(keys, sort=False) if blocks else [(None, frame[has_title])]
-    for _, block in grouped:
-        if len(block) < 2:
-            continue
-        ids, norms = block["item_id"].to_numpy(), block["norm"].to_numpy()
-        numbers = block["numbers"].to_numpy()
-        for a in range(len(ids)):
-            for b in range(a + 1, len(ids)):
-                if titles_match(norms[a], norms[b], min_similarity, numbers[a], numbers[b]):
-                    parent[find(ids[b])] = find(ids[a])
-
-    frame["root"] = frame["item_id"].map(find)
     best = (frame.sort_values(["events", "item_id"], ascending=[False, True])
             .drop_duplicates("root").set_index("root")["item_id"])
     frame["canonical_id"] = frame["root"].map(best).astype(np.int64)
     frame["group_size"] = frame.groupby("root")["item_id"].transform("size")
     return frame[["item_id", "canonical_id", "group_size"]].reset_index(drop=True)
 
+
+QGRAM = 3        # characters per gram of the candidate filters
+
+
+def max_edits(length: np.ndarray, min_similarity: float) -> np.ndarray:
+    """The most insertions and deletions that can separate a title of `length` characters from
+    any title it matches: ratio = 2M / (la + lb) >= s allows la + lb - 2M <= (1 - s)(la + lb),
+    and the partner is at most la / s long."""
+    if min_similarity <= 0:
+        return np.full(len(length), np.iinfo(np.int64).max // 4, np.int64)
+    bound = (1 - min_similarity) * (1 + 1 / min_similarity) * np.asarray(length, np.float64)
+    return np.floor(bound + 1e-9).astype(np.int64)
+
+
+def near_duplicate_pairs(norms: np.ndarray, block: np.ndarray, min_similarity: float
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs (a < b, positions in `norms`) of distinct normalised titles of one block
+    that can reach `min_similarity`; every pair that does is among them.
+
+    k insertions and deletions destroy at most k x QGRAM of a title's distinct 3-grams, so a
+    match shares at least max(|A|, |B|) - k x QGRAM of them (the count filter), and then shares
+    one of each title's k x QGRAM + 1 rarest (prefix filtering: the candidates). A title too
+    short for the bound to say anything is paired with every title of its block.
+    """
+    n = len(norms)
+    empty = (np.empty(0, np.int64), np.empty(0, np.int64))
+    sizes = np.bincount(block, minlength=int(block.max()) + 1 if n else 0)
+    crowded = np.flatnonzero(sizes[block] >= 2) if n else np.empty(0, np.int64)
+    if len(crowded) == 0:
+        return empty
+    vocabulary: dict[str, int] = {}
+    rows, grams = [], []
+    for row, position in enumerate(crowded):
+        text = norms[position]
+        for gram in {text[i:i + QGRAM] for i in range(len(text) - QGRAM + 1)}:
+            rows.append(row)
+            grams.append(vocabulary.setdefault(gram, len(vocabulary)))
+    rows, grams = np.asarray(rows, np.int64), np.asarray(grams, np.int64)
+    present = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, grams)),
+                            shape=(len(crowded), len(vocabulary)))
+    n_grams = np.bincount(rows, minlength=len(crowded))
+    length = np.fromiter((len(norms[p]) for p in crowded), np.int64, len(crowded))
+    edits = max_edits(length, min_similarity)
+    short = n_grams - edits * QGRAM < 1
+    crowded_block = block[crowded]
+
+    # prefix filtering: each title's rarest grams (ties by gram id), keyed by its block
+    frequency = np.bincount(grams, minlength=len(vocabulary))
+    order = np.lexsort((grams, frequency[grams], rows))
+    rows_sorted, grams_sorted = rows[order], grams[order]
+    rank = np.arange(len(rows_sorted)) - np.searchsorted(rows_sorted, rows_sorted)
+    keep = ~short[rows_sorted]
+    keep[keep] = rank[keep] <= edits[rows_sorted[keep]] * QGRAM
+    key = crowded_block[rows_sorted[keep]] * np.int64(len(vocabulary)) + grams_sorted[keep]
+    a, b = _pairs_sharing(key, rows_sorted[keep])
+    sa, sb = _short_title_pairs(np.flatnonzero(short), crowded_block, length, min_similarity)
+    a, b = np.concatenate([a, sa]), np.concatenate([b, sb])
+    if len(a) == 0:
+        return empty
+    pair = np.unique(np.minimum(a, b) * np.int64(len(crowded)) + np.maximum(a, b))
+    a, b = pair // len(crowded), pair % len(crowded)
+
+    # the length bound of titles_match, then the count filter
+    la, lb = length[a], length[b]
+    fits = np.minimum(la, lb) >= min_similarity * np.maximum(la, lb)
+    a, b = a[fits], b[fits]
+    shared = np.zeros(len(a), np.int64)
+    for s in range(0, len(a), 1_000_000):
+        sl = slice(s, s + 1_000_000)
+        shared[sl] = np.asarray(present[a[sl]].multiply(present[b[sl]]).sum(axis=1)).ravel()
+    pair_edits = np.floor((1 - min_similarity) * (length[a] + length[b]) + 1e-9).astype(np.int64)
+    enough = shared >= np.maximum(n_grams[a], n_grams[b]) - pair_edits * QGRAM
+    return crowded[a[enough]], crowded[b[enough]]
+
+
+def _short_title_pairs(short: np.ndarray, block: np.ndarray, length: np.ndarray,
+                       min_similarity: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each title in `short` paired with every title of its block whose length it can match."""
+    if len(short) == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    width = np.int64(length.max() + 1)
+    order = np.argsort(block * width + length, kind="stable")
+    sorted_key = (block * width + length)[order]
+    longest = length[short] / min_similarity if min_similarity > 0 else np.full(len(short), width)
+    lo = np.searchsorted(sorted_key, block[short] * width + np.ceil(min_similarity * length[short]
+                                                                    - 1e-9).astype(np.int64))
+    hi = np.searchsorted(sorted_key, block[short] * width + np.minimum(
+        np.floor(longest + 1e-9), width - 1).astype(np.int64), side="right")
+    count = hi - lo
+    a = np.repeat(short, count)
+    b = order[np.repeat(lo, count) + np.arange(count.sum()) - np.repeat(np.cumsum(count) - count,
+                                                                          count)]
+    distinct = a != b
+    return a[distinct], b[distinct]
+
+
+def _pairs_sharing(key: np.ndarray, member: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair of distinct members with the same key (members may repeat across keys)."""
+    if len(key) < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    order = np.argsort(key, kind="stable")
+    key, member = key[order], member[order]
+    end = np.searchsorted(key, key, side="right")
+    later = end - np.arange(len(key)) - 1              # members after each one in its key
+    first = np.repeat(np.arange(len(key)), later)
+    step = np.arange(len(first)) - np.repeat(np.cumsum(later) - later, later)
+    a, b = member[first], member[first + 1 + step]
+    distinct = a != b
+    return a[distinct], b[distinct]

@@ -17,7 +17,8 @@ from recfunnel.names import DURATION_AWARE_WATCH, LABELS, NAIVE_WATCH
 def duplicate_pairs(mapping: pd.DataFrame) -> set[tuple[int, int]]:
     """All (a, b) item pairs, a < b, that `mapping` [item_id, canonical_id] puts in one group."""
     out = set()
-    for _, group in mapping.groupby("canonical_id")["item_id"]:
+    shared = mapping[mapping.groupby("canonical_id")["item_id"].transform("size") > 1]
+    for _, group in shared.groupby("canonical_id")["item_id"]:     # groups of one: no pair
         ids = sorted(group.tolist())
         out.update((a, b) for k, a in enumerate(ids) for b in ids[k + 1:])
     return out

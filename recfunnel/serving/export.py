@@ -8,6 +8,8 @@ has from `funnel/<N>/stages.json`. An export adds Triton version N to each of it
 `<repo>/<model>/<N>/` holds the model's code and, for a stage, `artifacts/`, a copy of the
 training version (its manifests and sha256 sums kept) plus `serving/` (the FunnelSettings, the
 items each user has already seen, the unsafe items) under one more manifest of the same version.
+An approximate item index (funnel.index) is built here, once per export, and saved beside the
+embeddings it searches (models.candidates.save_index): a stage then loads it in seconds.
 
 Writing is atomic per model: everything is assembled in a staging folder beside the repository
 (Triton takes any folder inside the repository for a model) and each version folder is moved in
@@ -34,6 +36,8 @@ import numpy as np
 import pandas as pd
 
 from recfunnel.models.artifacts import read_manifest, require_same_version, write_manifest
+from recfunnel.models.candidates import save_index
+from recfunnel.models.components import SOURCES, lookup
 from recfunnel.models.features import refresh_feature_tables
 from recfunnel.models.funnel import Funnel, FunnelSettings
 from recfunnel.config import Config, ConfigError, load_config
@@ -56,8 +60,9 @@ SOURCE_ENV = "RECFUNNEL_SOURCE"       # where the stage models import recfunnel 
 class ServingSettings:
     """How the exported repository is served (the funnel's own sizes are FunnelSettings)."""
     max_users: int = 64               # users per request; more is refused with a clear error
-    router_instances: int = 4         # requests in flight through the stages (4: +15 % req/s
-                                      # over 2 at concurrency 8, measured)
+    router_instances: int = 16        # requests in flight through the router: the chain can
+                                      # batch at most this many (c=16: 188 req/s with 4, 311
+                                      # with 16, bench_router)
     stage_instances: int = 1          # processes per stage version (each TF one ~650 MB)
     versions_loaded: int = 2          # Triton versions every stage keeps loaded (rollback)
     keep_versions: int = 2            # version folders kept on disk after an export
@@ -212,6 +217,7 @@ def export_version(version_dir: str | Path, dataset_dir: str | Path, repo: str |
     try:
         first = staging / stages[0] / str(n) / ARTIFACTS
         _copy_training_version(source, first)
+        _save_item_indexes(settings, first)
         _write_serving(first / SERVING, source.version, settings, dataset_dir, label)
         served = open_served_version(first)        # the copy verified as the stages will open it
         for stage in models[1:]:                   # one copy in the repository, linked per stage
@@ -325,6 +331,16 @@ def _copy_training_version(funnel: Funnel, out: Path) -> None:
     """The artifact folders the declared funnel opens (no other model of the training version)."""
     for name in funnel.settings.artifacts(funnel.root):
         shutil.copytree(funnel.root / name, out / name)
+
+
+def _save_item_indexes(settings: FunnelSettings, artifacts_dir: Path) -> None:
+    """The declared index of every learned source's item embeddings, built and saved beside
+    them in the copy (its manifest ties it to those embeddings' sha256)."""
+    for s in settings.sources:
+        for folder in lookup(SOURCES, "source", s["name"]).artifacts(artifacts_dir):
+            kind = read_manifest(artifacts_dir / folder, verify=False)["kind"]
+            if kind == "item_embeddings":
+                save_index(artifacts_dir / folder, settings.index, settings.index_params)
 
 
 def _write_serving(folder: Path, version: str, settings: FunnelSettings, dataset_dir,
