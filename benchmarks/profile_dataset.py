@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_data import machine, update_benchmarks_md  # noqa: E402
+from benchmarks.bench_data import machine, publish  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "dataset_profile.json"
 STEPS = ("canonical_items", "unsafe_content", "freshness_window", "active_users", "examples",
@@ -189,12 +189,7 @@ def main() -> None:
         run = profile(args.data, args.label)
         run["note"] = args.note
         results["runs"][args.label] = run
-    body = markdown(results)
-    print(body)
-    if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=2, default=str))
-        update_benchmarks_md("dataset_profile", body)
+    publish(results, markdown(results), RESULTS, "dataset_profile", not args.no_write)
 
 
 if __name__ == "__main__":
