@@ -5,6 +5,7 @@ embeddings were built into; bad parameters fail naming funnel.index_params."""
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from recfunnel.models import candidates
@@ -247,7 +248,7 @@ def test_an_exported_version_serves_the_index_saved_at_export(small_run, tmp_pat
     got = served.retrieve(request, served.exclusions(request))[0]
     monkeypatch.undo()
     exact = Funnel(artifacts, FunnelSettings(candidates_k=50), unsafe_raw=served.unsafe_raw,
-                   seen=served.seen)
+                   seen=pd.read_parquet(artifacts / "serving" / "seen.parquet"))
     np.testing.assert_array_equal(got, exact.retrieve(request, exact.exclusions(request))[0])
 
 
