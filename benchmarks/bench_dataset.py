@@ -172,6 +172,7 @@ class TreeRSS(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.interval = pid, interval
         self.peak, self.max_processes = 0, 0
+        self.load: list[float] = []          # the machine's 1-minute load average, sampled
         self.done = threading.Event()
 
     def run(self):
@@ -193,6 +194,7 @@ class TreeRSS(threading.Thread):
                     pass
             self.peak = max(self.peak, total)
             self.max_processes = max(self.max_processes, len(procs))
+            self.load.append(os.getloadavg()[0])
             self.done.wait(self.interval)
 
 
@@ -217,7 +219,7 @@ def run_child(spec: dict, log_dir: Path, timeout: float | None = None) -> dict:
     log_dir.mkdir(parents=True, exist_ok=True)
     stem = log_dir / f"{spec['kind']}-{spec.get('events', '')}"
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    t, cpu0 = time.perf_counter(), _cpu()
+    t, cpu0, load0 = time.perf_counter(), _cpu(), os.getloadavg()[0]
     with open(f"{stem}.out", "w") as out, open(f"{stem}.err", "w") as err:
         proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)],
                                 stdout=out, stderr=err, env=env, cwd=REPO, start_new_session=True)
@@ -233,7 +235,10 @@ def run_child(spec: dict, log_dir: Path, timeout: float | None = None) -> dict:
         sampler.join()
     wall = time.perf_counter() - t
     busy, me, tree = (b - a for a, b in zip(cpu0, _cpu()))
-    cpu = {"tree_cpu_s": tree, "other_cpu_s": max(busy - tree - me, 0.0)}
+    cpu = {"tree_cpu_s": tree, "other_cpu_s": max(busy - tree - me, 0.0),
+           "load_average": {"before": round(load0, 2),
+                            "mean": round(sum(sampler.load) / max(len(sampler.load), 1), 2),
+                            "max": round(max(sampler.load, default=load0), 2)}}
     lines = Path(f"{stem}.out").read_text().strip().splitlines()
     if code != 0 or len(lines) < 2:
         tail = Path(f"{stem}.err").read_text().strip().splitlines()[-25:]
@@ -341,9 +346,9 @@ def _rounded(res: dict) -> dict:
 def markdown(results: dict) -> str:
     cfg, compute = results["dataset_config"], results["compute"]["nvtabular_cluster"]
     rows = ["| events | users | items | build | build s | events/s | process s | peak RSS MiB "
-            "(process) | peak RSS MiB (process tree) | CPU s: build / other jobs | train rows | "
-            "valid rows | test rows |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "(process) | peak RSS MiB (process tree) | CPU s: build / other jobs | load average: "
+            "before / mean / max | train rows | valid rows | test rows |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for size in results["sizes"]:
         head = f"| {size['events']:,} | {size['users']:,} | {size['items']:,}"
@@ -351,14 +356,15 @@ def markdown(results: dict) -> str:
             if "error" in b:
                 rows.append(f"{head} | {LABEL[kind]} | failed: {b['error']} | | "
                             f"{b['process_s']} | | {b['tree_peak_rss_mib']:,} | {_cpu_cell(b)} "
-                            "| | | |")
+                            f"| {_load_cell(b)} | | | |")
                 notes.append(f"- {size['events']:,} events, {LABEL[kind]}: failed "
                              f"({b['error']}): `{' / '.join(b['stderr_tail'][-3:])}`")
                 continue
             s = b["splits"]
             rows.append(f"{head} | {LABEL[kind]} | {b['build_s']} | {round(b['events_per_s']):,} | "
                         f"{b['process_s']} | {b['peak_rss_mib']:,} | {b['tree_peak_rss_mib']:,} | "
-                        f"{_cpu_cell(b)} | {s['train']:,} | {s['valid']:,} | {s['test']:,} |")
+                        f"{_cpu_cell(b)} | {_load_cell(b)} | {s['train']:,} | {s['valid']:,} | "
+                        f"{s['test']:,} |")
         r = size["ratios"]
         notes.append(
             f"- {size['events']:,} events ({size['validated_events']:,} after validation): "
@@ -392,7 +398,9 @@ def markdown(results: dict) -> str:
         "the build's process tree (start-up included) and of everything else on the machine "
         "during it "
         "(the machine is shared: a large second figure means other jobs slowed that cell "
-        f"down; {os.cpu_count()} cores x process s is the capacity). One run per cell.",
+        f"down; {os.cpu_count()} cores x process s is the capacity); the machine's 1-minute "
+        "load average before each build and its mean and maximum during it say the same "
+        f"(above {os.cpu_count()}, jobs waited for a core). One run per cell.",
         "", *rows, "", *notes,
     ])
 
@@ -404,6 +412,11 @@ def _import_range(results: dict) -> str:
     secs = [b["import_s"] for b in done]
     rss = max(b["rss_after_import_mib"] for b in done)
     return f"{min(secs):.0f}-{max(secs):.0f} s, {rss:,.0f} MiB resident after them"
+
+
+def _load_cell(b: dict) -> str:
+    load = b.get("load_average")
+    return "n/a" if not load else f"{load['before']:.1f} / {load['mean']:.1f} / {load['max']:.1f}"
 
 
 def _cpu_cell(b: dict) -> str:

@@ -10,10 +10,11 @@ Same steps, same settings (`DatasetConfig`), same semantics, in one process and 
   examples          split, labels (thresholds fitted on train events), one row per
                     (user, item, split)
   negative_sampling sampled unseen items labelled 0 (popularity fitted on train examples)
-  features          point-in-time user/item statistics (events before the cut-off; counts and
-                    day gaps as log(1 + x)), user and item attributes, categorical ids fitted on
-                    the training examples; then the same loud checks, and train/valid/test
-                    written as parquet.
+  features          point-in-time user, item and user-by-category statistics (the whole safe
+                    history, each example reading the days before its own; counts and day gaps
+                    as log(1 + x)), user and item attributes, categorical ids fitted on the
+                    training examples; then the same loud checks, and train/valid/test and the
+                    history written as parquet.
 
 The pure numpy/pandas functions of `workflows/*.py` are reused as they are (canonical_ids,
 unsafe_item_table, assign_split, aggregate_pairs, the watch-label functions, sample_negatives,
@@ -28,7 +29,8 @@ Where the baseline differs from the NVTabular build, on purpose:
     factorize on train values) in NVTabular's layout: 0 padding, 1 null, 2 .. 1 + buckets
     out-of-vocabulary, then the vocabulary, most frequent first. NVTabular breaks ties in
     frequency in no defined order; here ties go by value, so codes of equally frequent values
-    can differ between the two builds (the mapping is still one to one).
+    can differ between the two builds (the mapping is still one to one). Item ids take the
+    order `workflows.dataset.item_vocabulary` gives both builds (every servable item has one).
   - With `hash_buckets`, out-of-vocabulary values are hashed with pandas' hash, not NVTabular's.
   - The fitted state for serving is saved as plain parquet/JSON (vocabularies, label thresholds,
     point-in-time tables), not as a saved Workflow; splits are written as one file each.
@@ -48,14 +50,16 @@ import numpy as np
 import pandas as pd
 
 from recfunnel.config import DatasetConfig
-from recfunnel.workflows.dataset import (AGE_BOUNDARIES, DAY, EVENT_COLUMNS, LABELS, Cutoffs,
-                               _attributes, check_splits, dataset_section,
-                               require_nonempty_splits)
+from recfunnel.workflows.dataset import (AGE_BOUNDARIES, CATALOGUE, DAY, EVENT_COLUMNS,
+                                         HISTORY, HISTORY_COLUMNS, LABELS, Cutoffs, _attributes,
+                                         check_splits, dataset_section, item_groups,
+                                         item_vocabulary, require_nonempty_splits,
+                                         servable_items)
 from recfunnel.workflows.duplicates import canonical_ids
 from recfunnel.workflows.labels import bucket_thresholds, duration_aware_label, watch_at_least
 from recfunnel.workflows.negatives import sample_negatives
-from recfunnel.workflows.point_in_time import (cumulative_table, daily_activity, event_day, latest_stats,
-                                      lookup)
+from recfunnel.workflows.point_in_time import (STAT_NAMES, UserGroupStats, cumulative_table,
+                                               daily_activity, event_day, latest_stats, lookup)
 from recfunnel.workflows.splits import (SPLIT_KINDS, SPLIT_NAMES, TRAIN, aggregate_pairs, assign_split)
 from recfunnel.workflows.unsafe import build_filters, unsafe_item_table
 
@@ -179,6 +183,8 @@ class PandasDatasetBuilder:
         table["canonical_id"] = table["item_id"].map(self.canonical.set_index("item_id")["canonical_id"])
         table.to_parquet(self.out / "artifacts" / "unsafe_items.parquet", index=False)
         blocked = np.unique(table["canonical_id"].to_numpy(np.int64))
+        self.catalogue = servable_items(self.canonical, blocked)
+        pd.DataFrame({"item_id": self.catalogue}).to_parquet(self.out / CATALOGUE, index=False)
         events = events[~events["item_id"].isin(blocked)]
         by_filter = table["filters"].str.split(",").explode().value_counts().to_dict()
         self.record("unsafe_content", events, note=f"{len(blocked)} items blocked")
@@ -256,18 +262,26 @@ class PandasDatasetBuilder:
     # ---- features, fitted on training data only -------------------------------------------
     def features(self, examples: pd.DataFrame, history: pd.DataFrame, cut: Cutoffs):
         cfg = self.cfg
-        # Point-in-time statistics learn from the event history before the cut-off.
-        before = history[history["timestamp"] < cut.train_end]
-        day = event_day(before["timestamp"].to_numpy())
+        # Point-in-time statistics learn from the whole safe history (each example reads the
+        # days before its own), keyed by user, by item, and by (user, the item's category).
+        day = event_day(history["timestamp"].to_numpy())
+        user, item = history["user_id"].to_numpy(), history["item_id"].to_numpy()
+        groups = item_groups(self.items)
+        by_group = UserGroupStats(groups) if groups is not None else None
+        sources = {"user": (lambda u, i: u, STAT_NAMES), "item": (lambda u, i: i, STAT_NAMES)}
+        if by_group is not None:
+            sources[by_group.prefix] = (by_group.pair_key, by_group.stat_names)
         stats = {}
-        for key, prefix in (("user_id", "user"), ("item_id", "item")):
-            daily = daily_activity(before[key].to_numpy(), day, before["click"].to_numpy(),
-                                   before["watch_seconds"].to_numpy(),
-                                   before["duration_seconds"].to_numpy())
-            stats[prefix] = (key, cumulative_table(daily))
-            latest_stats(stats[prefix][1], key, prefix).to_parquet(
+        for prefix, (key_of, names) in sources.items():
+            daily = daily_activity(key_of(user, item), day, history["click"].to_numpy(),
+                                   history["watch_seconds"].to_numpy(),
+                                   history["duration_seconds"].to_numpy())
+            stats[prefix] = (key_of, names, cumulative_table(daily))
+            key = "user_id" if prefix != "item" else "item_id"
+            latest_stats(stats[prefix][2], key, prefix).to_parquet(
                 self.out / "artifacts" / f"{prefix}_features.parquet", index=False)
-        del before, day
+        history[HISTORY_COLUMNS].to_parquet(self.out / HISTORY, index=False)
+        del day, user, item
 
         # Attributes (those a source lacks are left out) and the id spaces, fitted on train.
         users, user_cats = _attributes(self.users, "user_id", ["gender", "location"], ["age"])
@@ -276,8 +290,12 @@ class PandasDatasetBuilder:
         train = examples[examples["split"] == TRAIN]
         train_users = train[["user_id"]].merge(users, on="user_id", how="left")
         train_items = train[["item_id"]].merge(items, on="item_id", how="left")
-        vocab = {c: Vocabulary.fit(train[c], cfg.freq_threshold, cfg.hash_buckets)
-                 for c in ("user_id", "item_id")}
+        vocab = {"user_id": Vocabulary.fit(train["user_id"], cfg.freq_threshold,
+                                           cfg.hash_buckets),
+                 # every servable item an id: the training ones by frequency, then the rest
+                 "item_id": Vocabulary(pd.Index(item_vocabulary(
+                     train["item_id"].value_counts(), self.catalogue, cfg.freq_threshold)),
+                     int(cfg.hash_buckets or 1))}
         vocab.update({c: Vocabulary.fit(train_users[c]) for c in user_cats})
         vocab.update({c: Vocabulary.fit(train_items[c]) for c in item_cats})
         del train, train_users, train_items
@@ -300,13 +318,13 @@ class PandasDatasetBuilder:
             out["user_id_raw"] = part["user_id"].to_numpy()
             out["item_id_raw"] = part["item_id"].to_numpy()
             day = event_day(part["timestamp"].to_numpy())
-            for prefix, (key, table) in stats.items():
-                found = {n: v.astype(np.float32) for n, v in
-                         lookup(table, part[key].to_numpy(), day).items()}
+            for prefix, (key_of, names, table) in stats.items():
+                keys = key_of(part["user_id"].to_numpy(), part["item_id"].to_numpy())
+                found = {n: v.astype(np.float32) for n, v in lookup(table, keys, day).items()}
                 out.update({f"{prefix}_{n}": np.log(found[n] + np.float32(1))
-                            for n in LOGGED_STATS})
-                out.update({f"{prefix}_{n}": found[n] for n in RATE_STATS})
-            out.update({c: part[c].to_numpy() for c in LABELS + PASSTHROUGH})
+                            for n in LOGGED_STATS if n in names})
+                out.update({f"{prefix}_{n}": found[n] for n in RATE_STATS if n in names})
+            out.update({c: part[c].to_numpy() for c in (*LABELS, *PASSTHROUGH)})
             splits[name] = pd.DataFrame(out)
         tables = [{"column": c, "rows": v.rows, "dim": cfg.embedding_dim,
                    "megabytes": round(v.rows * cfg.embedding_dim * 4 / 2**20, 3)}

@@ -17,6 +17,9 @@ from conftest import REPO
 CFG = DatasetConfig(window_days=8, active_min_events=3, active_window_days=5,
                     unsafe_filters=[{"kind": "flag"}], valid_days=2, test_days=2)
 ORDER = ["split", "user_id_raw", "item_id_raw"]
+# The 20,000 events in 7 partitions (the default 256MB holds them in one), so that a user's
+# rows start scattered over partitions and the cluster's two workers share them.
+PART_SIZE = "256KB"
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,8 @@ def data_dir(tmp_path_factory, small_synthetic):
 @pytest.fixture(scope="module")
 def single(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("single") / "dataset"
-    section = DatasetBuilder(CFG, ComputeConfig(), data_dir, out, progress=False).build()
+    section = DatasetBuilder(CFG, ComputeConfig(part_size=PART_SIZE), data_dir, out,
+                             progress=False).build()
     return out, section
 
 
@@ -60,7 +64,7 @@ def test_steps_chain_and_checks_pass(single):
 
 def test_local_cluster_gives_identical_splits(single, data_dir, tmp_path):
     out, _ = single
-    compute = ComputeConfig(cluster="local", workers=2, memory_limit="2GB")
+    compute = ComputeConfig(cluster="local", workers=2, memory_limit="2GB", part_size=PART_SIZE)
     with dask_client(compute) as client:
         assert client is not None and len(client.scheduler_info()["workers"]) == 2
         DatasetBuilder(CFG, compute, data_dir, tmp_path / "dataset", progress=False).build()

@@ -294,20 +294,52 @@ def test_negatives_never_touch_the_users_items():
 
 
 def test_negatives_stop_when_the_catalogue_is_exhausted():
-    rng = np.random.default_rng(0)
-    got = negatives.sample_for_user(rng, 5, np.array([1, 2]), np.array([1, 2, 3]), None)
-    assert got.tolist() == [3]
+    examples = pd.DataFrame({"user_id": [4, 4], "item_id": [1, 2], "split": [0, 0],
+                             "timestamp": pd.to_datetime(["2026-01-01", "2026-01-02"])})
+    neg = negatives.sample_negatives(examples, 2.5, np.array([1, 2, 3]), None, seed=0)
+    assert neg["item_id"].tolist() == [3]        # 5 asked, only item 3 is left
 
 
-def test_popularity_draws_are_numpys_choice_with_the_distribution_summed_once():
-    candidates = np.arange(100, 400)
-    probs = np.random.default_rng(0).random(300) + 0.5
-    probs /= probs.sum()
-    cdf = negatives.cumulative(probs)
-    for seed in range(5):
-        expected = np.random.default_rng([seed, 1]).choice(candidates, size=41, p=probs)
-        got = negatives.draw_candidates(np.random.default_rng([seed, 1]), candidates, 41, cdf)
-        assert got.tolist() == expected.tolist()      # the same negatives as before, faster
+def _many_users(n_users=400, rows=10, n_items=50, seed=3):
+    """Users with `rows` examples each among the first 10 items; items 10.. are untouched."""
+    rng = np.random.default_rng(seed)
+    user = np.repeat(np.arange(n_users), rows)
+    item = np.concatenate([rng.choice(10, rows, replace=False) for _ in range(n_users)])
+    return pd.DataFrame({"user_id": user, "item_id": item, "split": np.int8(0),
+                         "timestamp": pd.Timestamp("2026-01-01")}), np.arange(n_items)
+
+
+def test_popularity_negatives_follow_the_popularity_of_untouched_items():
+    examples, candidates = _many_users()
+    weights = np.where(candidates < 10, 1.0, 1.0 + (candidates - 10))   # item 49 weighs 40
+    probs = weights / weights.sum()
+    neg = negatives.sample_negatives(examples, 0.2, candidates, probs, seed=0)  # 2 per user
+    assert len(neg) == 800 and set(neg["item_id"]) <= set(range(10, 50))
+    # 800 draws without replacement (2 per user) over items 10..49 weighing 1..40:
+    # expected share of item k is about w_k / 820; compare halves of the range
+    heavy = (neg["item_id"] >= 30).mean()
+    assert heavy == pytest.approx((21 + 40) * 20 / 2 / 820, abs=0.05)    # 0.744
+
+
+def test_uniform_negatives_spread_evenly_over_untouched_items():
+    examples, candidates = _many_users()
+    neg = negatives.sample_negatives(examples, 0.5, candidates, None, seed=0)
+    counts = neg["item_id"].value_counts().reindex(range(10, 50), fill_value=0)
+    assert len(neg) == 2000 and counts.sum() == 2000
+    assert counts.min() > 25 and counts.max() < 75            # 50 expected per item
+
+
+def test_negatives_depend_only_on_the_seed_and_the_users_own_rows():
+    examples, candidates = _many_users(n_users=40)
+    probs = np.full(len(candidates), 1 / len(candidates))
+    whole = negatives.sample_negatives(examples, 1.0, candidates, probs, seed=5)
+    halves = pd.concat([negatives.sample_negatives(part, 1.0, candidates, probs, seed=5)
+                        for part in (examples[examples["user_id"] % 2 == 0],
+                                     examples[examples["user_id"] % 2 == 1])])
+    pd.testing.assert_frame_equal(whole, halves.sort_values("user_id", kind="stable")
+                                  .reset_index(drop=True))
+    other = negatives.sample_negatives(examples, 1.0, candidates, probs, seed=6)
+    assert not whole["item_id"].equals(other["item_id"])
 
 
 def test_per_user_split_follows_recbole_counts():

@@ -13,6 +13,10 @@ users and items before and after each (L1.5):
 then the feature workflow (point-in-time statistics, user and item attributes, Categorify with
 bounded id spaces; L5.3, L3.1) is fitted on training data only, saved for serving, and applied
 to every split. Checks that fail loudly run on the result.
+
+Steps compose lazily and the data is kept in memory (persisted) only where more than one
+reader needs it: the safe history, the events by user, the examples. Every partition costs each
+node of a workflow a pass of Merlin's executor, so partitions are as large as part_size allows.
 """
 from __future__ import annotations
 
@@ -36,10 +40,12 @@ from recfunnel.errors import RecfunnelError
 from recfunnel.names import LABELS, SIGNALS
 from recfunnel.workflows import backend
 from recfunnel.workflows.duplicates import BLOCK_COLUMNS, blocking_columns, canonical_ids
+from recfunnel.workflows.fitting import fit_statistics
 from recfunnel.workflows.keyed_join import KeyedJoin
 from recfunnel.workflows.labels import WatchLabels
 from recfunnel.workflows.negatives import NegativeSampler
-from recfunnel.workflows.point_in_time import STAT_NAMES, PointInTimeStats, UserGroupStats
+from recfunnel.workflows.point_in_time import (STAT_NAMES, LogCounts, PointInTimeStats,
+                                               UserGroupStats)
 from recfunnel.workflows.splits import SPLIT_NAMES, TRAIN, AggregatePairs, SplitAssigner
 from recfunnel.workflows.unsafe import build_filters, runnable_filters, unsafe_item_table
 
@@ -49,6 +55,7 @@ GROUP_COLUMN = "category"        # the item attribute whose per-user history is 
 HISTORY_COLUMNS = ["user_id", "item_id", "timestamp", "click", "watch_seconds",
                    "duration_seconds"]
 DAY = pd.Timedelta(days=1)
+SHUFFLE = "tasks"    # dask's in-memory shuffle; one process would default to partd on disk
 CATALOGUE = "artifacts/catalogue.parquet"   # the servable item ids (dataset.servable_items)
 AGE_BOUNDARIES = [18, 25, 35, 45, 55]
 
@@ -91,6 +98,10 @@ class StepReport:
     def record(self, name: str, ddf, **extra) -> None:
         rows, users, items = (int(v) for v in dask.compute(
             ddf.index.size, ddf["user_id"].nunique(), ddf["item_id"].nunique()))
+        self.record_counts(name, rows, users, items, **extra)
+
+    def record_counts(self, name: str, rows: int, users: int, items: int, **extra) -> None:
+        """A step whose counts are known without a pass over its rows."""
         if self.last is not None:
             before = self.last
             self.steps.append({"name": name, "rows_before": before[0], "rows_after": rows,
@@ -119,13 +130,19 @@ class DatasetBuilder:
 
     # ---- helpers ---------------------------------------------------------------------------
     def _dataset(self, source) -> Dataset:
-        return Dataset(source, engine="parquet", cpu=self.cpu, part_size=self.compute.part_size)
+        # Small files (one a day) share a partition up to part_size: every partition costs
+        # each workflow node a pass of Merlin's executor, whatever its rows.
+        return Dataset(source, engine="parquet", cpu=self.cpu, part_size=self.compute.part_size,
+                       aggregate_files=True)
 
-    def _apply(self, graph, ds: Dataset, fit_on: Dataset | None = None) -> Dataset:
-        """Fits `graph` (on `fit_on`, default `ds`), transforms `ds`, keeps the result in memory."""
-        workflow = nvt.Workflow(graph)
-        workflow.fit(fit_on if fit_on is not None else ds)
-        return Dataset(workflow.transform(ds).to_ddf().persist(), cpu=self.cpu)
+    def _apply(self, graph, ds: Dataset, fit_on: Dataset | None = None,
+               persist: bool = True) -> Dataset:
+        """Transforms `ds` by `graph`, its statistics fitted first (on `fit_on`, default `ds`),
+        and keeps the result in memory for the steps and counts that read it (`persist`), or
+        leaves it lazy for the next workflow to compose with."""
+        workflow = fit_statistics(nvt.Workflow(graph), fit_on if fit_on is not None else ds)
+        ddf = workflow.transform(ds).to_ddf()
+        return Dataset(ddf.persist() if persist else ddf, cpu=self.cpu)
 
     def cutoffs(self, ddf) -> Cutoffs:
         return Cutoffs.after(pd.Timestamp(ddf["timestamp"].max().compute()), self.cfg)
@@ -144,7 +161,7 @@ class DatasetBuilder:
         self.report.record("validated_events", ds.to_ddf())
         cut = self.cutoffs(ds.to_ddf())
 
-        ds, dup = self.canonical_items(ds)
+        dup = self.canonical_items(ds)
         steps.update()
         ds, unsafe = self.unsafe_content(ds)
         steps.update()
@@ -182,25 +199,34 @@ class DatasetBuilder:
                                     "canonical_id": self.items["item_id"].astype(np.int64),
                                     "group_size": np.int64(1)})
         mapping.to_parquet(self.out / "artifacts" / "canonical_items.parquet", index=False)
-        copied = mapping[mapping["item_id"] != mapping["canonical_id"]]
-        lookup = copied.set_index("item_id")["canonical_id"]      # the copies only: a few %
-        graph = (["item_id"] >> ops.LambdaOp(lambda col: col.map(lookup).fillna(col).astype("int64"))
-                 ) + [c for c in EVENT_COLUMNS if c != "item_id"]
-        out = self._apply(graph, ds)
         copies = int((mapping["item_id"] != mapping["canonical_id"]).sum())
-        self.report.record("canonical_items", out.to_ddf(), note=f"{copies} copies mapped")
         self.canonical = mapping
-        return out, {"copies": copies, "groups": int((mapping["group_size"] > 1).sum() - copies)}
+        # The mapping itself runs in the unsafe-content workflow, in the same pass; the counts
+        # after it follow from the item counts: rows and users stay, copies become one item.
+        rows, users, _ = self.report.last
+        seen = counts.index.to_series()
+        items = seen.map(mapping.set_index("item_id")["canonical_id"]).fillna(seen).nunique()
+        self.report.record_counts("canonical_items", rows, users, int(items),
+                                  note=f"{copies} copies mapped")
+        return {"copies": copies, "groups": int((mapping["group_size"] > 1).sum() - copies)}
 
     def unsafe_content(self, ds: Dataset):
+        """Each event's item as its canonical id, events of unsafe items out: one workflow."""
         table = unsafe_item_table(self.items, build_filters(self.cfg.unsafe_filters))
-        table["canonical_id"] = table["item_id"].map(self.canonical.set_index("item_id")["canonical_id"])
+        table["canonical_id"] = table["item_id"].map(
+            self.canonical.set_index("item_id")["canonical_id"])
         table.to_parquet(self.out / "artifacts" / "unsafe_items.parquet", index=False)
         blocked = np.unique(table["canonical_id"].to_numpy(np.int64))
         self.catalogue = servable_items(self.canonical, blocked)
         pd.DataFrame({"item_id": self.catalogue}).to_parquet(self.out / CATALOGUE, index=False)
-        graph = EVENT_COLUMNS >> ops.Filter(f=lambda df: ~df["item_id"].isin(blocked))
-        out = self._apply(graph, ds)
+        copied = self.canonical[self.canonical["item_id"] != self.canonical["canonical_id"]]
+        lookup = copied.set_index("item_id")["canonical_id"]      # the copies only: a few %
+
+        def canonical_and_safe(df):          # Filter keeps the frame its function returns
+            item = df["item_id"].map(lookup).fillna(df["item_id"]).astype("int64")
+            return df.assign(item_id=item)[~item.isin(blocked)]
+
+        out = self._apply(EVENT_COLUMNS >> ops.Filter(f=canonical_and_safe), ds)
         by_filter = table["filters"].str.split(",").explode().value_counts().to_dict()
         self.report.record("unsafe_content", out.to_ddf(), note=f"{len(blocked)} items blocked")
         return out, {"items_blocked": int(len(blocked)), "by_filter": by_filter}
@@ -211,12 +237,13 @@ class DatasetBuilder:
             return ds
         start = cut.window_end - self.cfg.window_days * DAY
         graph = EVENT_COLUMNS >> ops.Filter(f=lambda df: df["timestamp"] >= start)
-        out = self._apply(graph, ds)
+        out = self._apply(graph, ds, persist=False)         # active_users composes with it
         self.report.record("freshness_window", out.to_ddf(), note=f"from {start.date()}")
         return out
 
     def active_users(self, ds: Dataset, cut: Cutoffs):
-        """Keeps users with >= K events in the N days before the cut-off; saves those left out."""
+        """Keeps users with >= K events in the N days before the cut-off; saves those left out.
+        The events kept come with each user's in one partition (what the examples need)."""
         ddf = ds.to_ddf()
         start = cut.window_end - self.cfg.active_window_days * DAY
         recent = ddf[(ddf["timestamp"] >= start) & (ddf["timestamp"] < cut.window_end)]
@@ -229,7 +256,8 @@ class DatasetBuilder:
         left["reason"] = np.where(left["events_in_window"] > 0, "inactive", "new_or_idle")
         left.to_parquet(self.out / "artifacts" / "left_out_users.parquet", index=False)
         graph = EVENT_COLUMNS >> ops.Filter(f=lambda df: df["user_id"].isin(active))
-        out = self._apply(graph, ds)
+        kept = self._apply(graph, ds, persist=False).to_ddf()
+        out = Dataset(kept.shuffle("user_id", shuffle=SHUFFLE).persist(), cpu=self.cpu)
         self.report.record("active_users", out.to_ddf(),
                            note=f">= {self.cfg.active_min_events} events in "
                                 f"{self.cfg.active_window_days} days")
@@ -238,19 +266,15 @@ class DatasetBuilder:
                      "path": "artifacts/left_out_users.parquet"}
 
     def examples(self, ds: Dataset, cut: Cutoffs) -> Dataset:
+        """`ds`: events with each user's in one partition, so the per-user split, the pairs and
+        the negatives after them all work partition by partition."""
         cfg = self.cfg
-        if cfg.split == "random_per_user":      # the split counts each user's pairs
-            ds = Dataset(ds.to_ddf().shuffle("user_id"), cpu=self.cpu)
+        # One workflow, one pass: split, labels (thresholds from the training rows), pairs.
         split = ["timestamp", "user_id", "item_id"] >> SplitAssigner(
             cfg.split, cut.train_end.value, cut.valid_end.value, cfg.random_fractions, cfg.seed)
-        with_split = self._apply(split + EVENT_COLUMNS, ds)
-        train = Dataset(with_split.to_ddf().query(f"split == {TRAIN}"), cpu=self.cpu)
-        labels = ["click", "watch_seconds", "duration_seconds"] >> WatchLabels(
+        labels = (["click", "watch_seconds", "duration_seconds"] + split) >> WatchLabels(
             cfg.watch_threshold, cfg.duration_edges, cfg.watch_quantile)
-        labelled = self._apply(labels + EVENT_COLUMNS + ["split"], with_split, fit_on=train)
-        by_user = labelled.to_ddf().shuffle("user_id")          # each user in one partition
-        columns = list(by_user.columns)
-        pairs = self._apply(columns >> AggregatePairs(), Dataset(by_user, cpu=self.cpu))
+        pairs = self._apply((EVENT_COLUMNS + split + labels) >> AggregatePairs(), ds)
         self.report.record("examples", pairs.to_ddf(), note="one row per (user, item, split)")
         require_nonempty_splits(backend.host_frame(pairs.to_ddf()["split"].value_counts().compute()),
                                 cut)
@@ -329,9 +353,11 @@ class DatasetBuilder:
         # Point-in-time statistics learn from the whole safe event history (each example reads
         # only the days before its own, so valid and test examples see what serving would have
         # known then, not a state frozen at the cut-off); everything else (Categorify,
-        # thresholds) learns from the training examples only.
-        workflow.fit(train)
+        # thresholds) learns from the training examples only, in a fit that leaves the
+        # point-in-time statistics as they are.
+        workflow.fit_schema(train.schema)
         fit_point_in_time(workflow, hist)
+        fit_statistics(workflow, train)
         workflow.save(str(self.out / "workflow"))
         # the history, for refreshing the served tables and the offline evaluation's tables
         hist[HISTORY_COLUMNS].to_parquet(str(self.out / HISTORY), write_index=False)
@@ -461,7 +487,7 @@ def _scaled_stats(stats, prefix: str, tag, names=STAT_NAMES):
     Rates and fractions are already in [0, 1]."""
     counts = [f"{prefix}_{n}" for n in ("events", "clicks", "days_since_last") if n in names]
     rates = [f"{prefix}_{n}" for n in ("click_rate", "watch_fraction") if n in names]
-    return ((stats[counts] >> ops.LogOp()) + stats[rates]) >> ops.AddTags([tag, Tags.CONTINUOUS])
+    return stats[counts + rates] >> LogCounts(counts) >> ops.AddTags([tag, Tags.CONTINUOUS])
 
 
 def _attributes(table: pd.DataFrame, key: str, categorical: list[str], continuous: list[str]):
@@ -492,9 +518,12 @@ def fit_point_in_time(workflow, events) -> None:
 
     if not isinstance(events, dd.DataFrame):
         events = dd.from_pandas(events, npartitions=1)
-    for node in point_in_time_nodes(workflow):
-        stats = node.op.fit(node.input_columns, events[node.input_columns.names])
-        node.op.fit_finalize(stats.compute())
+    nodes = point_in_time_nodes(workflow)
+    daily = dask.compute(*[node.op.fit(node.input_columns, events[node.input_columns.names])
+                           for node in nodes])          # one pass over the events for all
+    for node, stats in zip(nodes, daily):
+        node.op.fit_finalize(stats)
+        node.op.fitted = True
 
 
 def _nodes(node):

@@ -17,6 +17,7 @@ from nvtabular.ops.operator import ColumnSelector, Operator
 from recfunnel.config import DURATION_EDGES
 from recfunnel.names import DURATION_AWARE_WATCH, NAIVE_WATCH
 from recfunnel.workflows.backend import host_array
+from recfunnel.workflows.splits import TRAIN
 
 WATCH_COLUMNS = ["click", "watch_seconds", "duration_seconds"]
 
@@ -64,7 +65,8 @@ def duration_aware_label(click, watch, duration, edges, thresholds) -> np.ndarra
 class WatchLabels(StatOperator):
     """[click, watch_seconds, duration_seconds] -> [watch_75, watch_duration_aware].
 
-    Fit on training events: it learns the per-bucket watch-time thresholds.
+    Fit on training events: it learns the per-bucket watch-time thresholds. Given a `split`
+    column too, it fits on the rows of the training split (TRAIN) of whatever it is fitted on.
     """
 
     def __init__(self, threshold: float = 0.75, edges=DURATION_EDGES, quantile: float = 0.8,
@@ -75,8 +77,10 @@ class WatchLabels(StatOperator):
         self.thresholds: list[float] | None = None
 
     def fit(self, col_selector: ColumnSelector, ddf):
-        clicked = ddf[ddf["click"] == 1][["click", "watch_seconds", "duration_seconds"]]
-        return clicked           # small enough to collect: three columns of clicked events
+        clicked = ddf[ddf["click"] == 1]
+        if "split" in col_selector.names:       # given the split, it learns from train only
+            clicked = clicked[clicked["split"] == TRAIN]
+        return clicked[WATCH_COLUMNS]   # small enough to collect: three columns of clicks
 
     def fit_finalize(self, clicked):
         self.thresholds = bucket_thresholds(

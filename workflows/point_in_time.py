@@ -18,6 +18,7 @@ import pandas as pd
 
 from merlin.dag.ops.stat_operator import StatOperator
 from merlin.schema import Tags
+from nvtabular.ops import LogOp
 from nvtabular.ops.operator import ColumnSelector
 
 from recfunnel.workflows.backend import host_array
@@ -43,17 +44,58 @@ def daily_activity(key, day, click, watch, duration) -> pd.DataFrame:
     with np.errstate(invalid="ignore", divide="ignore"):
         fraction = np.where((np.asarray(click) == 1) & (duration > 0),
                             np.clip(watch / duration, 0, 1), np.nan)
-    frame = pd.DataFrame({"key": np.asarray(key, np.int64), "day": np.asarray(day, np.int64),
-                          "events": 1, "clicks": np.asarray(click, np.int64),
-                          "fraction_sum": np.nan_to_num(fraction), "fraction_n": ~np.isnan(fraction)})
-    return frame.groupby(["key", "day"], as_index=False).sum()
+    key = np.asarray(key, np.int64)
+    # whole columns, not a broadcast scalar: pandas builds those 20x slower
+    frame = pd.DataFrame({"key": key, "day": np.asarray(day, np.int64),
+                          "events": np.ones(len(key), np.int64),
+                          "clicks": np.asarray(click, np.int64),
+                          "fraction_sum": np.nan_to_num(fraction),
+                          "fraction_n": (~np.isnan(fraction)).astype(np.int64)}, copy=False)
+    return _sum_by_key_day(frame)
+
+
+def _sum_by_key_day(frame: pd.DataFrame) -> pd.DataFrame:
+    """frame's other columns summed per (key, day), sorted by (key, day), bit for bit what
+    `frame.groupby(["key", "day"]).sum()` gives, faster: the pairs hashed as one int64 code,
+    integer columns counted by np.bincount (exact below 2**53), float columns by pandas' own
+    (compensated) group sum on the ready group codes."""
+    key, day = frame["key"].to_numpy(np.int64), frame["day"].to_numpy(np.int64)
+    if not len(frame):
+        return frame.groupby(["key", "day"], as_index=False).sum()
+    k0, d0 = int(key.min()), int(day.min())
+    span = int(day.max()) - d0 + 1
+    if (int(key.max()) - k0 + 1) * span >= 2**62:         # the code would overflow
+        return frame.groupby(["key", "day"], as_index=False).sum()
+    group, pairs = pd.factorize((key - k0) * span + (day - d0))
+    order = np.argsort(pairs)
+    out = pd.DataFrame({"key": pairs[order] // span + k0, "day": pairs[order] % span + d0})
+    for column in frame.columns.drop(["key", "day"]):
+        values = frame[column].to_numpy()
+        if np.issubdtype(values.dtype, np.integer):
+            sums = np.bincount(group, weights=values, minlength=len(pairs)).astype(np.int64)
+        else:
+            by_group = pd.Series(values).groupby(group, sort=False).sum()
+            sums = np.empty(len(pairs))
+            sums[by_group.index.to_numpy()] = by_group.to_numpy()
+        out[column] = sums[order]
+    return out
 
 
 def cumulative_table(daily: pd.DataFrame) -> pd.DataFrame:
     """Running totals per key through each active day, sorted by (key, day)."""
-    daily = daily.groupby(["key", "day"], as_index=False).sum().sort_values(["key", "day"])
-    running = daily.groupby("key")[["events", "clicks", "fraction_sum", "fraction_n"]].cumsum()
-    return pd.concat([daily[["key", "day"]], running], axis=1).reset_index(drop=True)
+    daily = _sum_by_key_day(daily)          # partitions may each hold a (key, day)
+    key = daily["key"].to_numpy(np.int64)
+    first = np.r_[True, key[1:] != key[:-1]] if len(key) else np.zeros(0, bool)
+    group = np.cumsum(first) - 1
+    out = daily[["key", "day"]].copy()
+    for column in ("events", "clicks", "fraction_sum", "fraction_n"):
+        values = daily[column].to_numpy()
+        if np.issubdtype(values.dtype, np.integer):     # exact: totals less those before
+            total = np.cumsum(values)
+            out[column] = total - (total - values)[first][group]
+        else:                                           # pandas' own group cumsum, as before
+            out[column] = pd.Series(values).groupby(group, sort=False).cumsum().to_numpy()
+    return out
 
 
 def _row_before(table: pd.DataFrame, key: np.ndarray, day: np.ndarray):
@@ -205,3 +247,19 @@ class UserGroupStats(PointInTimeStats):
 
     def keys(self, df) -> np.ndarray:
         return self.pair_key(host_array(df["user_id"]), host_array(df["item_id"]))
+
+
+class LogCounts(LogOp):
+    """The statistics with the heavy-tailed ones (`counts`: counts and day gaps, up to tens of
+    thousands) as log(1 + x), the rest (rates and fractions, in [0, 1]) as they are. One node
+    for both, because Merlin's executor runs a node once for each node that reads it: a
+    statistics node read by a LogOp and by a selection of its rates ran twice."""
+
+    def __init__(self, counts):
+        super().__init__()
+        self.counts = list(counts)
+
+    def transform(self, col_selector: ColumnSelector, df):
+        logged = ColumnSelector([c for c in col_selector.names if c in self.counts])
+        return super().transform(logged, df)
+
