@@ -85,10 +85,24 @@ def ensure_peers() -> None:
     sys.path.insert(0, str(PEERS_DIR))
 
 
+def stale_workflow(folder: Path) -> bool:
+    """The saved workflow is missing or from an older recfunnel (workflows.dataset.load_workflow
+    refuses it)."""
+    from recfunnel.errors import RecfunnelError
+    from recfunnel.workflows.dataset import load_workflow
+
+    try:
+        load_workflow(folder)
+    except (RecfunnelError, FileNotFoundError):
+        return True
+    return False
+
+
 def build_dataset(rebuild: bool) -> Path:
     run_dir = REPO / "runs" / RUN_NAME
     if rebuild or not (run_dir / "dataset" / "test").exists() or \
-            not (run_dir / "dataset" / "history").exists():     # built by an older recfunnel
+            not (run_dir / "dataset" / "history").exists() or \
+            stale_workflow(run_dir / "dataset" / "workflow"):      # built by an older recfunnel
         (run_dir / TOP_LISTS).unlink(missing_ok=True)       # lists of the old split
         subprocess.run([sys.executable, "-m", "recfunnel", "pipeline", "run", "--config",
                         "configs/movielens100k.yaml", "--steps", "data,dataset",
@@ -253,9 +267,19 @@ def whole_funnel(splits, protocols) -> dict:
     grid = [(chain, click, keep) for chain in chains
             for click, keep in itertools.product([0.8, 0.5], [50, 100])]
     grid.append(("EASE alone", None, None))
+    # EASE's top 100 reordered by the heavy ranker, its order fused with EASE's (the fusion
+    # selector, models.components): the ranker refines the stronger source instead of
+    # overruling it; input_weight is EASE's share of the order
+    fused = list(itertools.product([1.0, 0.8], [0.5, 0.7]))
+    grid += [("EASE -> heavy (fusion)", click, weight) for click, weight in fused]
     for chain, click, keep in grid:
         if chain == "EASE alone":
             settings = with_(base, sources=[{"name": "ease", "share": 1.0}], rankers=[])
+        elif chain == "EASE -> heavy (fusion)":
+            settings = with_(base, sources=[{"name": "ease", "share": 1.0}], candidates_k=100,
+                             blend={"click": click, "like": round(1 - click, 2)},
+                             rankers=[{"name": "heavy_ranker"}], selector="fusion",
+                             selector_params={"input_weight": keep})
         else:
             settings = with_(base, **chains[chain],
                              blend={"click": click, "like": round(1 - click, 2)},
@@ -274,7 +298,7 @@ def whole_funnel(splits, protocols) -> dict:
                             "_top": top}
         params = {"funnel": chain} if click is None else {
             "funnel": chain, "blend_click": click, "blend_like": round(1 - click, 2),
-            "light_keep": keep}
+            ("fusion_input_weight" if "fusion" in chain else "light_keep"): keep}
         tried.append({"params": params, "train_seconds": seconds, **scores})
         print(f"  funnel {params}: valid {_shown(scores['valid'])}, "
               f"test {_shown(scores['test'])}", flush=True)
@@ -435,22 +459,28 @@ def markdown(r: dict) -> str:
                    + " (same split).")
     funnel = r["models"].get("funnel", {})
     if funnel.get("grid"):
-        best_ranked = max((t for t in funnel["grid"] if "light_keep" in t["params"]),
-                          key=lambda t: t["valid"]["recall@10"], default=None)
-        chains = "; ".join(
-            f"{t['params']['funnel']}"
-            + (f" (click {t['params']['blend_click']}, cut {t['params']['light_keep']})"
-               if "light_keep" in t["params"] else "")
-            + f": valid {t['valid']['recall@10']}, test {t['test']['recall@10']} / "
-              f"{t['test']['ndcg@10']}" for t in funnel["grid"])
+        def setting(p: dict) -> str:
+            extra = [f"click {p['blend_click']}"] if "blend_click" in p else []
+            extra += [f"cut {p['light_keep']}"] if "light_keep" in p else []
+            extra += [f"EASE's weight {p['fusion_input_weight']}"] \
+                if "fusion_input_weight" in p else []
+            return p["funnel"] + (f" ({', '.join(extra)})" if extra else "")
+
+        chains = "; ".join(f"{setting(t['params'])}: valid {t['valid']['recall@10']}, test "
+                           f"{t['test']['recall@10']} / {t['test']['ndcg@10']}"
+                           for t in funnel["grid"])
+        alone = next((t for t in funnel["grid"] if t["params"]["funnel"] == "EASE alone"), None)
+        chosen = funnel["chosen"]
         verdict += ("\n\nThe declared funnels tried (one trained version; chosen on validation "
-                    f"recall@10): {chains}. "
-                    + (f"With ranking stages the best is {best_ranked['params']['funnel']} "
-                       f"({best_ranked['test']['recall@10']} / {best_ranked['test']['ndcg@10']}): "
-                       "on this rating log the rankers do not improve on EASE's own order, so "
-                       "the funnel that earns its stages is EASE alone. "
-                       if best_ranked else "")
-                    + "The funnel's EASE source scores a test user from everything they have "
+                    f"recall@10; test recall@10 / NDCG@10): {chains}. Chosen: "
+                    f"**{setting(chosen)}** ({funnel['test']['recall@10']} / "
+                    f"{funnel['test']['ndcg@10']})")
+        if alone and chosen["funnel"] != "EASE alone":
+            verdict += (f", against EASE alone {alone['test']['recall@10']} / "
+                        f"{alone['test']['ndcg@10']}: the ranking stage earns its place")
+        elif alone:
+            verdict += ": no ranking stage improves on EASE's own order on this log"
+        verdict += (". The funnel's EASE source scores a test user from everything they have "
                     "(train and validation, as served); the peer row from train alone.")
     bias = ["| model | coverage | Gini | popularity lift | long-tail share |", "|---|---|---|---|---|"]
     bias += [f"| {NAMES[n]} | {m['popularity_bias']['coverage']} | {m['popularity_bias']['gini']} | "

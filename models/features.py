@@ -42,17 +42,16 @@ def build_feature_tables(dataset_dir: Path, out_dir: Path, as_of: pd.Timestamp,
     evaluation's, without the test period) keep the future out. Beside the model inputs, each
     table keeps every key's last active day (`user_last_day`, `item_last_day`) and the user
     table the day it was computed for (`request_day`), so recency is recomputed per request."""
-    import nvtabular as nvt
     from merlin.io import Dataset
     from merlin.schema import Tags
 
     import recfunnel.workflows  # noqa: F401  (Merlin's CPU fixes)
-    from recfunnel.workflows.dataset import (CATALOGUE, fit_point_in_time, point_in_time_nodes,
-                                             read_split)
+    from recfunnel.workflows.dataset import (CATALOGUE, fit_point_in_time, load_workflow,
+                                             point_in_time_nodes, read_split)
     from recfunnel.workflows.point_in_time import PointInTimeStats, UserGroupStats, event_day
 
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
-    workflow = nvt.Workflow.load(str(dataset_dir / "workflow"))
+    workflow = load_workflow(dataset_dir / "workflow")
     if events is not None:
         fit_point_in_time(workflow, events)
     train = read_split(dataset_dir / "train", [USER_KEY, ITEM_KEY, "timestamp"])
@@ -100,6 +99,8 @@ def build_feature_tables(dataset_dir: Path, out_dir: Path, as_of: pd.Timestamp,
         pairs = _pair_table(workflow, grouped[0], pair_columns, when)
         pairs.to_parquet(out_dir / PAIR_FEATURES, index=False)
         sizes["user_groups"], files = int(len(pairs)), [*files, PAIR_FEATURES]
+    else:
+        (out_dir / PAIR_FEATURES).unlink(missing_ok=True)   # an older build's, never stale
     return {"as_of": stamp.isoformat(), "as_of_day": day, **sizes,
             "events": None if events is None else int(len(events)), "files": files,
             "pair_groups": grouped[0].n_groups if grouped else None}
@@ -298,12 +299,12 @@ def example_rows(dataset_dir: Path, user_raw, item_raw, timestamp) -> pd.DataFra
     """Model-ready rows for raw (user, item, time) triples through the saved workflow: every
     feature as the dataset build computes it for an example at that time (point-in-time
     statistics of the days before it); labels and event columns are 0."""
-    import nvtabular as nvt
     from merlin.io import Dataset
 
     import recfunnel.workflows  # noqa: F401  (Merlin's CPU fixes)
+    from recfunnel.workflows.dataset import load_workflow
 
-    workflow = nvt.Workflow.load(str(Path(dataset_dir) / "workflow"))
+    workflow = load_workflow(Path(dataset_dir) / "workflow")
     rows = raw_rows(workflow.input_schema, {"user_id": user_raw, "item_id": item_raw},
                     np.asarray(timestamp))
     return workflow.transform(Dataset(rows, cpu=True)).to_ddf().compute().reset_index(drop=True)

@@ -46,6 +46,8 @@ class FunnelSettings:
       (its keep, if given, is unused). No rankers: the candidates' first k are the answer.
     blend: {objective: weight} ordering every ranker's cut (an experiment arm may send its own
       for the last ranker).
+    selector, selector_params: how each ranker orders its cut from the blend (SELECTORS: blend;
+      fusion, the blend's order fused with the stage's input order, {input_weight, offset}).
     """
     sources: list = field(default_factory=lambda: [{"name": "two_tower", "share": 1.0}])
     filters: list = field(default_factory=lambda: ["seen", "unsafe"])
@@ -57,6 +59,7 @@ class FunnelSettings:
     index: str = "exact"
     index_params: dict = field(default_factory=dict)
     selector: str = "blend"
+    selector_params: dict = field(default_factory=dict)   # e.g. fusion's {input_weight: 0.7}
 
     def __post_init__(self):
         self.sources = [{"name": s, "share": 1.0} if isinstance(s, str) else dict(s)
@@ -102,6 +105,12 @@ class FunnelSettings:
             out.append(problem)
         if self.selector not in SELECTORS:
             out.append(f"unknown selector {self.selector!r} (registered: {', '.join(SELECTORS)})")
+        elif hasattr(SELECTORS[self.selector], "problem"):
+            if problem := SELECTORS[self.selector].problem(self.selector_params):
+                out.append(problem)
+        elif self.selector_params:
+            out.append(f"selector {self.selector!r} takes no selector_params, got "
+                       f"{self.selector_params}")
         return out
 
     @classmethod
@@ -109,7 +118,8 @@ class FunnelSettings:
         """From a Config: its `funnel` section, with k = models.eval_k."""
         f = cfg.funnel
         return cls(list(f.sources), list(f.filters), list(f.rankers), dict(f.blend),
-                   f.candidates_k, cfg.models.eval_k, f.index, dict(f.index_params))
+                   f.candidates_k, cfg.models.eval_k, f.index, dict(f.index_params),
+                   f.selector, dict(f.selector_params))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -214,7 +224,7 @@ class Funnel:
         self.fallback = next((s for s in self.sources if s.name == POPULARITY), None) or \
             open_(SOURCES, "source", POPULARITY)
         self.filters = [open_(FILTERS, "filter", name) for name in settings.filters]
-        self.selector = SELECTORS[settings.selector]()
+        self.selector = SELECTORS[settings.selector](**settings.selector_params)
         self._rankers: dict = {}
 
     @classmethod

@@ -369,6 +369,10 @@ class FunnelConfig:
     # own for the last ranker)
     blend: dict = field(default_factory=lambda: {
         "click": 0.1, "like": 0.3, "share": 0.2, "watch_duration_aware": 0.4})
+    # How each ranker orders its cut (registered: blend, the blend's order; fusion, the blend's
+    # order fused with the stage's input order, selector_params {input_weight, offset})
+    selector: str = "blend"
+    selector_params: dict = field(default_factory=dict)
 
     # names, shares and keeps are checked against the registries (models.funnel, preflight)
     CHECKS: ClassVar[dict] = {"candidates_k": AT_LEAST_ONE, "index": OneOf(INDEX_KINDS)}

@@ -123,8 +123,23 @@ def test_every_selector_keeps_the_contract(name):
     candidates = np.array([[5, 3, 9, -1], [7, -1, -1, -1]])
     scores = {"click": np.array([0.1, 0.9, 0.5, 0.99, 0.3, 0.8, 0.8, 0.8])}
     kept, blended, per = selector.select(candidates, scores, 3, {"click": 1.0})
-    assert kept.tolist() == [[3, 9, 5], [7, -1, -1]]              # padding never ahead
+    assert sorted(kept[0].tolist()) == [3, 5, 9]
+    assert kept[1].tolist() == [7, -1, -1]                          # padding never ahead
     assert np.isneginf(blended[1, 1:]).all() and per["click"].shape == (2, 3)
+    assert (np.diff(blended[0]) <= 0).all()                         # best first
+    order = {int(c): i for i, c in enumerate(candidates[0])}        # each kept item's scores
+    assert per["click"][0].tolist() == [scores["click"][order[c]] for c in kept[0]]
+
+
+def test_blend_orders_by_the_blend_and_fusion_keeps_the_input_in_the_order():
+    candidates = np.array([[5, 3, 9, -1]])                  # the stage's input order: 5, 3, 9
+    scores = {"click": np.array([0.1, 0.9, 0.5, 0.99])}     # the ranker's: 3, 9, 5
+    select = lambda s: s.select(candidates, scores, 3, {"click": 1.0})[0][0].tolist()  # noqa
+    assert select(SELECTORS["blend"]()) == [3, 9, 5]
+    assert select(SELECTORS["fusion"](input_weight=0.0)) == [3, 9, 5]
+    assert select(SELECTORS["fusion"](input_weight=1.0)) == [5, 3, 9]
+    # halfway: 3 (ranks 1 and 0) before 5 (0 and 2) before 9 (2 and 1)
+    assert select(SELECTORS["fusion"](input_weight=0.5, offset=20)) == [3, 5, 9]
 
 
 # ---- the declaration is checked ------------------------------------------------------------
@@ -137,6 +152,9 @@ def test_every_selector_keeps_the_contract(name):
     ({"rankers": [{"name": "deep_ranker"}]}, "unknown ranker 'deep_ranker'"),
     ({"blend": {"click": float("nan")}}, "finite weights"),
     ({"index": "annoy"}, "index must be one of exact, hnsw, ivf, ivfpq"),
+    ({"selector": "fusion", "selector_params": {"input_weight": 1.5}}, "input_weight must be in"),
+    ({"selector": "fusion", "selector_params": {"weight": 0.5}}, "not a parameter of fusion"),
+    ({"selector": "blend", "selector_params": {"input_weight": 0.5}}, "takes no selector_params"),
     ({"index": "hnsw", "index_params": {"nprobe": 8}}, "funnel.index_params: .nprobe. is not"),
 ])
 def test_a_wrong_declaration_is_refused_naming_the_setting(change, message):

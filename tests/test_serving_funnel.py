@@ -395,6 +395,30 @@ def test_a_server_side_failure_is_counted_in_the_metrics_a_client_error_is_not(s
     metrics.close()
 
 
+def test_the_chain_counts_each_stage_s_time_on_the_metrics(server, small_run):
+    """Triton sees the chain as one model: its stages' ms and passes are our own counters."""
+    from recfunnel.models.funnel import FunnelSettings
+    from recfunnel.monitoring import parse_exposition
+
+    metrics = TritonClient(server["http"], metrics_url=f"http://127.0.0.1:{server['ports'][2]}"
+                                                       "/metrics")
+    spent, passes = "recfunnel_chain_stage_ms_total", "recfunnel_chain_stage_passes_total"
+    totals = lambda scrape, name: {s.labels["stage"]: s.value  # noqa: E731
+                                   for s in scrape.series(name, version=small_run.version)}
+    before = parse_exposition(metrics.metrics_text())
+    with FunnelClient(server["http"]) as client:
+        client.recommend([1, 2, 3], k=5)
+    after = parse_exposition(metrics.metrics_text())
+    metrics.close()
+    stages = ["features", "retrieval", *FunnelSettings.from_config(small_run.cfg).ranker_names]
+    assert sorted(totals(after, spent)) == sorted(stages)
+    grew = {stage: totals(after, passes)[stage] - totals(before, passes).get(stage, 0)
+            for stage in stages}
+    assert all(n >= 1 for n in grew.values()), grew
+    assert all(totals(after, spent)[stage] > totals(before, spent).get(stage, 0)
+               for stage in stages)
+
+
 def test_simulated_ab_test_through_the_served_funnel(server, small_run, repo, tmp_path):
     from recfunnel.config import load_config, merge
     from recfunnel.data import schema

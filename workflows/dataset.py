@@ -506,6 +506,21 @@ def read_split(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(p, columns=columns) for p in parts], ignore_index=True)
 
 
+def load_workflow(folder: Path):
+    """The fitted workflow saved in `folder`. A workflow pickled before `workflows/` became
+    `recfunnel.workflows` holds operators of another module object, so every isinstance check
+    on them (the point-in-time statistics a refresh refits) would fail in silence: refused."""
+    workflow = nvt.Workflow.load(str(folder))
+    stale = sorted({type(n.op).__module__ for n in _nodes(workflow.output_node)
+                    if type(n.op).__module__.startswith("workflows.")})
+    if stale:
+        raise RecfunnelError(
+            f"the workflow in {folder} was saved by an older recfunnel (its operators come "
+            f"from {', '.join(stale)}); rebuild the data set: recfunnel pipeline run "
+            f"--steps data,dataset")
+    return workflow
+
+
 def point_in_time_nodes(workflow) -> list:
     """The workflow's PointInTimeStats nodes (user and item)."""
     return [n for n in _nodes(workflow.output_node) if isinstance(n.op, PointInTimeStats)]

@@ -13,6 +13,11 @@ Inputs (one row per user; every row of a request carries the request's values):
   BLEND BYTES [n, 1] JSON {objective: weight} ("": the version's blend).
 Outputs: ITEMS INT64 [n, K] raw ids; SCORES FP64 [n, K]; OBJECTIVE_SCORES FP64 [n, objectives,
   K]; OBJECTIVES BYTES [n, objectives]; PATH BYTES [n, 1]; VERSION BYTES [n, 1].
+
+Triton's own statistics see the chain as one model, so its stages' times go to /metrics as
+counters per stage (features, retrieval, each ranker) and training version:
+`recfunnel_chain_stage_ms_total` (ms spent) and `recfunnel_chain_stage_passes_total` (passes,
+each one batch of users); their rates' ratio is the mean ms per pass of that stage.
 """
 import traceback
 
@@ -22,8 +27,39 @@ from funnel_stage import (DAY_SECONDS, RequestError, StageModel, error_response,
                           refusal, strings)
 
 
+STAGE_MS = "recfunnel_chain_stage_ms_total"
+STAGE_PASSES = "recfunnel_chain_stage_passes_total"
+
+
 class TritonPythonModel(StageModel):
     name = "chain"
+
+    def initialize(self, args):
+        super().initialize(args)
+        self._stage_metrics: dict = {}
+        try:
+            self._families = (
+                pb_utils.MetricFamily(name=STAGE_MS, kind=pb_utils.MetricFamily.COUNTER,
+                                      description="ms the chain spent in each funnel stage"),
+                pb_utils.MetricFamily(name=STAGE_PASSES, kind=pb_utils.MetricFamily.COUNTER,
+                                      description="passes (batches of users) through each "
+                                                  "stage"))
+        except Exception:  # noqa: BLE001 - a server without custom metrics still serves
+            traceback.print_exc()
+            self._families = None
+
+    def count_stages(self, stage_ms: dict) -> None:
+        """Adds one pass's per-stage ms to the /metrics counters."""
+        if self._families is None:
+            return
+        for stage, ms in stage_ms.items():
+            if stage not in self._stage_metrics:
+                labels = {"stage": stage, "version": self.funnel.version}
+                self._stage_metrics[stage] = tuple(f.Metric(labels=labels)
+                                                   for f in self._families)
+            spent, passes = self._stage_metrics[stage]
+            spent.increment(float(ms))
+            passes.increment(1.0)
 
     def execute(self, requests):
         responses: list = [None] * len(requests)
@@ -86,6 +122,7 @@ class TritonPythonModel(StageModel):
         users = np.concatenate([u for _, u in members])
         blend = parse_blend(blend_text, self.funnel.objectives) if blend_text else None
         out = self.funnel.recommend(users, k=k, blend_weights=blend, day=day)
+        self.count_stages(out.stage_ms)
         names = list(out.objectives)
         per_objective = (np.stack([out.objectives[o] for o in names], axis=1) if names
                          else np.zeros((len(users), 0, out.items.shape[1])))
