@@ -57,6 +57,7 @@ SETTINGS = [
     ("ivf", {"nlist": 1024, "nprobe": 256}),
     ("ivf", {"nlist": 1024, "nprobe": 384}),
     ("ivfpq", {"nlist": 1, "nprobe": 1, "m": 32, "nbits": 4, "refine": 10}),
+    ("ivfpq", {"nlist": 1, "nprobe": 1, "m": 32, "nbits": 4, "refine": 6}),
     ("ivfpq", {"nlist": 256, "nprobe": 96, "m": 32, "nbits": 4, "refine": 4}),
     ("ivfpq", {"nlist": 256, "nprobe": 112, "m": 32, "nbits": 4, "refine": 4}),
     ("ivfpq", {"nlist": 512, "nprobe": 192, "m": 32, "nbits": 4, "refine": 4}),
@@ -64,6 +65,7 @@ SETTINGS = [
     ("ivfpq", {"nlist": 2048, "nprobe": 576, "m": 32, "nbits": 4, "refine": 4}),
     ("ivfpq", {"nlist": 2048, "nprobe": 640, "m": 32, "nbits": 4, "refine": 4}),
     ("ivfpq", {"nlist": 2048, "nprobe": 640, "m": 32, "nbits": 4, "refine": 2}),
+    ("ivfpq", {"nlist": 2048, "nprobe": 1024, "m": 32, "nbits": 4, "refine": 4}),
     ("ivfpq", {"nlist": 256, "nprobe": 112, "m": 16, "nbits": 4, "refine": 8}),
     ("ivfpq", {"nlist": 256, "nprobe": 112, "m": 16, "nbits": 8, "refine": 4}),
 ]

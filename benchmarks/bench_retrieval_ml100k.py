@@ -122,9 +122,11 @@ class Protocol:
         relevant = positives.groupby("user_id")["item_id_raw"].apply(np.asarray)
         self.truth = [relevant[u] for u in self.users]
         self.exclude = splits.seen_items(label, seen, self.users)
-        train = splits.train.drop_duplicates("item_id")
-        self.raw = np.full(int(train["item_id"].max()) + 1, -1, np.int64)
-        self.raw[train["item_id"].to_numpy()] = train["item_id_raw"].to_numpy()
+        # categorified -> raw ids of every servable item (training items and the catalogue's
+        # items without a training example, which the funnel serves too)
+        items = splits.catalogue(["item_id", "item_id_raw"])
+        self.raw = np.full(int(items["item_id"].max()) + 1, -1, np.int64)
+        self.raw[items["item_id"].to_numpy()] = items["item_id_raw"].to_numpy()
 
     def score(self, top: np.ndarray) -> dict:
         """Metrics of [n_users, K] categorified ids; `_top` keeps the list in raw ids."""
@@ -218,6 +220,8 @@ def ours(kind: str, splits, protocols, base_cfg) -> dict:
         model = result.model
         user_schema, item_schema = tower_schemas(kind, splits, cfg)
         items = splits.catalogue(item_schema.column_names)
+        # the peers' protocol: ranking over the training items (the peers know no other)
+        items = items[items["item_id"].isin(splits.train["item_id"].unique())]
         item_vectors = model.candidate_encoder(to_tensors(items, item_schema)).numpy()
         scores = {}
         for name, p in protocols.items():
