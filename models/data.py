@@ -16,6 +16,7 @@ import merlin.io
 from merlin.schema import Schema, Tags
 from nvtabular.ops.categorify import OOV_OFFSET
 
+from recfunnel.config import TRAINING_INPUTS
 from recfunnel.models.features import example_rows
 from recfunnel.workflows.dataset import CATALOGUE
 
@@ -131,6 +132,48 @@ def to_dataset(frame: pd.DataFrame, schema: Schema) -> merlin.io.Dataset:
     """pandas rows -> a Merlin Dataset restricted to `schema`'s columns."""
     return merlin.io.Dataset(frame[schema.column_names].reset_index(drop=True), schema=schema,
                              cpu=True)
+
+
+def training_data(frame: pd.DataFrame, schema: Schema, batch_size: int, source: str,
+                  shuffle: bool = True, seed: int = 0) -> dict:
+    """fit's arguments for `frame`'s rows under `schema`, fed as `source` says
+    (recfunnel.config.TRAINING_INPUTS): {"x": ..., "batch_size": ...} for `memory` (tf.data
+    batches, to_batches) or `merlin_loader` (a Merlin Dataset that Merlin's fit wraps in its
+    Loader)."""
+    if source == "memory":
+        return {"x": to_batches(frame, schema, batch_size, shuffle, seed), "batch_size": None}
+    if source == "merlin_loader":
+        return {"x": to_dataset(frame, schema), "batch_size": batch_size}
+    raise ValueError(f"models.training_input {source!r}: choose from "
+                     f"{', '.join(TRAINING_INPUTS)}")
+
+
+def to_batches(frame: pd.DataFrame, schema: Schema, batch_size: int, shuffle: bool = True,
+               seed: int = 0):
+    """pandas rows -> a tf.data.Dataset of batches of in-memory tensors, in the layout Merlin's
+    Loader yields ({feature: [batch]}, {target: [batch]} or the features alone), for a Merlin
+    model's fit. Only row positions are shuffled (again each epoch); each batch is one gather
+    per column inside TF's runtime, no Python per batch or per row."""
+    import tensorflow as tf
+
+    frame = frame[schema.column_names].reset_index(drop=True)
+    targets = schema.select_by_tag(Tags.TARGET).column_names
+
+    def columns(names):
+        return {c: tf.constant(frame[c].to_numpy().astype(schema[c].dtype.to_numpy))
+                for c in names}
+
+    features = columns([c for c in schema.column_names if c not in targets])
+    labels = columns(targets)
+    rows = tf.data.Dataset.range(len(frame))
+    if shuffle:
+        rows = rows.shuffle(max(len(frame), 1), seed=seed, reshuffle_each_iteration=True)
+
+    def gather(index):
+        x = {c: tf.gather(t, index) for c, t in features.items()}
+        return (x, {c: tf.gather(t, index) for c, t in labels.items()}) if labels else x
+
+    return rows.batch(batch_size).map(gather).prefetch(tf.data.AUTOTUNE)
 
 
 def to_tensors(frame: pd.DataFrame, schema: Schema) -> dict:

@@ -23,7 +23,7 @@ from merlin.schema import Schema, Tags
 
 from recfunnel.models.artifacts import write_manifest
 from recfunnel.models.candidates import RETRIEVAL_SCORE
-from recfunnel.models.data import Splits, embedding_tables, to_dataset
+from recfunnel.models.data import Splits, embedding_tables, training_data
 from recfunnel.models.epochs import KeepBestEpoch
 from recfunnel.models.optimizers import optimizer
 from recfunnel.config import RANKER_ARCHITECTURES, ModelsConfig
@@ -138,12 +138,13 @@ def train_ranker(kind: str, splits: Splits, cfg: ModelsConfig, out_dir: Path, ve
                  verbose: int = 0, train_rows: pd.DataFrame | None = None,
                  valid_rows: pd.DataFrame | None = None,
                  features: list[str] | None = None, retrieval: str = "two_tower",
-                 blend: dict | None = None) -> RankerResult:
+                 blend: dict | None = None, callbacks: list | None = None) -> RankerResult:
     """Trains the `light` or `heavy` ranker on `train_rows` (default every training row,
     sampled negatives included), early-stopped on `valid_rows` (default the validation split)
     by the mean AUC of the objectives `blend` weighs (default all), keeping the best epoch. `features` overrides
     the ranker's inputs (ablations); a `retrieval_score` input is the `retrieval` model's score,
-    which the saved ranker recomputes from its version's retrieval model when scoring."""
+    which the saved ranker recomputes from its version's retrieval model when scoring;
+    `callbacks` are more Keras callbacks for the fit (a profiler's timer)."""
     if kind not in ("light", "heavy"):
         raise ValueError(f"ranker kind must be 'light' or 'heavy', got {kind!r}")
     tf.keras.utils.set_random_seed(cfg.seed)
@@ -156,9 +157,11 @@ def train_ranker(kind: str, splits: Splits, cfg: ModelsConfig, out_dir: Path, ve
     train = splits.train if train_rows is None else train_rows
     valid = splits.valid if valid_rows is None else valid_rows
     start = time.perf_counter()
-    model.fit(to_dataset(train, schema), batch_size=cfg.ranker_batch_size,
-              epochs=cfg.ranker_epochs, validation_data=to_dataset(valid, schema),
-              callbacks=[log], verbose=verbose, shuffle=True)
+    fed = training_data(train, schema, cfg.ranker_batch_size, cfg.training_input, seed=cfg.seed)
+    validation = training_data(valid, schema, cfg.ranker_batch_size, cfg.training_input,
+                               shuffle=False)["x"]
+    model.fit(**fed, epochs=cfg.ranker_epochs, validation_data=validation,
+              callbacks=[log, *(callbacks or [])], verbose=verbose, shuffle=True)
     seconds = round(time.perf_counter() - start, 2)
     model_dir = out_dir / f"{kind}_ranker"
     shutil.rmtree(model_dir, ignore_errors=True)

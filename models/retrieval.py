@@ -24,7 +24,7 @@ from merlin.schema import Schema, Tags
 
 from recfunnel.models.artifacts import write_manifest
 from recfunnel.models.candidates import ITEM_EMBEDDINGS, ITEM_IDS, EmbeddingIndex
-from recfunnel.models.data import Splits, embedding_tables, to_dataset, to_tensors
+from recfunnel.models.data import Splits, embedding_tables, to_tensors, training_data
 from recfunnel.models.epochs import KeepBestEpoch
 from recfunnel.models.optimizers import optimizer
 from recfunnel.config import ModelsConfig
@@ -169,8 +169,9 @@ def build_matrix_factorization(splits: Splits, cfg: ModelsConfig) -> mm.Model:
 
 
 def train_retrieval(kind: str, splits: Splits, cfg: ModelsConfig, out_dir: Path, version: str,
-                    verbose: int = 0) -> RetrievalResult:
-    """Trains `kind` ('two_tower' or 'mf'), exports its query tower and item embeddings."""
+                    verbose: int = 0, callbacks: list | None = None) -> RetrievalResult:
+    """Trains `kind` ('two_tower' or 'mf'), exports its query tower and item embeddings;
+    `callbacks` are more Keras callbacks for the fit (a profiler's timer)."""
     tf.keras.utils.set_random_seed(cfg.seed)
     model = {"two_tower": build_two_tower, "mf": build_matrix_factorization}[kind](splits, cfg)
     positives = splits.positives(splits.train, cfg.retrieval_positive)
@@ -184,8 +185,10 @@ def train_retrieval(kind: str, splits: Splits, cfg: ModelsConfig, out_dir: Path,
                           patience=cfg.retrieval_patience)
     epochs = cfg.retrieval_epochs if kind == "two_tower" else cfg.mf_epochs
     start = time.perf_counter()
-    model.fit(to_dataset(positives, schemas[0] + schemas[1]), batch_size=cfg.retrieval_batch_size, epochs=epochs,
-              callbacks=[recall], verbose=verbose, shuffle=True)
+    model.fit(**training_data(positives, schemas[0] + schemas[1], cfg.retrieval_batch_size,
+                              cfg.training_input, seed=cfg.seed),
+              epochs=epochs, callbacks=[recall, *(callbacks or [])], verbose=verbose,
+              shuffle=True)
     result = RetrievalResult(kind, recall.rows, round(time.perf_counter() - start, 2),
                              int(len(positives) * len(recall.rows)), int(model.count_params()),
                              embedding_tables(model))

@@ -223,6 +223,7 @@ def index_params_problem(kind: str, params: dict, path: str = "funnel.index_para
 
 RANKER_ARCHITECTURES = ("mlp", "dcn")    # models.ranking.ARCHITECTURES
 OPTIMIZERS = ("adam", "lazy_adam")        # models.optimizers.optimizer
+TRAINING_INPUTS = ("memory", "merlin_loader")   # models.data.training_data
 SPLIT_KINDS = ("time", "random", "random_per_user")
 NEGATIVE_SAMPLING = ("popularity", "uniform")
 DURATION_EDGES = (15, 30, 60, 120, 300, 600, 1200, 2400)   # seconds: similar-length buckets
@@ -297,6 +298,11 @@ class ModelsConfig:
     # adam | lazy_adam: Adam that updates only the embedding rows of the batch (models.optimizers;
     # Adam reads and writes every row of every table on every step)
     optimizer: str = "adam"
+    # How fit is fed: `merlin_loader`, Merlin's Loader over a Merlin Dataset; `memory`, the
+    # split's rows as in-memory tensors batched by tf.data (no Loader start in the first step:
+    # the two-tower's fit about 2x faster on the demo, BENCHMARKS.md training_profile; its
+    # quality on ML-100K is not yet checked, so not the default)
+    training_input: str = "merlin_loader"
     # Each ranker has one head per objective; watch_75 is a diagnostic head (no blend weight)
     # that shows what ranking by the naive label would do (models.truth in the summary).
     objectives: list = field(default_factory=lambda: ["click", "like", "share", "watch_75",
@@ -346,6 +352,7 @@ class ModelsConfig:
         **dict.fromkeys(("retrieval_dropout", "ranker_dropout"), Range(0, 1, open_high=True)),
         "retrieval_positive": OneOf(LABELS), "objectives": OneOf(LABELS),
         "optimizer": OneOf(OPTIMIZERS),
+        "training_input": OneOf(TRAINING_INPUTS),
         "light_ranker_layers": AT_LEAST_ONE, "heavy_ranker_layers": AT_LEAST_ONE}
 
 
