@@ -247,6 +247,7 @@ def markdown(results: dict) -> str:
                      f"{GOAL['minutes']} minutes with peak RSS <= {GOAL['peak_rss_mb']:,} MB: "
                      f"{goal_total['seconds'] / 60:.1f} minutes, {goal_total['peak_rss_mb']:,} MB "
                      f"({'met' if met else 'not met'}).")
+    notes += extrapolation(results)
     w = {label: world(n) for label, n in SIZES.items()}
     machines = sorted({e.get("machine", "") for _, e in _ordered(results)})
     return "\n".join([
@@ -274,6 +275,24 @@ def markdown(results: dict) -> str:
         "jobs waited for one of the 2 cores) say how much they slowed it. One run per cell.",
         "", *rows, "", *notes,
     ])
+
+
+def extrapolation(results: dict, target: str = "100m") -> list[str]:
+    """Without a measured `target`, the steps of the largest out-of-core size that finished,
+    scaled linearly in events to `target` (an estimate, said so)."""
+    if results.get(target, {}).get("steps"):
+        return []
+    done = [(label, e) for label, e in _ordered(results)
+            if SIZES[label] > OUT_OF_CORE and e.get("steps")
+            and not any("error" in s for s in e["steps"].values())]
+    if not done:
+        return []
+    label, e = done[-1]
+    factor = SIZES[target] / e["events"]
+    parts = [f"{step} ~{s['seconds'] * factor / 60:,.0f} min" for step, s in e["steps"].items()]
+    return [f"- {target} not measured; scaled linearly from {label} ({factor:.2g}x the events): "
+            f"{', '.join(parts)} (an estimate: it assumes time grows with the events, which the "
+            "measured sizes above support only as far as they go)."]
 
 
 def publish(results: dict) -> None:
