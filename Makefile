@@ -52,6 +52,8 @@ bench: env  ## every benchmark; results go to benchmarks/results/ and BENCHMARKS
 	$(RUN) benchmarks/bench_serving.py
 	$(RUN) benchmarks/bench_experiments.py
 	$(RUN) benchmarks/bench_funnel_stages.py
+	$(RUN) benchmarks/bench_scale.py
+	$(RUN) benchmarks/bench_scale.py --sizes 100m
 
 lock:  ## re-resolve requirements.in into requirements.lock (needs the registry)
 	rm -rf "$(RECFUNNEL_HOME)/lock-venv" && $(PYTHON) -m venv "$(RECFUNNEL_HOME)/lock-venv"

@@ -23,6 +23,8 @@ def test_shipped_configs_load():
     assert big.data.synthetic.n_items == 1_000_000
     # EASE holds items^2 floats: above models.ease_max_items the funnel must not name it
     assert "ease" not in [s["name"] for s in big.funnel.sources]
+    scale = load_config(REPO / "configs" / "scale.yaml")     # benchmarks/bench_scale.py
+    assert scale.data.synthetic.n_events == 300_000 and scale.models.retrieval_epochs == 3
 
 
 def test_unknown_key_is_named_with_its_path(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 
 from recfunnel.config import ValidationConfig
 from recfunnel.data import files, schema, sources
-from recfunnel.data.validation import DataSourceError, SchemaError, validate_table
+from recfunnel.data.validation import DataSourceError, SchemaError, SeenEvents, validate_table
 
 RULES = ValidationConfig(max_timestamp="2030-01-01")
 
@@ -149,3 +149,20 @@ def test_source_accounting_over_many_chunks(tmp_path):
     quarantine = pd.read_parquet(tmp_path / "out" / "quarantine")
     assert len(quarantine) == 5 and set(quarantine["reason"]) == {"negative_watch_seconds"}
     assert len(pd.read_parquet(tmp_path / "out" / "events")) == 45
+
+
+def test_seen_events_finds_copies_across_chunks_as_a_set_would():
+    # Rows drawn from 50 distinct events in chunks of 40: a row is a copy when an equal row came
+    # earlier, in its chunk or in any chunk before (the reference: a Python set of the rows).
+    rng = np.random.default_rng(3)
+    pool = pd.DataFrame({"user_id": rng.integers(1, 6, 50), "item_id": np.arange(50)})
+    seen, reference = SeenEvents(), set()
+    for _ in range(5):
+        chunk = pool.iloc[rng.integers(0, 50, 40)].reset_index(drop=True)
+        copies, hashes = seen.copies(chunk)
+        seen.add(hashes[~copies])
+        expected = []
+        for row in chunk.itertuples(index=False):
+            expected.append(tuple(row) in reference)
+            reference.add(tuple(row))
+        assert copies.tolist() == expected
