@@ -294,20 +294,28 @@ for _name in ("light_ranker", "heavy_ranker"):
 
 
 # ---- selector ----------------------------------------------------------------------------------
+def _blended(candidates, scores, weights) -> np.ndarray:
+    """[n, width] the blend of `weights` over `scores`, -inf at padding."""
+    return np.where(candidates >= 0, blend(scores, weights).reshape(candidates.shape), -np.inf)
+
+
+def _keep_best(candidates, key, scores, keep):
+    """Each row's `keep` candidates of highest `key` (stable on ties): their ids, keys and
+    per-objective scores, each [n, keep]."""
+    n, width = candidates.shape
+    order = np.argsort(-key, axis=1, kind="stable")[:, :min(keep, width)]
+    take = lambda a: np.take_along_axis(a.reshape(n, width), order, axis=1)  # noqa: E731
+    return take(candidates), take(key), {k: take(v) for k, v in scores.items()}
+
+
 class BlendSelector:
     """Orders by the weighted sum of objective scores (models.blend); stable on ties."""
     name = "blend"
 
     def select(self, candidates, scores, keep, weights):
-        n, width = candidates.shape
-        if width == 0:
-            return candidates, np.zeros((n, 0)), {}
-        blended = blend(scores, weights).reshape(n, width)
-        blended = np.where(candidates >= 0, blended, -np.inf)
-        keep = min(keep, width)
-        order = np.argsort(-blended, axis=1, kind="stable")[:, :keep]
-        take = lambda a: np.take_along_axis(a.reshape(n, width), order, axis=1)  # noqa: E731
-        return take(candidates), take(blended), {k: take(v) for k, v in scores.items()}
+        if candidates.shape[1] == 0:
+            return candidates, np.zeros((len(candidates), 0)), {}
+        return _keep_best(candidates, _blended(candidates, scores, weights), scores, keep)
 
 
 SELECTORS["blend"] = BlendSelector
@@ -323,7 +331,8 @@ class FusionSelector:
     name = "fusion"
     PARAMS = {"input_weight": 0.5, "offset": 20.0}
 
-    def __init__(self, input_weight: float = 0.5, offset: float = 20.0):
+    def __init__(self, input_weight: float = PARAMS["input_weight"],
+                 offset: float = PARAMS["offset"]):
         self.input_weight, self.offset = float(input_weight), float(offset)
 
     @classmethod
@@ -333,7 +342,7 @@ class FusionSelector:
         if unknown:
             return f"funnel.selector_params: {unknown} not a parameter of fusion " \
                    f"(it takes {', '.join(cls.PARAMS)})"
-        w, offset = params.get("input_weight", 0.5), params.get("offset", 20.0)
+        w, offset = ({**cls.PARAMS, **params}[name] for name in ("input_weight", "offset"))
         if not isinstance(w, (int, float)) or not 0 <= w <= 1:
             return f"funnel.selector_params.input_weight must be in [0, 1], got {w!r}"
         if not isinstance(offset, (int, float)) or not math.isfinite(offset) or offset <= 0:
@@ -344,17 +353,13 @@ class FusionSelector:
         n, width = candidates.shape
         if width == 0:
             return candidates, np.zeros((n, 0)), {}
-        valid = candidates >= 0
-        blended = np.where(valid, blend(scores, weights).reshape(n, width), -np.inf)
+        blended = _blended(candidates, scores, weights)
         blend_rank = np.empty((n, width), np.int64)
         np.put_along_axis(blend_rank, np.argsort(-blended, axis=1, kind="stable"),
                           np.broadcast_to(np.arange(width), (n, width)), axis=1)
         fused = self.input_weight / (self.offset + np.arange(width)) + \
             (1 - self.input_weight) / (self.offset + blend_rank)
-        fused = np.where(valid, fused, -np.inf)
-        order = np.argsort(-fused, axis=1, kind="stable")[:, :min(keep, width)]
-        take = lambda a: np.take_along_axis(a.reshape(n, width), order, axis=1)  # noqa: E731
-        return take(candidates), take(fused), {k: take(v) for k, v in scores.items()}
+        return _keep_best(candidates, np.where(candidates >= 0, fused, -np.inf), scores, keep)
 
 
 SELECTORS["fusion"] = FusionSelector
