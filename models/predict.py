@@ -33,6 +33,7 @@ from recfunnel.models.data import Splits
 from recfunnel.models.funnel import MODEL, OFFLINE_FEATURES, Funnel, FunnelSettings
 
 RETRIEVAL_LISTS = ("two_tower", "mf", "ease", POPULARITY)   # each when the version has it
+BLOCK_USERS = 2048      # users per block of predictions: bounds the rankers' rows and score grids
 
 
 def write_predictions(dataset_dir: Path, version_dir: Path, out_dir: Path, cfg,
@@ -65,10 +66,19 @@ def write_predictions(dataset_dir: Path, version_dir: Path, out_dir: Path, cfg,
     sources = [s for s in RETRIEVAL_LISTS if all((Path(version_dir) / f).is_dir()
                                                  for f in SOURCES[s].artifacts(version_dir))]
     steps = tqdm(total=len(sources) + 2, desc="predictions", unit="model", disable=not progress)
-    final = funnel.recommend(users, exclude_raw=exclude, keep_stages=True)
+    # by blocks of users: the rankers' rows (users x candidates) stay bounded at any scale
+    stage_ms, parts = {}, []
+    for lo in range(0, len(users), BLOCK_USERS):
+        part = funnel.recommend(users[lo:lo + BLOCK_USERS],
+                                exclude_raw=exclude[lo:lo + BLOCK_USERS], keep_stages=True)
+        parts.append(part)
+        for stage, ms in part.stage_ms.items():
+            stage_ms[stage] = stage_ms.get(stage, 0.0) + ms
     stages = stage_lists(settings.ranker_names)
-    lists = {"funnel": final.items, "funnel_candidates": final.candidates,
-             **{stages[name]: cut for name, cut in final.kept.items()}}
+    lists = {"funnel": _stack([p.items for p in parts]),
+             "funnel_candidates": _stack([p.candidates for p in parts]),
+             **{stages[name]: _stack([p.kept[name] for p in parts])
+                for name in settings.ranker_names}}
     steps.update()
     rows, path = funnel.user_rows(users)
     request = funnel.request(users, rows, path, exclude)
@@ -81,24 +91,34 @@ def write_predictions(dataset_dir: Path, version_dir: Path, out_dir: Path, cfg,
     width = int(funnel.items["item_id"].max()) + 1
     ranks = []
     for kind in sources:
-        # each list by the registered source itself, for every user (unknown ones included)
+        # each list by the registered source itself, for every user (unknown ones included);
+        # the full-catalogue scores only ever exist for one block of users at a time
         source = SOURCES[kind].open(version_dir, settings, funnel)
         if kind == "ease":
             ids = source.candidates(request, k, excluded)[0]
-            dense = np.full((len(users), width), -np.inf, np.float32)
-            for row, had in enumerate(funnel.user_items(request)):
-                dense[row, :len(source.fitted)] = source.scores(had)
+            had = funnel.user_items(request)
+
+            def block(lo, hi, source=source, had=had):
+                dense = np.full((hi - lo, width), -np.inf, np.float32)
+                for row in range(lo, hi):
+                    dense[row - lo, :len(source.fitted)] = source.scores(had[row])
+                return dense
         elif kind == POPULARITY:
             ids = source.candidates(request, k, excluded)[0]
-            dense = np.zeros(width)
-            dense[source.model.item_ids] = source.model.counts
-            dense = np.broadcast_to(dense, (len(users), width))
+            counts = np.zeros(width)
+            counts[source.model.item_ids] = source.model.counts
+
+            def block(lo, hi, counts=counts):
+                return np.broadcast_to(counts, (hi - lo, width))
         else:
             vectors = query_vectors(source.query, rows)
             ids = source.index.search(vectors, k, excluded)[0]
-            dense = np.full((len(users), width), -np.inf, np.float32)
-            dense[:, source.index.item_ids] = vectors @ source.index.vectors.T
-        ranks.append(full_ranks(kind, dense, excluded, relevant_ids, relevant_raw))
+
+            def block(lo, hi, source=source, vectors=vectors):
+                dense = np.full((hi - lo, width), -np.inf, np.float32)
+                dense[:, source.index.item_ids] = vectors[lo:hi] @ source.index.vectors.T
+                return dense
+        ranks.append(full_ranks(kind, block, len(users), excluded, relevant_ids, relevant_raw))
         lists[kind] = funnel.raw_ids(ids)
         steps.update()
     np.savez_compressed(out_dir / "lists.npz", **lists)
@@ -122,32 +142,48 @@ def write_predictions(dataset_dir: Path, version_dir: Path, out_dir: Path, cfg,
             "repeat_positives_dropped": repeats,
             "lists": {name: list(a.shape) for name, a in lists.items()},
             "ranker_rows": int(len(scored)), "version": funnel.version,
-            "funnel_stage_ms": final.stage_ms}
+            "funnel_stage_ms": stage_ms}
 
 
-def full_ranks(name: str, scores: np.ndarray, excluded: list[np.ndarray],
-               relevant: list[np.ndarray], relevant_raw: list[np.ndarray]) -> pd.DataFrame:
+def full_ranks(name: str, scores, n_users: int, excluded: list[np.ndarray],
+               relevant: list[np.ndarray], relevant_raw: list[np.ndarray],
+               block_users: int | None = None) -> pd.DataFrame:
     """The 0-based rank of each relevant item (categorified ids; raw ids alongside) among all
-    catalogue items by `scores` ([n_users, max item id + 1], -inf where not an item), the
-    user's excluded items removed; an item the model cannot rank (not in its catalogue) ranks
-    last. Columns list, row, item_id (raw), rank: the shape of `bias.positive_ranks`."""
+    catalogue items by `scores(lo, hi)` (the [hi - lo, max item id + 1] scores of users lo..hi,
+    -inf where not an item), the user's excluded items removed; an item the model cannot rank
+    (not in its catalogue) ranks last. Asked block by block, so memory stays at one block of
+    users whatever the catalogue. Columns list, row, item_id (raw), rank: the shape of
+    `bias.positive_ranks`."""
+    block_users = block_users or BLOCK_USERS
     rows, items, rank = [], [], []
-    n_ranked = np.isfinite(scores[0]).sum() if len(scores) else 0
-    for r in range(len(relevant)):
-        s = np.array(scores[r], dtype=np.float64)
-        s[excluded[r][excluded[r] < len(s)]] = -np.inf
-        rel = relevant[r]
-        known = (rel >= 0) & (rel < len(s))
-        ranked = np.sort(s[np.isfinite(s)])
-        pos = np.full(len(rel), n_ranked, np.int64)
-        if known.any():
-            mine = s[rel[known]]
-            pos[known] = np.where(np.isfinite(mine),
-                                  len(ranked) - np.searchsorted(ranked, mine, side="right"),
-                                  n_ranked)
-        rows.append(np.full(len(rel), r))
-        items.append(relevant_raw[r])
-        rank.append(pos)
+    n_ranked = None
+    for lo in range(0, n_users, block_users):
+        hi = min(lo + block_users, n_users)
+        grid = scores(lo, hi)
+        if n_ranked is None:
+            n_ranked = int(np.isfinite(grid[0]).sum())
+        for r in range(lo, hi):
+            s = np.array(grid[r - lo], dtype=np.float64)
+            s[excluded[r][excluded[r] < len(s)]] = -np.inf
+            rel = relevant[r]
+            known = (rel >= 0) & (rel < len(s))
+            ranked = np.sort(s[np.isfinite(s)])
+            pos = np.full(len(rel), n_ranked, np.int64)
+            if known.any():
+                mine = s[rel[known]]
+                pos[known] = np.where(np.isfinite(mine),
+                                      len(ranked) - np.searchsorted(ranked, mine, side="right"),
+                                      n_ranked)
+            rows.append(np.full(len(rel), r))
+            items.append(relevant_raw[r])
+            rank.append(pos)
     return pd.DataFrame({"list": name, "row": np.concatenate(rows) if rows else [],
                          "item_id": np.concatenate(items) if items else [],
                          "rank": np.concatenate(rank) if rank else []})
+
+
+def _stack(blocks: list[np.ndarray]) -> np.ndarray:
+    """Blocks of users' lists as one [n_users, width] array (-1 pads a narrower block)."""
+    width = max(b.shape[1] for b in blocks)
+    return np.concatenate([np.pad(b, ((0, 0), (0, width - b.shape[1])), constant_values=-1)
+                           for b in blocks])
