@@ -75,9 +75,9 @@ def write_predictions(dataset_dir: Path, version_dir: Path, out_dir: Path, cfg,
         for stage, ms in part.stage_ms.items():
             stage_ms[stage] = stage_ms.get(stage, 0.0) + ms
     stages = stage_lists(settings.ranker_names)
-    lists = {"funnel": _stack([p.items for p in parts]),
-             "funnel_candidates": _stack([p.candidates for p in parts]),
-             **{stages[name]: _stack([p.kept[name] for p in parts])
+    lists = {"funnel": np.concatenate([p.items for p in parts]),
+             "funnel_candidates": np.concatenate([p.candidates for p in parts]),
+             **{stages[name]: np.concatenate([p.kept[name] for p in parts])
                 for name in settings.ranker_names}}
     steps.update()
     rows, path = funnel.user_rows(users)
@@ -146,19 +146,17 @@ def write_predictions(dataset_dir: Path, version_dir: Path, out_dir: Path, cfg,
 
 
 def full_ranks(name: str, scores, n_users: int, excluded: list[np.ndarray],
-               relevant: list[np.ndarray], relevant_raw: list[np.ndarray],
-               block_users: int | None = None) -> pd.DataFrame:
+               relevant: list[np.ndarray], relevant_raw: list[np.ndarray]) -> pd.DataFrame:
     """The 0-based rank of each relevant item (categorified ids; raw ids alongside) among all
     catalogue items by `scores(lo, hi)` (the [hi - lo, max item id + 1] scores of users lo..hi,
     -inf where not an item), the user's excluded items removed; an item the model cannot rank
     (not in its catalogue) ranks last. Asked block by block, so memory stays at one block of
     users whatever the catalogue. Columns list, row, item_id (raw), rank: the shape of
     `bias.positive_ranks`."""
-    block_users = block_users or BLOCK_USERS
     rows, items, rank = [], [], []
     n_ranked = None
-    for lo in range(0, n_users, block_users):
-        hi = min(lo + block_users, n_users)
+    for lo in range(0, n_users, BLOCK_USERS):
+        hi = min(lo + BLOCK_USERS, n_users)
         grid = scores(lo, hi)
         if n_ranked is None:
             n_ranked = int(np.isfinite(grid[0]).sum())
@@ -180,10 +178,3 @@ def full_ranks(name: str, scores, n_users: int, excluded: list[np.ndarray],
     return pd.DataFrame({"list": name, "row": np.concatenate(rows) if rows else [],
                          "item_id": np.concatenate(items) if items else [],
                          "rank": np.concatenate(rank) if rank else []})
-
-
-def _stack(blocks: list[np.ndarray]) -> np.ndarray:
-    """Blocks of users' lists as one [n_users, width] array (-1 pads a narrower block)."""
-    width = max(b.shape[1] for b in blocks)
-    return np.concatenate([np.pad(b, ((0, 0), (0, width - b.shape[1])), constant_values=-1)
-                           for b in blocks])
