@@ -241,9 +241,11 @@ def whole_funnel(splits, protocols) -> dict:
     benchmark's dataset (its models and evaluation steps), then run in process over the same
     users and exclusions as every other row. Like them it picks its serving setting on
     validation, from a grid of declarations of the same trained version: two-tower or
-    two-tower + EASE candidates -> light ranker -> heavy ranker, each with the blend's
-    click/like weights x the light ranker's cut, and EASE alone (no ranking stage: a stage
-    earns its place only when the funnel with it is better). Its test figures are the chosen
+    two-tower + EASE candidates (500) -> light ranker -> heavy ranker, each with the blend's
+    click/like weights x the light ranker's cut; EASE alone (no ranking stage: a stage earns
+    its place only when the funnel with it is better); and EASE's top 100 -> heavy ranker
+    with the fusion selector (the config's declaration, for which the rankers' cascade
+    negatives are drawn: EASE's top 100) x EASE's weight. Its test figures are the chosen
     declaration's; the pipeline's own evaluation (the config's) and the stage-by-stage
     comparison are kept beside them. The funnel's EASE source scores a user from everything
     they have (for the test split: train and validation), the peer row from train alone."""
@@ -265,7 +267,7 @@ def whole_funnel(splits, protocols) -> dict:
     tried = []
     # the declared funnels tried (models.funnel.FunnelSettings): the config's chain with its
     # blend and light cut varied, EASE beside the two-tower, and EASE alone (no ranking stage)
-    chains = {"two-tower -> light -> heavy": {"sources": base.sources},
+    chains = {"two-tower -> light -> heavy": {"sources": [{"name": "two_tower", "share": 1.0}]},
               "two-tower + EASE -> light -> heavy": {"sources": [
                   {"name": "two_tower", "share": 0.5}, {"name": "ease", "share": 0.5}]}}
     grid = [(chain, click, keep) for chain in chains
@@ -285,7 +287,8 @@ def whole_funnel(splits, protocols) -> dict:
                              rankers=[{"name": "heavy_ranker"}], selector="fusion",
                              selector_params={"input_weight": keep})
         else:
-            settings = with_(base, **chains[chain],
+            settings = with_(base, **chains[chain], candidates_k=500, selector="blend",
+                             selector_params={},
                              blend={"click": click, "like": round(1 - click, 2)},
                              rankers=[{"name": "light_ranker", "keep": keep},
                                       {"name": "heavy_ranker"}])
@@ -475,8 +478,11 @@ def markdown(r: dict) -> str:
                            for t in funnel["grid"])
         alone = next((t for t in funnel["grid"] if t["params"]["funnel"] == "EASE alone"), None)
         chosen = funnel["chosen"]
-        verdict += ("\n\nThe declared funnels tried (one trained version; chosen on validation "
-                    f"recall@10; test recall@10 / NDCG@10): {chains}. Chosen: "
+        verdict += ("\n\nThe declared funnels tried (one trained version, its rankers trained "
+                    "for configs/movielens100k.yaml's declaration: their cascade negatives come "
+                    "from what it hands them, so a chain that hands them another input, e.g. "
+                    "the two-tower's 500, ranks with rankers fitted to EASE's top 100; chosen "
+                    f"on validation recall@10; test recall@10 / NDCG@10): {chains}. Chosen: "
                     f"**{setting(chosen)}** ({funnel['test']['recall@10']} / "
                     f"{funnel['test']['ndcg@10']})")
         if alone and chosen["funnel"] != "EASE alone":

@@ -1,97 +1,103 @@
 """Cascade-consistent ranker data (L6): each ranker also learns from what it will rank.
 
-Served, the light ranker orders the candidate generator's top `candidates_k` for a user and the
-heavy ranker the light ranker's top `keep` (config funnel.rankers). Logged impressions and negatives sampled
-from the whole catalogue are not that distribution: every candidate is already a good guess for
-its user, and popularity-sampled negatives teach a ranker to push popular items down. So for each
-user with observed rows in a split, `stage_negatives` draws items from what the stage before
-returns for that user (none the user has a row with in the split), labels them 0 on every
-objective, and computes their features with the saved workflow at one of the user's own moments
-in that split, so they are examples like any other (point-in-time features included).
+Served, each ranker orders what the declared funnel (config `funnel:`) hands it: the first one
+the sources' top `candidates_k` (whatever the sources are: the two-tower, EASE, a mix), a later
+one the ranker before it's kept cut. Logged impressions and negatives sampled from the whole
+catalogue are not that distribution: every candidate is already a good guess for its user, and
+popularity-sampled negatives teach a ranker to push popular items down. So for each user with
+observed rows in a split, `stage_negatives` draws items from what the declared funnel returns
+just before the ranker (`stage_before`: the same Funnel that serves, run on the version's
+offline tables), none the user has a row with in the split, labels them 0 on every objective,
+and computes their features with the saved workflow at one of the user's own moments in that
+split, so they are examples like any other (point-in-time features included).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from recfunnel.models.candidates import load_retrieval, query_vectors
-from recfunnel.models.features import example_rows, load_feature_tables, load_pair_table
-from recfunnel.models.funnel import rank_candidates
+from recfunnel.models.features import FEATURES, example_rows
+from recfunnel.models.funnel import MODEL, Funnel, FunnelSettings
 
-CASCADE_STAGES = ("candidates", "light_ranker")   # whose output a ranker's negatives come from
+CANDIDATES = "candidates"      # the stage before a funnel's first ranker: its sources
+BLOCK_USERS = 2048             # users per offline funnel call (bounds the candidate arrays)
 
 
-@dataclass
-class StageView:
-    """What a trained version's first stages return for given users, offline.
+def stage_before(settings: FunnelSettings, ranker: str) -> tuple[FunnelSettings, str]:
+    """The declared funnel cut just before `ranker`, and the name of the stage it ends with.
 
-    Users are looked up in a feature table (the version's offline evaluation tables: the state
-    before the test period); candidates come from the configured retrieval model and index,
-    excluding each user's `exclude` items, and the light ranker keeps its top `light_keep`.
+    Before the first ranker (or a ranker the funnel does not declare, which would rank the
+    candidates) the funnel is its sources alone, listing `candidates_k`; before a later ranker
+    it is the rankers ahead of it, listing the one before's cut (max(keep, k)).
     """
-    version_root: Path
-    features: str
-    retrieval: str
-    index: str
-    candidates_k: int
-    light_keep: int
-    blend_weights: dict
-
-    def __post_init__(self):
-        self.users, self.items = load_feature_tables(self.version_root / self.features)
-        self.pairs = load_pair_table(self.version_root / self.features)
-        self._query, self._index, _ = load_retrieval(self.version_root / f"{self.retrieval}_query",
-                                                     self.version_root / f"{self.retrieval}_items",
-                                                     self.index)
-        self._raw_of = pd.Series(self.items.index.to_numpy(), index=self.items["item_id"].to_numpy())
-
-    def user_rows(self, users_raw: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
-        known = np.isin(users_raw, self.users.index.to_numpy())
-        rows = self.users.reindex(np.where(known, users_raw, self.users.index[0]))
-        return rows.reset_index(drop=True), known
-
-    def candidates(self, rows: pd.DataFrame, exclude: list[np.ndarray]) -> np.ndarray:
-        """[n, candidates_k] categorified ids, best first, -1 pads."""
-        vectors = query_vectors(self._query, rows)
-        k = min(self.candidates_k, len(self._index.item_ids))
-        return self._index.search(vectors, k, exclude)[0]
-
-    def light_kept(self, rows: pd.DataFrame, candidates: np.ndarray, scorer) -> np.ndarray:
-        """[n, light_keep] the light ranker's best of each user's candidates."""
-        kept, _, _ = rank_candidates(scorer, rows, self.items, candidates, self.light_keep,
-                                     self.blend_weights, self.pairs)
-        return kept
+    names = settings.ranker_names
+    at = names.index(ranker) if ranker in names else 0
+    if at == 0:
+        return replace(settings, rankers=[], k=settings.candidates_k), CANDIDATES
+    width = settings.keeps(settings.k)[at - 1]
+    return replace(settings, rankers=settings.rankers[:at], k=width), names[at - 1]
 
 
-def stage_negatives(frame: pd.DataFrame, view: StageView, stage: str, per_row: float,
-                    dataset_dir: Path, seed: int, light_scorer=None,
-                    exclude_frames: tuple[pd.DataFrame, ...] = ()) -> pd.DataFrame:
-    """Negative examples for the ranker after `stage` ('candidates': the light ranker's input;
-    'light_ranker': the heavy ranker's), in `frame`'s columns.
+class StageView:
+    """What a trained version's declared funnel returns offline just before one ranker.
+
+    Users are looked up in the version's `features` tables (the offline evaluation's: the state
+    before the test period); the lists come from the serving code (models.funnel.Funnel) for the
+    funnel `stage_before` cuts, so training sees the order the ranker will be handed.
+    """
+
+    def __init__(self, version_root: Path, features: str, settings: FunnelSettings,
+                 ranker: str):
+        self.settings, self.stage = stage_before(settings, ranker)
+        self.funnel = Funnel(version_root, self.settings, features=features)
+        self.width = min(self.settings.k, self.funnel.catalogue_size)
+
+    @staticmethod
+    def artifacts(version_root: Path, features: str, settings: FunnelSettings,
+                  ranker: str) -> list[str]:
+        """The version folders the view opens (to say which are missing before opening)."""
+        cut, _ = stage_before(settings, ranker)
+        return [features if a == FEATURES else a for a in cut.artifacts(Path(version_root))]
+
+    def lists(self, users_raw: np.ndarray, exclude_raw: list[np.ndarray]
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """([n, width] raw item ids best first, -1 pads; [n] whether the models know the user)
+        for raw user ids, never listing a user's `exclude_raw` items."""
+        users_raw = np.asarray(users_raw, np.int64)
+        items = np.full((len(users_raw), self.width), -1, np.int64)
+        known = np.zeros(len(users_raw), bool)
+        for start in range(0, len(users_raw), BLOCK_USERS):
+            block = slice(start, start + BLOCK_USERS)
+            got = self.funnel.recommend(users_raw[block], k=self.width,
+                                        exclude_raw=exclude_raw[block])
+            items[block, :got.items.shape[1]] = got.items
+            known[block] = got.path == MODEL
+        return items, known
+
+
+def stage_negatives(frame: pd.DataFrame, view: StageView, per_row: float, dataset_dir: Path,
+                    seed: int, exclude_frames: tuple[pd.DataFrame, ...] = ()) -> pd.DataFrame:
+    """Negative examples for the ranker `view` stands before, in `frame`'s columns.
 
     Each user with observed (not sampled) rows in `frame` gets round(per_row x those rows)
-    items drawn uniformly from what `stage` returns for them, excluding every item the user has
+    items drawn uniformly from what the view lists for them, excluding every item the user has
     a row with in `frame` or positives in `exclude_frames`, each anchored at the timestamp of
-    one of the user's observed rows; the workflow computes their features at that time.
+    one of the user's observed rows; the workflow computes their features at that time. Users
+    the models do not know (served by the popularity fallback) get none.
     """
-    if stage not in CASCADE_STAGES:
-        raise ValueError(f"cascade stage must be one of {CASCADE_STAGES}, got {stage!r}")
     if per_row <= 0:
         return frame.iloc[:0]
     observed = frame[frame["sampled_negative"] == 0]
     users = np.unique(observed["user_id_raw"].to_numpy(np.int64))
-    rows, known = view.user_rows(users)
-    touched = pd.concat([frame[["user_id_raw", "item_id"]],
-                         *[f.loc[f["click"] == 1, ["user_id_raw", "item_id"]]
+    touched = pd.concat([frame[["user_id_raw", "item_id_raw"]],
+                         *[f.loc[f["click"] == 1, ["user_id_raw", "item_id_raw"]]
                            for f in exclude_frames]])
-    by_user = touched.groupby("user_id_raw")["item_id"].apply(np.asarray)
+    by_user = touched.groupby("user_id_raw")["item_id_raw"].apply(np.asarray)
     exclude = [by_user.get(u, np.empty(0, np.int64)) for u in users]
-    lists = view.candidates(rows, exclude)
-    if stage == "light_ranker":
-        lists = view.light_kept(rows, lists, light_scorer)
+    lists, known = view.lists(users, exclude)
     anchors = observed.groupby("user_id_raw")
     picked_user, picked_item, picked_time = [], [], []
     for n, user in enumerate(users):
@@ -110,8 +116,7 @@ def stage_negatives(frame: pd.DataFrame, view: StageView, stage: str, per_row: f
         picked_time.append(times)
     if not picked_user:
         return frame.iloc[:0]
-    item_raw = view._raw_of.reindex(np.concatenate(picked_item)).to_numpy(np.int64)
-    out = example_rows(dataset_dir, np.concatenate(picked_user), item_raw,
+    out = example_rows(dataset_dir, np.concatenate(picked_user), np.concatenate(picked_item),
                        np.concatenate(picked_time))
     out["sampled_negative"] = np.int8(1)
     out["split"] = frame["split"].iloc[0] if len(frame) else 0

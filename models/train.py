@@ -16,7 +16,7 @@ import pandas as pd
 from recfunnel.models.artifacts import new_version, write_manifest
 from recfunnel.models.candidates import (RETRIEVAL_SCORE, PopularityCandidates, load_retrieval,
                                retrieval_scores)
-from recfunnel.models.cascade import StageView, cascade_mix, stage_negatives
+from recfunnel.models.cascade import CANDIDATES, StageView, cascade_mix, stage_negatives
 from recfunnel.models.data import Splits
 from recfunnel.models.features import (FEATURES, OFFLINE_FEATURES, build_feature_tables,
                                        history_events)
@@ -94,12 +94,12 @@ def train_all(dataset_dir: Path, out_dir: Path, cfg: ModelsConfig, funnel: Funne
 def previous_stage_score(splits: Splits, root: Path, cfg: ModelsConfig, funnel: FunnelSettings):
     """With `models.ranker_retrieval_score`, the function that fills a frame's
     `retrieval_score` (the funnel's learned candidate source's score of each row, a ranker
-    feature) and the column in the splits' schema; None when it is off or the version has no
-    such model."""
+    feature; the two-tower's when no declared source has a query tower, e.g. EASE's candidates)
+    and the column in the splits' schema; None when it is off or the version has no such model."""
     from merlin.schema import ColumnSchema, Schema, Tags
 
-    kind = funnel.learned_source
-    if not cfg.ranker_retrieval_score or kind is None or not (root / f"{kind}_query").is_dir():
+    kind = funnel.learned_source or "two_tower"
+    if not cfg.ranker_retrieval_score or not (root / f"{kind}_query").is_dir():
         return None
     query, index, _ = load_retrieval(root / f"{kind}_query", root / f"{kind}_items")
     if RETRIEVAL_SCORE not in splits.schema.column_names:
@@ -137,31 +137,25 @@ def write_feature_tables(dataset_dir: Path, root: Path, version: str, as_of,
 def cascade_rows(kind: str, splits: Splits, dataset_dir: Path, root: Path, cfg: ModelsConfig,
                  funnel: FunnelSettings):
     """(train rows, validation rows, their mix) for the `kind` ranker: the splits' rows plus
-    negatives from the stage before it (the funnel's learned source's candidates for the light
-    ranker, the light ranker's kept set for the heavy one), when that stage and the offline
-    tables exist."""
-    from recfunnel.models.scorer import RankerScorer     # TensorFlow
-
+    negatives from the declared funnel's stage before it (models.cascade.stage_before: the
+    sources' candidates before the first ranker, the ranker before's cut after it), when that
+    stage's models and the offline tables are in the version."""
     per_row = cfg.light_cascade_negatives if kind == "light" else cfg.heavy_cascade_negatives
-    stage = "candidates" if kind == "light" else "light_ranker"
-    retrieval = funnel.learned_source or "two_tower"
-    needed = [root / OFFLINE_FEATURES, root / f"{retrieval}_query"]
-    if kind == "heavy":
-        needed.append(root / "light_ranker")
-    missing = [p.name for p in needed if not p.is_dir()]
+    ranker = f"{kind}_ranker"
+    needed = StageView.artifacts(root, OFFLINE_FEATURES, funnel, ranker)
+    missing = [name for name in needed if not (root / name).is_dir()]
     if per_row <= 0 or missing:
         reason = "off" if per_row <= 0 else f"needs {missing} in the version"
         return None, None, {**cascade_mix(splits.train, splits.train.iloc[:0]),
                             "cascade": reason}
-    view = StageView(root, OFFLINE_FEATURES, retrieval, funnel.index, funnel.candidates_k,
-                     funnel.keep_of("light_ranker", 100), funnel.blend)
-    scorer = RankerScorer(root / "light_ranker") if kind == "heavy" else None
-    train_neg = stage_negatives(splits.train, view, stage, per_row, dataset_dir, cfg.seed,
-                                scorer)
-    valid_neg = stage_negatives(splits.valid, view, stage, per_row, dataset_dir, cfg.seed + 1,
-                                scorer, exclude_frames=(splits.train,))
-    mix = {**cascade_mix(splits.train, train_neg), "cascade": f"from the {stage}",
-           "per_observed_row": per_row}
+    view = StageView(root, OFFLINE_FEATURES, funnel, ranker)
+    train_neg = stage_negatives(splits.train, view, per_row, dataset_dir, cfg.seed)
+    valid_neg = stage_negatives(splits.valid, view, per_row, dataset_dir, cfg.seed + 1,
+                                exclude_frames=(splits.train,))
+    sources = " + ".join(s["name"] for s in view.settings.sources)
+    stage = f"the candidates ({sources})" if view.stage == CANDIDATES else f"the {view.stage}"
+    mix = {**cascade_mix(splits.train, train_neg), "cascade": f"from {stage}",
+           "stage_width": view.width, "per_observed_row": per_row}
     return (pd.concat([splits.train, train_neg], ignore_index=True),
             pd.concat([splits.valid, valid_neg], ignore_index=True), mix)
 
