@@ -21,9 +21,9 @@ import pandas as pd
 
 from recfunnel.models.features import FEATURES, example_rows
 from recfunnel.models.funnel import MODEL, Funnel, FunnelSettings
+from recfunnel.models.predict import BLOCK_USERS   # the offline funnel calls' memory bound
 
 CANDIDATES = "candidates"      # the stage before a funnel's first ranker: its sources
-BLOCK_USERS = 2048             # users per offline funnel call (bounds the candidate arrays)
 
 
 def stage_before(settings: FunnelSettings, ranker: str) -> tuple[FunnelSettings, str]:
