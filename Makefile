@@ -53,6 +53,7 @@ bench: env  ## every benchmark; results go to benchmarks/results/ and BENCHMARKS
 	$(RUN) benchmarks/bench_experiments.py
 	$(RUN) benchmarks/bench_funnel_stages.py
 	$(RUN) benchmarks/bench_demo_blend.py
+	$(RUN) benchmarks/bench_demo_seeds.py
 	$(RUN) benchmarks/bench_scale.py
 	$(RUN) benchmarks/bench_scale.py --sizes 100m
 
