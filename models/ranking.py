@@ -22,6 +22,7 @@ import merlin.models.tf as mm
 from merlin.schema import Schema, Tags
 
 from recfunnel.models.artifacts import write_manifest
+from recfunnel.models.saving import save_serving
 from recfunnel.models.candidates import RETRIEVAL_SCORE
 from recfunnel.models.data import Splits, embedding_tables, training_data
 from recfunnel.models.epochs import KeepBestEpoch
@@ -165,7 +166,7 @@ def train_ranker(kind: str, splits: Splits, cfg: ModelsConfig, out_dir: Path, ve
     seconds = round(time.perf_counter() - start, 2)
     model_dir = out_dir / f"{kind}_ranker"
     shutil.rmtree(model_dir, ignore_errors=True)
-    model.save(str(model_dir))
+    save_serving(model, model_dir)
     features = schema.excluding_by_tag(Tags.TARGET)
     write_manifest(model_dir, version, "ranker",
                    schema={c.name: str(c.dtype.to_numpy) for c in features},

@@ -23,6 +23,7 @@ from merlin.models.tf.transforms.bias import PopularityLogitsCorrection
 from merlin.schema import Schema, Tags
 
 from recfunnel.models.artifacts import write_manifest
+from recfunnel.models.saving import save_serving
 from recfunnel.models.candidates import ITEM_EMBEDDINGS, ITEM_IDS, EmbeddingIndex
 from recfunnel.models.data import Splits, embedding_tables, to_tensors, training_data
 from recfunnel.models.epochs import KeepBestEpoch
@@ -205,7 +206,7 @@ def export_retrieval(model, kind: str, splits: Splits, schemas: tuple[Schema, Sc
     query_dir, items_dir = out_dir / f"{kind}_query", out_dir / f"{kind}_items"
     for d in (query_dir, items_dir):
         shutil.rmtree(d, ignore_errors=True)
-    model.query_encoder.save(str(query_dir))
+    save_serving(model.query_encoder, query_dir)
     user_schema, item_schema = schemas
     ids, items = splits.catalogue_inputs(item_schema.column_names)
     vectors = item_vectors(model, items, item_schema)
