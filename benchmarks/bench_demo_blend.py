@@ -67,7 +67,7 @@ def measure(run_dir: Path) -> dict:
                                                  online_metrics, simulate)
     from recfunnel.models.data import Splits
     from recfunnel.models.funnel import OFFLINE_FEATURES, Funnel, FunnelSettings
-    from recfunnel.models.predict import BLOCK_USERS
+    from recfunnel.models.predict import recommend_by_blocks
 
     cfg = load_config(run_dir / "config.yaml")
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -85,9 +85,8 @@ def measure(run_dir: Path) -> dict:
         funnel = Funnel(version, replace(base, blend=blend), features=OFFLINE_FEATURES)
         row = {"blend": blend}
         for split, (users, exclude) in protos.items():
-            recs = [funnel.recommend(users[i:i + BLOCK_USERS], k=K, keep_stages=True,
-                                     exclude_raw=exclude[i:i + BLOCK_USERS])
-                    for i in range(0, len(users), BLOCK_USERS)]
+            recs = [got for _, got in recommend_by_blocks(funnel, users, exclude, k=K,
+                                                          keep_stages=True)]
             lists = {"funnel": np.concatenate([r.items for r in recs]),
                      "light_cut": np.concatenate([r.kept[light][:, :K] for r in recs])}
             judged, _ = lists_vs_truth(lists, users, lambda idx: world.relevance_matrix(idx, day),

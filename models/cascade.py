@@ -21,7 +21,7 @@ import pandas as pd
 
 from recfunnel.models.features import FEATURES, example_rows
 from recfunnel.models.funnel import MODEL, Funnel, FunnelSettings
-from recfunnel.models.predict import BLOCK_USERS   # the offline funnel calls' memory bound
+from recfunnel.models.predict import recommend_by_blocks
 
 CANDIDATES = "candidates"      # the stage before a funnel's first ranker: its sources
 
@@ -69,10 +69,7 @@ class StageView:
         users_raw = np.asarray(users_raw, np.int64)
         items = np.full((len(users_raw), self.width), -1, np.int64)
         known = np.zeros(len(users_raw), bool)
-        for start in range(0, len(users_raw), BLOCK_USERS):
-            block = slice(start, start + BLOCK_USERS)
-            got = self.funnel.recommend(users_raw[block], k=self.width,
-                                        exclude_raw=exclude_raw[block])
+        for block, got in recommend_by_blocks(self.funnel, users_raw, exclude_raw, k=self.width):
             items[block, :got.items.shape[1]] = got.items
             known[block] = got.path == MODEL
         return items, known

@@ -36,6 +36,15 @@ RETRIEVAL_LISTS = ("two_tower", "mf", "ease", POPULARITY)   # each when the vers
 BLOCK_USERS = 2048      # users per block of predictions: bounds the rankers' rows and score grids
 
 
+def recommend_by_blocks(funnel: Funnel, users_raw: np.ndarray, exclude_raw: list, **kwargs):
+    """`funnel.recommend` over blocks of BLOCK_USERS users, each `exclude_raw` with its own:
+    yields (the block's slice of `users_raw`, its Recommendations). The rankers' rows (users x
+    candidates) of one block at a time stay bounded at any scale."""
+    for lo in range(0, len(users_raw), BLOCK_USERS):
+        block = slice(lo, lo + BLOCK_USERS)
+        yield block, funnel.recommend(users_raw[block], exclude_raw=exclude_raw[block], **kwargs)
+
+
 def write_predictions(dataset_dir: Path, version_dir: Path, out_dir: Path, cfg,
                       funnel_settings: FunnelSettings, progress: bool = True) -> dict:
     """The test split's predictions of the version at `version_dir` under the declared funnel
@@ -66,11 +75,8 @@ def write_predictions(dataset_dir: Path, version_dir: Path, out_dir: Path, cfg,
     sources = [s for s in RETRIEVAL_LISTS if all((Path(version_dir) / f).is_dir()
                                                  for f in SOURCES[s].artifacts(version_dir))]
     steps = tqdm(total=len(sources) + 2, desc="predictions", unit="model", disable=not progress)
-    # by blocks of users: the rankers' rows (users x candidates) stay bounded at any scale
     stage_ms, parts = {}, []
-    for lo in range(0, len(users), BLOCK_USERS):
-        part = funnel.recommend(users[lo:lo + BLOCK_USERS],
-                                exclude_raw=exclude[lo:lo + BLOCK_USERS], keep_stages=True)
+    for _, part in recommend_by_blocks(funnel, users, exclude, keep_stages=True):
         parts.append(part)
         for stage, ms in part.stage_ms.items():
             stage_ms[stage] = stage_ms.get(stage, 0.0) + ms

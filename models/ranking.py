@@ -22,11 +22,11 @@ import merlin.models.tf as mm
 from merlin.schema import Schema, Tags
 
 from recfunnel.models.artifacts import write_manifest
-from recfunnel.models.saving import save_serving
 from recfunnel.models.candidates import RETRIEVAL_SCORE
 from recfunnel.models.data import Splits, embedding_tables, training_data
 from recfunnel.models.epochs import KeepBestEpoch
 from recfunnel.models.optimizers import optimizer
+from recfunnel.models.saving import save_serving
 from recfunnel.config import RANKER_ARCHITECTURES, ModelsConfig
 
 

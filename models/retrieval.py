@@ -23,11 +23,11 @@ from merlin.models.tf.transforms.bias import PopularityLogitsCorrection
 from merlin.schema import Schema, Tags
 
 from recfunnel.models.artifacts import write_manifest
-from recfunnel.models.saving import save_serving
 from recfunnel.models.candidates import ITEM_EMBEDDINGS, ITEM_IDS, EmbeddingIndex
 from recfunnel.models.data import Splits, embedding_tables, to_tensors, training_data
 from recfunnel.models.epochs import KeepBestEpoch
 from recfunnel.models.optimizers import optimizer
+from recfunnel.models.saving import save_serving
 from recfunnel.config import ModelsConfig
 from recfunnel.topk import topk_metrics
 
