@@ -275,6 +275,28 @@ def test_startup_failure_reports_the_log(tmp_path):
     assert not server.running
 
 
+def test_a_chosen_port_taken_before_the_server_binds_it_is_chosen_again(tmp_path, monkeypatch):
+    """Another process (a parallel test worker) can take a port between its choice and the
+    server's bind: the start retries with fresh ports. Which port the OS hands out cannot be
+    forced, so the first choice is made to be one held here; a port the caller gave is kept."""
+    import recfunnel.serving.server as server_module
+    (tmp_path / "repo").mkdir()
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        real = server_module.free_ports
+        first = iter([[taken, *real(2)]])
+        monkeypatch.setattr(server_module, "free_ports",
+                            lambda count, host="127.0.0.1": next(first, None) or real(count, host))
+        with TritonServer(tmp_path / "repo", log_path=tmp_path / "server.log") as server:
+            assert server.is_ready() and server.ports["http"] != taken
+        assert "already in use" in (tmp_path / "server.log").read_text()   # the first start
+        given = TritonServer(tmp_path / "repo", http_port=taken, startup_timeout_s=60)
+        with pytest.raises(TritonServerError, match="already in use"):
+            given.start()
+
+
 def live_processes_in_group(pgid: int) -> list[int]:
     """Pids of the non-zombie processes in process group `pgid` (from /proc)."""
     members = []

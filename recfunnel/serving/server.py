@@ -73,6 +73,10 @@ LOAD_STARTED = re.compile(r'"loading: ([^:"]+):\d+"')
 LOAD_ENDED = re.compile(r"(?:successfully loaded|failed to load) '([^']+)'")
 ERROR_LINE = re.compile(r"^(E\d{4} |\[libprotobuf ERROR|error: )")
 HARMLESS_ERRORS = ("CudaDriverHelper has not been initialized",)   # every start on a CPU
+# A port chosen free can be taken by another process before the server binds it (parallel test
+# workers, other servers): a start that fails so retries with fresh ports, this many times in all.
+PORT_TAKEN = re.compile(r"failed to start \w+ service: .*already in use")
+START_ATTEMPTS = 3
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # loopback, direct
 
 
@@ -205,9 +209,10 @@ class TritonServer:
             raise TritonServerError(f"repository_poll_secs {repository_poll_secs}: Triton polls "
                                     "in whole seconds, at least 1")
         self.host = host
+        given = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
+        self._chosen = [kind for kind, port in given.items() if not port]   # ours to re-choose
         chosen = iter(free_ports(3, host))
-        self.ports = {"http": http_port or next(chosen), "grpc": grpc_port or next(chosen),
-                      "metrics": metrics_port or next(chosen)}
+        self.ports = {kind: port or next(chosen) for kind, port in given.items()}
         if len(set(self.ports.values())) < 3:
             raise TritonServerError(f"http, grpc and metrics need three different ports, "
                                     f"got {self.ports}")
@@ -280,6 +285,28 @@ class TritonServer:
         if self.running:
             return self
         started = time.monotonic()
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                self._start_once(started)
+                break
+            except TritonServerError:
+                if not (self._chosen and attempt < START_ATTEMPTS and self._port_was_taken()):
+                    raise
+                fresh = iter(free_ports(len(self._chosen), self.host))
+                self.ports.update({kind: next(fresh) for kind in self._chosen})
+        self.startup_s = time.monotonic() - started
+        return self
+
+    def _port_was_taken(self) -> bool:
+        """The last start's log says one of its ports was already in use."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_offset)
+                return bool(PORT_TAKEN.search(log.read().decode(errors="replace")))
+        except OSError:
+            return False
+
+    def _start_once(self, started: float) -> None:
         cmd = self.command()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
@@ -296,8 +323,6 @@ class TritonServer:
         except BaseException:
             self.stop()
             raise
-        self.startup_s = time.monotonic() - started
-        return self
 
     def is_ready(self) -> bool:
         """True when /v2/health/ready answers 200 (strict: every model ready)."""
@@ -319,7 +344,8 @@ class TritonServer:
             time.sleep(0.1)
         raise TritonServerError(
             f"tritonserver was not ready at http://{self.http_address}/v2/health/ready after "
-            f"{self.startup_timeout_s:.0f} s (raise startup_timeout_s, config serving.startup_timeout_s, if models load slowly); "
+            f"{self.startup_timeout_s:.0f} s (raise startup_timeout_s, config "
+            f"serving.startup_timeout_s, if models load slowly); "
             f"{self.log_report()}")
 
     def log_report(self, tail: int = 12) -> str:
