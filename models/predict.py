@@ -119,10 +119,16 @@ def write_predictions(dataset_dir: Path, version_dir: Path, out_dir: Path, cfg,
         else:
             vectors = query_vectors(source.query, rows)
             ids = source.index.search(vectors, k, excluded)[0]
+            # in float64, then rounded to float32: a float32 product's last bits depend on the
+            # block's row count (BLAS kernels), which reorders items of equal vectors (items
+            # embedded by the same attributes) and so moves a positive's rank with BLOCK_USERS
+            queries, catalogue = vectors.astype(np.float64), source.index.vectors.T.astype(
+                np.float64)
 
-            def block(lo, hi, source=source, vectors=vectors):
+            def block(lo, hi, item_ids=source.index.item_ids, queries=queries,
+                      catalogue=catalogue):
                 dense = np.full((hi - lo, width), -np.inf, np.float32)
-                dense[:, source.index.item_ids] = vectors[lo:hi] @ source.index.vectors.T
+                dense[:, item_ids] = (queries[lo:hi] @ catalogue).astype(np.float32)
                 return dense
         ranks.append(full_ranks(kind, block, len(users), excluded, relevant_ids, relevant_raw))
         lists[kind] = funnel.raw_ids(ids)
