@@ -26,7 +26,7 @@ from recfunnel.models.candidates import RETRIEVAL_SCORE
 from recfunnel.models.data import Splits, embedding_tables, training_data
 from recfunnel.models.epochs import KeepBestEpoch
 from recfunnel.models.optimizers import optimizer
-from recfunnel.models.saving import save_serving
+from recfunnel.models.saving import MeanOfMembers, save_serving
 from recfunnel.config import RANKER_ARCHITECTURES, ModelsConfig
 
 
@@ -42,6 +42,7 @@ class RankerResult:
     model_dir: Path | None = None
     best_epoch: int = 0
     rows: dict = field(default_factory=dict)      # the mix of its training rows
+    members: list = field(default_factory=list)   # per member when it is several (member_rows)
 
 
 def ranker_schema(splits: Splits, cfg: ModelsConfig, kind: str,
@@ -148,25 +149,35 @@ def train_ranker(kind: str, splits: Splits, cfg: ModelsConfig, out_dir: Path, ve
     `callbacks` are more Keras callbacks for the fit (a profiler's timer)."""
     if kind not in ("light", "heavy"):
         raise ValueError(f"ranker kind must be 'light' or 'heavy', got {kind!r}")
-    tf.keras.utils.set_random_seed(cfg.seed)
     schema = ranker_schema(splits, cfg, kind, features)
-    model = build_ranker(schema, cfg, kind)
-    model.compile(optimizer=optimizer(cfg.optimizer, cfg.ranker_learning_rate),
-                  metrics=[tf.keras.metrics.AUC(name="auc")])
     monitor = [o for o in cfg.objectives if (blend or {}).get(o, 0) > 0] or cfg.objectives
-    log = _EpochLog(monitor, cfg.ranker_patience)
     train = splits.train if train_rows is None else train_rows
     valid = splits.valid if valid_rows is None else valid_rows
     start = time.perf_counter()
-    fed = training_data(train, schema, cfg.ranker_batch_size, cfg.training_input, seed=cfg.seed)
     validation = training_data(valid, schema, cfg.ranker_batch_size, cfg.training_input,
                                shuffle=False)["x"]
-    model.fit(**fed, epochs=cfg.ranker_epochs, validation_data=validation,
-              callbacks=[log, *(callbacks or [])], verbose=verbose, shuffle=True)
+    members, logs = [], []
+    # models.<kind>_ranker_members > 1: as many rankers, each its own seed (initial weights,
+    # dropout and batch order) and early stopping, served as one (saving.MeanOfMembers)
+    for member in range(getattr(cfg, f"{kind}_ranker_members")):
+        seed = cfg.seed + member
+        tf.keras.utils.set_random_seed(seed)
+        model = build_ranker(schema, cfg, kind)
+        model.compile(optimizer=optimizer(cfg.optimizer, cfg.ranker_learning_rate),
+                      metrics=[tf.keras.metrics.AUC(name="auc")])
+        log = _EpochLog(monitor, cfg.ranker_patience)
+        fed = training_data(train, schema, cfg.ranker_batch_size, cfg.training_input, seed=seed)
+        model.fit(**fed, epochs=cfg.ranker_epochs, validation_data=validation,
+                  callbacks=[log, *(callbacks or [])], verbose=verbose, shuffle=True)
+        members.append(model)
+        logs.append(log)
     seconds = round(time.perf_counter() - start, 2)
     model_dir = out_dir / f"{kind}_ranker"
     shutil.rmtree(model_dir, ignore_errors=True)
-    save_serving(model, model_dir)
+    model, log = (members[0], logs[0])
+    if len(members) > 1:
+        model = MeanOfMembers(members)
+    save_serving(model, model_dir, schema=members[0].schema)
     features = schema.excluding_by_tag(Tags.TARGET)
     write_manifest(model_dir, version, "ranker",
                    schema={c.name: str(c.dtype.to_numpy) for c in features},
@@ -174,9 +185,21 @@ def train_ranker(kind: str, splits: Splits, cfg: ModelsConfig, out_dir: Path, ve
                            "architecture": getattr(cfg, f"{kind}_ranker_architecture"),
                            RETRIEVAL_SCORE: retrieval if RETRIEVAL_SCORE in features.column_names
                            else None},
-                   metrics=log.rows[log.best_index] if log.rows else {})
-    result = RankerResult(f"{kind}_ranker", log.rows, seconds, int(len(train) * len(log.rows)),
+                   metrics={**(log.rows[log.best_index] if log.rows else {}),
+                            **({"members": member_rows(logs, cfg.seed)} if len(logs) > 1
+                               else {})})
+    result = RankerResult(f"{kind}_ranker", log.rows, seconds,
+                          int(len(train) * sum(len(m.rows) for m in logs)),
                           int(model.count_params()), features.column_names,
-                          embedding_tables(model), model_dir)
+                          embedding_tables(members[0]), model_dir)
     result.best_epoch = log.best_index + 1
+    if len(logs) > 1:
+        result.members = member_rows(logs, cfg.seed)
     return result
+
+
+def member_rows(logs: list, seed: int) -> list[dict]:
+    """Per member of a ranker: its seed, best epoch and that epoch's mean validation AUC."""
+    return [{"seed": seed + i, "epochs_run": len(log.rows), "best_epoch": log.best_index + 1,
+             "val_auc_mean": log.rows[log.best_index]["val_auc_mean"] if log.rows else None}
+            for i, log in enumerate(logs)]

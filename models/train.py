@@ -227,5 +227,7 @@ def _describe(result, root: Path) -> dict:
         out["best_epoch"] = result.best_epoch
     if getattr(result, "features", None):
         out["features"] = result.features
+    if getattr(result, "members", None):
+        out["members"] = result.members
     return out
 

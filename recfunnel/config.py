@@ -331,6 +331,10 @@ class ModelsConfig:
     ranker_dropout: float = 0.0           # dropout in the rankers' MLPs
     heavy_ranker_architecture: str = "dcn"   # mlp | dcn
     heavy_ranker_layers: list = field(default_factory=lambda: [128, 64])
+    # Rankers trained alike with seeds seed, seed + 1, ... and served as one: the mean of their
+    # probabilities in logit space (models.saving.MeanOfMembers); the stage's cost times as many
+    light_ranker_members: int = 1
+    heavy_ranker_members: int = 1
     ranker_cross_depth: int = 2           # cross layers of a dcn ranker
     eval_k: int = 10
     window_sweep_days: list = field(default_factory=lambda: [1, 3, 7, 14, 21])
@@ -340,7 +344,8 @@ class ModelsConfig:
     CHECKS: ClassVar[dict] = {
         **dict.fromkeys(("embedding_dim", "retrieval_epochs", "retrieval_batch_size", "mf_epochs",
                          "ranker_epochs", "ranker_batch_size", "ranker_embedding_dim", "eval_k",
-                         "retrieval_eval_users", "window_sweep_days"), AT_LEAST_ONE),
+                         "retrieval_eval_users", "window_sweep_days", "light_ranker_members",
+                         "heavy_ranker_members"), AT_LEAST_ONE),
         **dict.fromkeys(("retrieval_learning_rate", "retrieval_temperature", "mf_learning_rate",
                          "ranker_learning_rate"), POSITIVE),
         **dict.fromkeys(("retrieval_l2_reg", "ranker_l2_reg", "retrieval_patience",

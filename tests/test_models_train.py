@@ -185,3 +185,30 @@ def test_a_ranker_architecture_is_a_setting(splits, tmp_path):
     loaded = tf.saved_model.load(str(result.model_dir))     # as the stages load it
     names = [v.name for v in loaded.signatures["serving_default"].variables]
     assert any("cross" in name.lower() for name in names), names[:20]
+
+
+def test_a_ranker_of_several_members_serves_the_mean_of_their_logits(splits, tmp_path):
+    """models.<kind>_ranker_members: the members are the rankers each seed trains alone; the
+    saved model answers sigmoid(mean(logit)) of theirs under the same signature."""
+    cfg = replace(CFG, ranker_epochs=1)
+    version = new_version()
+    alone = [RankerScorer(train_ranker("light", splits, replace(cfg, seed=seed),
+                                       tmp_path / f"seed{seed}", version).model_dir)
+             for seed in (5, 6)]
+    result = train_ranker("light", splits, replace(cfg, seed=5, light_ranker_members=2),
+                          tmp_path / "both", version)
+    assert [m["seed"] for m in result.members] == [5, 6]
+    both = RankerScorer(result.model_dir)
+    rows = splits.test.head(500)
+    got, parts = both.score(rows), [scorer.score(rows) for scorer in alone]
+    assert set(got) == set(CFG.objectives)
+
+    def logit(p):
+        p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+        return np.log(p) - np.log1p(-p)
+    for objective, values in got.items():
+        mean = 1 / (1 + np.exp(-(logit(parts[0][objective]) + logit(parts[1][objective])) / 2))
+        np.testing.assert_allclose(values, mean, atol=1e-5, err_msg=objective)
+        assert not np.allclose(parts[0][objective], parts[1][objective])   # two members
+    manifest = read_manifest(result.model_dir, kind="ranker")
+    assert [m["seed"] for m in manifest["metrics"]["members"]] == [5, 6]
