@@ -143,7 +143,8 @@ def train_ranker(kind: str, splits: Splits, cfg: ModelsConfig, out_dir: Path, ve
                  blend: dict | None = None, callbacks: list | None = None) -> RankerResult:
     """Trains the `light` or `heavy` ranker on `train_rows` (default every training row,
     sampled negatives included), early-stopped on `valid_rows` (default the validation split)
-    by the mean AUC of the objectives `blend` weighs (default all), keeping the best epoch. `features` overrides
+    by the mean AUC of the objectives `blend` weighs (default all), keeping the best epoch;
+    `models.<kind>_ranker_members` of them, one per seed, saved as one. `features` overrides
     the ranker's inputs (ablations); a `retrieval_score` input is the `retrieval` model's score,
     which the saved ranker recomputes from its version's retrieval model when scoring;
     `callbacks` are more Keras callbacks for the fit (a profiler's timer)."""
