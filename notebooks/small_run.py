@@ -31,8 +31,9 @@ SMALL = {
     "dataset": {"active_min_events": 3, "window_days": 4,
                 # 200 items hold too few flagged titles to train the title classifier on
                 "unsafe_filters": [{"kind": "flag"}]},
+    # One heavy ranker, not the demo's three members (each costs another training)
     "models": {"retrieval_epochs": 1, "mf_epochs": 1, "ranker_epochs": 1,
-               "retrieval_batch_size": 128, "ranker_batch_size": 128},
+               "retrieval_batch_size": 128, "ranker_batch_size": 128, "heavy_ranker_members": 1},
 }
 # What each step needs before it can run.
 NEEDS = {"data": (), "dataset": ("data",), "models": ("data", "dataset"),

@@ -36,7 +36,11 @@ SMALL = ["--set", "data.synthetic.n_users=300", "--set", "data.synthetic.n_items
          # 200 items hold too few flagged titles to train the title classifier on
          "--set", "dataset.unsafe_filters=[{kind: flag}]",
          "--set", "models.retrieval_epochs=1", "--set", "models.mf_epochs=1",
-         "--set", "models.ranker_epochs=1"]
+         "--set", "models.ranker_epochs=1",
+         # the demo's three heavy members cost the small run and every test that trains from
+         # it about a minute each; members are tested in test_models_train, through the scorer
+         # the served stages use
+         "--set", "models.heavy_ranker_members=1"]
 MAX_USERS = 64                # users per request in the exported small repository
 TRAINED_FIXTURES = {"small_run", "small_repo"}
 
