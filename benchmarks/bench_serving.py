@@ -73,7 +73,6 @@ PA_MAX_TRIALS = 10
 DIMS = (32, 64, 128)
 INDEXES = ("exact", "hnsw")
 QUERY_SAMPLES = 300          # single-user queries timed per dim and index
-MODELS = ("popularity", "two_tower", "light_ranker", "heavy_ranker")
 IN_PROCESS_STAGE = {"user_features": "features", "candidates": "retrieval"}   # Triton -> Funnel
 
 
@@ -86,16 +85,21 @@ def trained_version(cfg, retrain: bool) -> tuple[Path, float | None]:
     from recfunnel.models.train import train_all
 
     dataset = build_dataset(rebuild=False)
+    settings = FunnelSettings.from_config(cfg)
+    # what the declared funnel opens, and the two-tower the candidate generator's part measures
+    models = tuple(dict.fromkeys(("popularity", "two_tower", *(s["name"] for s in
+                                                               settings.sources),
+                                  *settings.ranker_names)))
     done = sorted((RUN_DIR / "models").glob("*/features/manifest.json"))
     if done and not retrain:
         latest = done[-1].parent.parent
         heavy = json.loads((latest / "heavy_ranker" / "manifest.json").read_text())
-        if heavy["config"]["objectives"] == list(cfg.models.objectives):
-            return latest, None          # trained with today's objectives: reused
+        if heavy["config"]["objectives"] == list(cfg.models.objectives) and all(
+                (latest / folder).is_dir() for folder in settings.artifacts(latest)):
+            return latest, None          # today's objectives and declared funnel: reused
     cutoffs = json.loads((dataset.parent / "summary.json").read_text())["dataset"]["cutoffs"]
     start = time.perf_counter()
-    section = train_all(dataset, RUN_DIR / "models", cfg.models, FunnelSettings.from_config(cfg),
-                        only=MODELS,
+    section = train_all(dataset, RUN_DIR / "models", cfg.models, settings, only=models,
                         as_of=pd.Timestamp(cutoffs["data_end"]))
     return Path(section["path"]), round(time.perf_counter() - start, 1)
 
@@ -395,7 +399,9 @@ def candidate_generator(version_dir: Path, cfg) -> list[dict]:
                      ).groupby("user_id_raw")["item_id"].apply(np.asarray)
     exclude = [seen.get(u, np.empty(0, np.int64)) for u in users]
     rows = users_table.loc[users]
-    cuts = (cfg.funnel.candidates_k, FunnelSettings.from_config(cfg).keep_of("light_ranker"))
+    # the candidate cut, and what the first ranker keeps of it (the list's k without two rankers)
+    keeps = FunnelSettings.from_config(cfg).keeps(K)[:-1]
+    cuts = (cfg.funnel.candidates_k, keeps[0] if keeps else K)
     rng = np.random.default_rng(0)
     sample = rng.choice(len(users), QUERY_SAMPLES)
     out = []
@@ -593,18 +599,19 @@ def markdown(r: dict) -> str:
         lines += catalogue_markdown(name, c, [x for x in r["records"] if x["catalogue"] == name])
         lines.append("")
     if r["candidate_generator"]:
-        lines += candidate_generator_markdown(r["candidate_generator"],
-                                              r["catalogues"].get(ML100K, any_catalogue))
+        lines += candidate_generator_markdown(r["candidate_generator"])
     return "\n".join(lines).rstrip()
 
 
-def candidate_generator_markdown(rows: list[dict], c: dict) -> list[str]:
-    cut, keep = c["candidates_k"], next(iter(c["keeps"].values()), None)
+def candidate_generator_markdown(rows: list[dict]) -> list[str]:
+    cut, keep = sorted((int(key.split("@")[1]) for key in rows[0] if key.startswith("recall@")),
+                       reverse=True)
     wide, narrow = f"recall@{cut}", f"recall@{keep}"
     lines = [f"Candidate generator (ML-100K), two-tower per embedding dim and index: recall of "
              f"the {rows[0]['users']} test users' positives (seen items excluded) at the "
-             f"candidate cut and at the light ranker's; one user's query: the query tower, then "
-             f"the search for {cut}.", "",
+             f"candidate cut and at {keep} (what the first ranker keeps; the list's k when the "
+             f"funnel has one ranker); one user's query: the query tower, then the search for "
+             f"{cut}.", "",
              f"| dim | index | {wide} | {narrow} | "
              "tower p50 ms | search p50 ms | search p99 ms | index build ms | train s |",
              "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
