@@ -122,8 +122,8 @@ def write_predictions(dataset_dir: Path, version_dir: Path, out_dir: Path, cfg,
             # in float64, then rounded to float32: a float32 product's last bits depend on the
             # block's row count (BLAS kernels), which reorders items of equal vectors (items
             # embedded by the same attributes) and so moves a positive's rank with BLOCK_USERS
-            queries, catalogue = vectors.astype(np.float64), source.index.vectors.T.astype(
-                np.float64)
+            queries = vectors.astype(np.float64)
+            catalogue = source.index.vectors.T.astype(np.float64)
 
             def block(lo, hi, item_ids=source.index.item_ids, queries=queries,
                       catalogue=catalogue):

@@ -176,7 +176,8 @@ def train_ranker(kind: str, splits: Splits, cfg: ModelsConfig, out_dir: Path, ve
     model_dir = out_dir / f"{kind}_ranker"
     shutil.rmtree(model_dir, ignore_errors=True)
     model, log = (members[0], logs[0])
-    if len(members) > 1:
+    each = member_rows(logs, cfg.seed) if len(members) > 1 else []
+    if each:
         model = MeanOfMembers(members)
     save_serving(model, model_dir, schema=members[0].schema)
     features = schema.excluding_by_tag(Tags.TARGET)
@@ -187,15 +188,13 @@ def train_ranker(kind: str, splits: Splits, cfg: ModelsConfig, out_dir: Path, ve
                            RETRIEVAL_SCORE: retrieval if RETRIEVAL_SCORE in features.column_names
                            else None},
                    metrics={**(log.rows[log.best_index] if log.rows else {}),
-                            **({"members": member_rows(logs, cfg.seed)} if len(logs) > 1
-                               else {})})
+                            **({"members": each} if each else {})})
     result = RankerResult(f"{kind}_ranker", log.rows, seconds,
                           int(len(train) * sum(len(m.rows) for m in logs)),
                           int(model.count_params()), features.column_names,
                           embedding_tables(members[0]), model_dir)
     result.best_epoch = log.best_index + 1
-    if len(logs) > 1:
-        result.members = member_rows(logs, cfg.seed)
+    result.members = each
     return result
 
 
