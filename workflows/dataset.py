@@ -37,7 +37,6 @@ from nvtabular import ops
 
 from recfunnel.config import ComputeConfig, DatasetConfig
 from recfunnel.errors import RecfunnelError
-from recfunnel.models.features import find_sorted
 from recfunnel.names import LABELS, SIGNALS
 from recfunnel.workflows import backend
 from recfunnel.workflows.duplicates import BLOCK_COLUMNS, blocking_columns, canonical_ids
@@ -221,18 +220,18 @@ class DatasetBuilder:
         self.catalogue = servable_items(self.canonical, blocked)
         pd.DataFrame({"item_id": self.catalogue}).to_parquet(self.out / CATALOGUE, index=False)
         copied = self.canonical[self.canonical["item_id"] != self.canonical["canonical_id"]]
-        copied = copied.sort_values("item_id")                    # the copies only: a few %
-        copy_ids, canonical_ids = (copied[c].to_numpy(np.int64) for c in ("item_id",
-                                                                           "canonical_id"))
+        order = np.argsort(copied["item_id"].to_numpy(np.int64))  # the copies only: a few %
+        copy_ids = copied["item_id"].to_numpy(np.int64)[order]
+        canonical_ids = copied["canonical_id"].to_numpy(np.int64)[order]
 
         def canonical_and_safe(df):          # Filter keeps the frame its function returns
             # A sorted-array lookup, not Series.map: dask runs the partitions in threads, and
             # pandas 1.5 fills a shared index's hash table lazily, racing into a spurious
             # InvalidIndexError (seen in CI with 4 partitions; 33 of 1,200 calls in a repro).
             item = df["item_id"].to_numpy(np.int64)
-            at, copy = find_sorted(copy_ids, item)
-            if copy.any():
-                item = np.where(copy, canonical_ids[at], item)
+            if len(copy_ids):
+                at = np.minimum(np.searchsorted(copy_ids, item), len(copy_ids) - 1)
+                item = np.where(copy_ids[at] == item, canonical_ids[at], item)
             return df.assign(item_id=item)[~np.isin(item, blocked)]
 
         out = self._apply(EVENT_COLUMNS >> ops.Filter(f=canonical_and_safe), ds)
